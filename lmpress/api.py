@@ -1,0 +1,275 @@
+"""The public interface, shaped like Python's ``lzma`` module."""
+
+from __future__ import annotations
+
+import builtins
+import io
+import os
+import zlib
+from typing import IO, Any
+
+import torch
+
+from . import __version__
+from . import format as fmt
+from .coding import PRECISION_BITS
+from .engine import Progress, Settings, Stats, boundary, decode_segment, encode_segment, torch_threads
+from .errors import FormatError, ModelMismatchError
+from .models import LanguageModel, load_model
+
+ModelSpec = str | os.PathLike | LanguageModel | None
+_READ_SIZE = 1 << 16
+
+
+def _model(model: ModelSpec) -> LanguageModel:
+    return model if isinstance(model, LanguageModel) else load_model(None if model is None else str(model))
+
+
+class Compressor:
+    """Incremental compressor: ``compress()`` pieces, then ``flush()`` once, as ``lzma.LZMACompressor``.
+
+    Settings (``window``, ``keep``, ``chunk_size``, ``max_batch``, ``threads``) are those of ``engine.Settings``.
+    """
+
+    def __init__(self, model: ModelSpec = None, *, progress: Progress | None = None, **settings: Any):
+        self.settings = Settings(**settings)
+        self.model = _model(model)
+        self.stats = Stats()
+        self._progress = progress
+        self._buffer = bytearray()
+        self._crc = 0
+        self._finished = False
+        threads = self.settings.threads or torch.get_num_threads()
+        self.header = fmt.Header(
+            model_name=self.model.name,
+            weights_sha256=self.model.weights_sha256[:32],
+            tokenizer_sha256=self.model.tokenizer_sha256[:32],
+            start_token=self.model.start_token,
+            dtype=str(self.model.net.dtype).removeprefix("torch."),
+            threads=threads,
+            window=self.settings.window,
+            keep=self.settings.keep,
+            precision=PRECISION_BITS,
+            lmpress_version=__version__,
+            torch_version=torch.__version__,
+        )
+        self._pending = self.header.to_bytes()
+
+    def _segment(self, data: bytes) -> bytes:
+        with torch_threads(self.header.threads):
+            segment, stats = encode_segment(self.model, data, self.settings, self._progress)
+        self.stats.add(stats)
+        return segment.to_bytes()
+
+    def compress(self, data: bytes) -> bytes:
+        """Compress ``data``; returns whatever compressed output is ready (possibly b"")."""
+        if self._finished:
+            raise ValueError("compressor has already been flushed")
+        self._buffer += data
+        self._crc = zlib.crc32(data, self._crc)
+        out, self._pending = [self._pending], b""
+        size = self.settings.segment_size
+        while len(self._buffer) >= size + 8:
+            cut = boundary(self._buffer, max(1, size - 512))
+            out.append(self._segment(bytes(self._buffer[:cut])))
+            del self._buffer[:cut]
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        """Compress what is left and finish the archive."""
+        if self._finished:
+            raise ValueError("compressor has already been flushed")
+        out = [self.compress(b"")]
+        if self._buffer:
+            out.append(self._segment(bytes(self._buffer)))
+            self._buffer.clear()
+        end = fmt.End(self.stats.bytes_in, self._crc).to_bytes()
+        out.append(end)
+        self._finished = True
+        self.stats.bytes_out += len(self.header.to_bytes()) + len(end)
+        return b"".join(out)
+
+
+class Decompressor:
+    """Incremental decompressor, as ``lzma.LZMADecompressor``: feed it bytes, get bytes; ``eof`` at the end."""
+
+    def __init__(self, model: ModelSpec = None, *, progress: Progress | None = None):
+        self._model_spec = model
+        self._progress = progress
+        self.model: LanguageModel | None = None
+        self.header: fmt.Header | None = None
+        self.eof = False
+        self.unused_data = b""
+        self._buffer = bytearray()
+        self._size = 0
+        self._crc = 0
+        self._segments = 0
+
+    @property
+    def needs_input(self) -> bool:
+        return not self.eof
+
+    def _check_model(self, header: fmt.Header) -> None:
+        self.model = _model(self._model_spec)
+        mine = (self.model.weights_sha256[:32], self.model.tokenizer_sha256[:32])
+        if mine != (header.weights_sha256, header.tokenizer_sha256):
+            part = "tokenizer" if mine[0] == header.weights_sha256 else "weights"
+            raise ModelMismatchError(
+                f"archive was made with model {header.model_name!r} (weights sha256 {header.weights_sha256[:16]}), "
+                f"but the loaded model {self.model.name!r} (weights sha256 {mine[0][:16]}) differs in its {part}; "
+                f"pass the archive's model with --model"
+            )
+
+    def decompress(self, data: bytes) -> bytes:
+        if self.eof:
+            raise EOFError("already at the end of the archive")
+        self._buffer += data
+        out = []
+        if self.header is None:
+            parsed = fmt.parse_header(self._buffer)
+            if parsed is None:
+                return b""
+            header, n = parsed
+            del self._buffer[:n]
+            self._check_model(header)
+            self.header = header
+        h = self.header
+        settings = Settings(window=h.window, keep=h.keep, threads=h.threads)
+        hint = (
+            f", or this machine computes the model differently from the one that wrote it "
+            f"(archive: torch {h.torch_version}, {h.dtype}, {h.threads} threads; here: torch {torch.__version__})"
+        )
+        while not self.eof and (parsed := fmt.parse_frame(self._buffer)) is not None:
+            frame, n = parsed
+            del self._buffer[:n]
+            if isinstance(frame, fmt.End):
+                if (frame.total_size, frame.crc32) != (self._size, self._crc):
+                    raise FormatError("corrupted archive (total size or checksum does not match the end marker)")
+                self.eof = True
+                self.unused_data = bytes(self._buffer)
+                break
+            where = f"segment {self._segments} (from byte {self._size})"
+            with torch_threads(h.threads):
+                piece = decode_segment(self.model, frame, settings, where, hint, self._progress)
+            self._segments += 1
+            self._size += len(piece)
+            self._crc = zlib.crc32(piece, self._crc)
+            out.append(piece)
+        return b"".join(out)
+
+
+def compress(data: bytes, model: ModelSpec = None, **settings: Any) -> bytes:
+    """Compress ``data`` into a complete .lmp archive."""
+    c = Compressor(model, **settings)
+    return c.compress(data) + c.flush()
+
+
+def decompress(data: bytes, model: ModelSpec = None) -> bytes:
+    """Decompress a complete .lmp archive; errors unless it is whole and nothing follows it."""
+    d = Decompressor(model)
+    out = d.decompress(data)
+    if not d.eof:
+        raise FormatError("truncated archive (it ends before its end marker)")
+    if d.unused_data:
+        raise FormatError(f"{len(d.unused_data)} bytes of trailing data after the archive")
+    return out
+
+
+class LmpFile(io.BufferedIOBase):
+    """A file object over an .lmp archive: read plain bytes from it, or write plain bytes into it."""
+
+    def __init__(
+        self, filename: str | os.PathLike | IO[bytes], mode: str = "rb", *, model: ModelSpec = None, **settings: Any
+    ):
+        if mode in ("r", "rb"):
+            self._mode = "r"
+        elif mode in ("w", "wb", "x", "xb"):
+            self._mode = "w"
+        else:
+            raise ValueError(f"invalid mode: {mode!r}")
+        if isinstance(filename, (str, bytes, os.PathLike)):
+            self._fp = builtins.open(filename, self._mode + "b" if "x" not in mode else "xb")  # noqa: SIM115 (closed by close())
+            self._owns = True
+        elif hasattr(filename, "read" if self._mode == "r" else "write"):
+            self._fp, self._owns = filename, False
+        else:
+            raise TypeError("filename must be a path or a file object")
+        if self._mode == "r":
+            self._decoder = Decompressor(model)
+            self._out = bytearray()
+        else:
+            self._encoder = Compressor(model, **settings)
+
+    def readable(self) -> bool:
+        return self._mode == "r" and not self.closed
+
+    def writable(self) -> bool:
+        return self._mode == "w" and not self.closed
+
+    def _fill(self) -> bool:
+        if self._decoder.eof:
+            return False
+        data = self._fp.read(_READ_SIZE)
+        if not data:
+            raise FormatError("truncated archive (it ends before its end marker)")
+        self._out += self._decoder.decompress(data)
+        if self._decoder.eof and (self._decoder.unused_data or self._fp.read(1)):
+            raise FormatError("trailing data after the archive")
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if not self.readable():
+            raise io.UnsupportedOperation("not open for reading")
+        while (size is None or size < 0 or len(self._out) < size) and self._fill():
+            pass
+        n = len(self._out) if size is None or size < 0 else size
+        data = bytes(self._out[:n])
+        del self._out[:n]
+        return data
+
+    def read1(self, size: int = -1) -> bytes:
+        return self.read(size)
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def write(self, data) -> int:
+        if not self.writable():
+            raise io.UnsupportedOperation("not open for writing")
+        data = bytes(data)
+        self._fp.write(self._encoder.compress(data))
+        return len(data)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            if self._mode == "w":
+                self._fp.write(self._encoder.flush())
+        finally:
+            try:
+                if self._owns:
+                    self._fp.close()
+            finally:
+                super().close()
+
+
+def open(
+    filename,
+    mode: str = "rb",
+    *,
+    model: ModelSpec = None,
+    encoding: str | None = None,
+    errors: str | None = None,
+    newline: str | None = None,
+    **settings: Any,
+):
+    """Open an .lmp archive in binary ('rb', 'wb', 'xb') or text ('rt', 'wt', 'xt') mode, like ``lzma.open``."""
+    if "t" in mode:
+        binary = LmpFile(filename, mode.replace("t", ""), model=model, **settings)
+        return io.TextIOWrapper(binary, encoding, errors, newline)
+    if encoding is not None or errors is not None or newline is not None:
+        raise ValueError("encoding, errors and newline apply to text mode only")
+    return LmpFile(filename, mode, model=model, **settings)

