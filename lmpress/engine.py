@@ -1,11 +1,12 @@
 """Cutting data into chunks and coding them in lockstep: the one step function both directions share.
 
 A segment (up to ``chunk_size * max_batch`` bytes) is cut into chunks at line
-breaks. Chunks whose text the tokenizer round-trips exactly are coded with the
-language model: all of them advance one token per step as the rows of one batch,
-and each row has its own range coder. The decoder runs the very same loop with
-the very same batch, so every probability is computed by the same operations in
-the same order. Other chunks (binary data, invalid UTF-8) go to LZMA2, or are
+breaks. Chunks of text (valid UTF-8, at most 10% control characters) whose
+tokenization round-trips exactly are coded with the language model: all of
+them advance one token per step as the rows of one batch, into one range-coded
+stream per segment. The decoder runs the very same loop with the very same
+batch, so every probability is computed by the same operations in the same
+order. Other chunks (binary data, invalid UTF-8) go to LZMA2, or are
 stored when that does not help.
 
 Context policy: a row sees the start token plus the tokens of its chunk so far.
@@ -42,7 +43,7 @@ class Settings:
 
     window: int = 1024
     keep: int = 256
-    chunk_size: int = 8192
+    chunk_size: int = 2048
     max_batch: int = 64
     threads: int = 0  # 0: torch's default for this machine
 
@@ -98,6 +99,12 @@ def boundary(data: bytes | bytearray, target: int) -> int:
     while cut < len(data) and data[cut] & 0xC0 == 0x80:  # never split a UTF-8 sequence
         cut += 1
     return min(cut, len(data))
+
+
+def looks_like_text(data: bytes) -> bool:
+    """Few control characters: NUL-padded records or binary that happens to be valid UTF-8 is not worth the model."""
+    controls = sum(data.count(bytes([c])) for c in range(32) if c not in (9, 10, 12, 13))
+    return controls <= len(data) // 10
 
 
 def split(data: bytes, settings: Settings) -> list[bytes]:
@@ -202,7 +209,7 @@ def encode_segment(
     # Cut, tokenise, and merge neighbouring non-text pieces into one classical chunk.
     pieces: list[tuple[bytes, list[int] | None]] = []
     for piece in split(data, settings):
-        ids = lm.tokenize(piece)
+        ids = lm.tokenize(piece) if looks_like_text(piece) else None
         if ids is None and pieces and pieces[-1][1] is None:
             pieces[-1] = (pieces[-1][0] + piece, None)
         else:

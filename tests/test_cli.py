@@ -91,7 +91,7 @@ def test_interrupt_leaves_no_partial_output(work):
     d, model = work
     (d / "big.txt").write_bytes(TRAINING_TEXT.encode() * 40)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lmpress", "compress", "-v", "--chunk-size", "100000", *map(str, model), str(d / "big.txt")],
+        [sys.executable, "-m", "lmpress", "compress", "-v", "--chunk-size", "100000", *map(str, model), d / "big.txt"],
         stderr=subprocess.PIPE,
     )
     proc.stderr.read(1)  # the progress bar has started: coding is under way
