@@ -41,9 +41,9 @@ Progress = Callable[[float, float], None]  # (bytes done, bits spent) since the 
 class Settings:
     """How to cut and code. ``window``/``keep``/``threads`` are recorded in the archive."""
 
-    window: int = 1024
-    keep: int = 256
-    chunk_size: int = 2048
+    window: int = 2048
+    keep: int = 512
+    chunk_size: int = 8192
     max_batch: int = 64
     threads: int = 0  # 0: torch's default for this machine
 

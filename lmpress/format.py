@@ -26,11 +26,43 @@ METHOD_NAMES = {METHOD_STORED: "stored", METHOD_XZ: "xz", METHOD_LM: "lm"}
 MAX_FRAME_BYTES = 1 << 31
 MAX_CHUNKS = 0xFFFF
 
-_CHUNK = struct.Struct("<BIIII")  # method, raw size, coded size, tokens, crc32
 _PREFIX = struct.Struct("<4sBH")  # magic, version, params length
 _PARAMS = struct.Struct("<IBHIIB")  # start token, dtype, threads, window, keep, precision
 _FRAME_HEAD = struct.Struct("<BI")  # kind, body length
-_END = struct.Struct("<BQI")  # kind, total size, crc32 of everything
+_MAX_VARINT = 10
+
+
+class _NeedMore(Exception):
+    """The buffer ends inside the item being parsed."""
+
+
+def uvarint(n: int) -> bytes:
+    """LEB128: seven bits per byte, least significant first, high bit set on all but the last byte."""
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        out.append(low | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def read_uvarint(buf, offset: int) -> tuple[int, int]:
+    """The varint at ``offset`` and the offset after it."""
+    value = 0
+    for i in range(_MAX_VARINT):
+        if offset + i >= len(buf):
+            raise _NeedMore
+        byte = buf[offset + i]
+        value |= (byte & 0x7F) << (7 * i)
+        if not byte & 0x80:
+            return value, offset + i + 1
+    raise FormatError("corrupted archive (varint longer than 10 bytes)")
+
+
+def _read_u32(buf, offset: int) -> tuple[int, int]:
+    if offset + 4 > len(buf):
+        raise _NeedMore
+    return struct.unpack_from("<I", buf, offset)[0], offset + 4
 
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -120,11 +152,15 @@ class Segment:
     payloads: list[bytes]
 
     def to_bytes(self) -> bytes:
-        table = struct.pack("<H", len(self.chunks)) + b"".join(
-            _CHUNK.pack(c.method, c.raw_size, c.coded_size, c.tokens, c.crc32) for c in self.chunks
+        table = uvarint(len(self.chunks)) + b"".join(
+            bytes([c.method])
+            + uvarint(c.raw_size)
+            + uvarint(c.tokens if c.method == METHOD_LM else c.coded_size)
+            + struct.pack("<I", c.crc32)
+            for c in self.chunks
         )
         body = b"".join(
-            [table, struct.pack("<II", zlib.crc32(table), len(self.lm_stream)), self.lm_stream, *self.payloads]
+            [table, struct.pack("<I", zlib.crc32(table)), uvarint(len(self.lm_stream)), self.lm_stream, *self.payloads]
         )
         return _FRAME_HEAD.pack(FRAME_SEGMENT, len(body)) + body
 
@@ -135,7 +171,7 @@ class End:
     crc32: int
 
     def to_bytes(self) -> bytes:
-        return _END.pack(FRAME_END, self.total_size, self.crc32)
+        return bytes([FRAME_END]) + uvarint(self.total_size) + struct.pack("<I", self.crc32)
 
 
 def parse_header(buf: bytes | bytearray) -> tuple[Header, int] | None:
@@ -172,10 +208,12 @@ def parse_frame(buf: bytes | bytearray) -> tuple[Segment | End, int] | None:
         return None
     kind = buf[0]
     if kind == FRAME_END:
-        if len(buf) < _END.size:
+        try:
+            total, offset = read_uvarint(buf, 1)
+            crc, offset = _read_u32(buf, offset)
+        except _NeedMore:
             return None
-        _, total, crc = _END.unpack_from(buf)
-        return End(total, crc), _END.size
+        return End(total, crc), offset
     if kind != FRAME_SEGMENT:
         raise FormatError(f"corrupted archive (unknown frame type 0x{kind:02x})")
     if len(buf) < _FRAME_HEAD.size:
@@ -186,27 +224,44 @@ def parse_frame(buf: bytes | bytearray) -> tuple[Segment | End, int] | None:
     end = _FRAME_HEAD.size + body_len
     if len(buf) < end:
         return None
-    body = memoryview(buf)[_FRAME_HEAD.size : end]
-    if body_len < 10:
-        raise FormatError("corrupted archive (frame too short)")
-    (n,) = struct.unpack_from("<H", body)
-    table_end = 2 + n * _CHUNK.size
-    if table_end + 8 > body_len:
-        raise FormatError("corrupted archive (chunk table overruns its frame)")
-    crc, lm_len = struct.unpack_from("<II", body, table_end)
-    if crc != zlib.crc32(body[:table_end]):
+    try:
+        return _parse_segment(memoryview(buf)[_FRAME_HEAD.size : end]), end
+    except _NeedMore:
+        raise FormatError("corrupted archive (segment contents overrun its frame)") from None
+
+
+def _parse_segment(body: memoryview) -> Segment:
+    n, offset = read_uvarint(body, 0)
+    if n > MAX_CHUNKS:
+        raise FormatError(f"corrupted archive ({n} chunks in a segment)")
+    chunks = []
+    for _ in range(n):
+        if offset >= len(body):
+            raise _NeedMore
+        method = body[offset]
+        raw_size, offset = read_uvarint(body, offset + 1)
+        size_or_tokens, offset = read_uvarint(body, offset)
+        crc, offset = _read_u32(body, offset)
+        if method not in METHOD_NAMES:
+            raise FormatError(f"corrupted archive (unknown chunk method {method})")
+        if method == METHOD_LM:
+            chunks.append(Chunk(method, raw_size, 0, size_or_tokens, crc))
+        else:
+            chunks.append(Chunk(method, raw_size, size_or_tokens, 0, crc))
+    table_crc, table_end = _read_u32(body, offset)
+    if table_crc != zlib.crc32(body[:offset]):
         raise FormatError("corrupted archive (chunk table checksum mismatch)")
-    chunks = [Chunk(*_CHUNK.unpack_from(body, 2 + i * _CHUNK.size)) for i in range(n)]
-    offset = table_end + 8 + lm_len
-    if offset > body_len:
-        raise FormatError("corrupted archive (token stream overruns its frame)")
-    lm_stream = bytes(body[table_end + 8 : offset])
+    lm_len, offset = read_uvarint(body, table_end)
+    if offset + lm_len > len(body):
+        raise _NeedMore
+    lm_stream = bytes(body[offset : offset + lm_len])
+    offset += lm_len
     payloads = []
     for c in chunks:
-        if c.method not in METHOD_NAMES or (c.method == METHOD_LM and c.coded_size):
-            raise FormatError(f"corrupted archive (bad chunk entry: method {c.method}, {c.coded_size} bytes)")
+        if offset + c.coded_size > len(body):
+            raise _NeedMore
         payloads.append(bytes(body[offset : offset + c.coded_size]))
         offset += c.coded_size
-    if offset != body_len:
+    if offset != len(body):
         raise FormatError("corrupted archive (chunk sizes do not add up to the frame size)")
-    return Segment(chunks, lm_stream, payloads), end
+    return Segment(chunks, lm_stream, payloads)
