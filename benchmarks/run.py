@@ -1,10 +1,12 @@
-"""Benchmark lmpress against xz -9e, side by side in one run, on files or folders.
+"""Benchmark lmpress against the compressors people use, side by side in one run.
 
-    python benchmarks/run.py                          # ../shared/bench/canterbury and fresh, when present
-    python benchmarks/run.py FILE_OR_DIR ... --prefix 16384 --out benchmarks/out
+    python benchmarks/run.py                     # ../shared/bench: canterbury, fresh, enwik8-prefix/enwik5
+    python benchmarks/run.py --quick             # 1 KiB prefixes: a few minutes, for CI
+    python benchmarks/run.py FILE_OR_DIR ... --prefix 16384 --out benchmarks/out --readme README.md
 
-Every lmpress archive is decompressed again and compared byte for byte. Prints a Markdown table and writes
-results.json and results.md under --out.
+Every compressor's output is decompressed by that compressor and compared byte for byte. Peers missing from PATH are
+skipped with a note. Writes results.json, results.md and chart.png under --out; --readme replaces the text between
+the README's results markers with results.md.
 """
 
 from __future__ import annotations
@@ -12,149 +14,317 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 import lmpress
-from lmpress.engine import Settings
 from lmpress.models import load_model
 
-XZ_COMMAND = ["xz", "-9e", "-c", "-T1"]
-DEFAULT_CORPORA = ["canterbury", "fresh"]
+BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench"
+DEFAULT_INPUTS = ["canterbury", "fresh", "enwik8-prefix/enwik5"]
+QUICK_PREFIX, QUICK_CHUNK = 1024, 256
+MARKERS = ("<!-- results -->", "<!-- /results -->")
 
 
-def default_inputs() -> list[Path]:
-    bench = Path(__file__).resolve().parents[2] / "shared" / "bench"
-    return [bench / name for name in DEFAULT_CORPORA if (bench / name).is_dir()]
+@dataclass(frozen=True)
+class Peer:
+    """A compressor run as a program, on files named in ``{in}`` and ``{out}``.
+
+    ``packs_to``/``unpacks_to``: where each direction writes: "stdout", "file" ({out}) or "dir" ({out}/input).
+    """
+
+    name: str
+    compress: tuple[str, ...]
+    decompress: tuple[str, ...]
+    packs_to: str = "stdout"
+    unpacks_to: str = "stdout"
+    suffix: str = ""
+    install: str = ""
+
+
+PEERS = [
+    Peer("xz -9e", ("xz", "-9e", "-T1", "-c", "{in}"), ("xz", "-d", "-c", "{in}"), install="xz-utils"),
+    Peer(
+        "zstd -22 --long=27",
+        ("zstd", "--ultra", "-22", "--long=27", "-q", "-c", "{in}"),
+        ("zstd", "-d", "--long=27", "-q", "-c", "{in}"),
+        install="zstd",
+    ),
+    Peer("bzip2 -9", ("bzip2", "-9", "-c", "{in}"), ("bzip2", "-d", "-c", "{in}"), install="bzip2"),
+    Peer(
+        "brotli -q 11 -w 24",
+        ("brotli", "-q", "11", "-w", "24", "-c", "{in}"),
+        ("brotli", "-d", "-c", "{in}"),
+        install="brotli",
+    ),
+    Peer(
+        "7z PPMd o16",
+        ("7z", "a", "-bso0", "-bsp0", "-t7z", "-m0=PPMd:o=16:mem=256m", "{out}", "{in}"),
+        ("7z", "e", "-so", "{in}"),
+        packs_to="file",
+        suffix=".7z",
+        install="p7zip-full",
+    ),
+    Peer(
+        "zpaq -m5",
+        ("zpaq", "a", "{out}", "{in}", "-m5"),
+        ("zpaq", "x", "{in}", "-to", "{out}"),
+        packs_to="file",
+        unpacks_to="dir",
+        suffix=".zpaq",
+        install="zpaq",
+    ),
+    Peer("cmix", ("cmix", "-c", "{in}", "{out}"), ("cmix", "-d", "{in}", "{out}"), "file", "file"),
+    Peer("paq8px -8", ("paq8px", "-8", "{in}", "{out}"), ("paq8px", "-d", "{in}", "{out}"), "file", "file"),
+    Peer("ts_zip", ("ts_zip", "c", "{in}", "{out}"), ("ts_zip", "d", "{in}", "{out}"), "file", "file"),
+]
+
+
+def run_measured(argv: list[str], stdout_path: Path | None, cwd: Path) -> tuple[float, int]:
+    """Run a program; (seconds, its peak RSS in KiB). Raises if it fails.
+
+    GNU time reports the peak: a child forked straight from this (large) Python process would count this
+    process's pages in its own peak.
+    """
+    report = cwd / ".rss"
+    out = open(stdout_path, "wb") if stdout_path else subprocess.DEVNULL  # noqa: SIM115
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(
+            ["/usr/bin/time", "-q", "-f", "%M", "-o", str(report), *argv], stdout=out, stderr=subprocess.PIPE, cwd=cwd
+        )
+    finally:
+        if stdout_path:
+            out.close()
+    seconds = time.perf_counter() - started
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.decode()[:200]}")
+    return seconds, int(report.read_text().split()[-1])
+
+
+def measure_peer(peer: Peer, data: bytes) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        (work / "input").write_bytes(data)
+        packed = work / f"packed{peer.suffix}"
+        argv = [a.format(**{"in": "input", "out": packed.name}) for a in peer.compress]
+        c_s, c_rss = run_measured(argv, packed if peer.packs_to == "stdout" else None, work)
+        size = packed.stat().st_size
+        (work / "input").unlink()
+        out = {"stdout": "restored", "file": "restored", "dir": "x"}[peer.unpacks_to]
+        argv = [a.format(**{"in": packed.name, "out": out}) for a in peer.decompress]
+        d_s, d_rss = run_measured(argv, work / out if peer.unpacks_to == "stdout" else None, work)
+        restored = work / "x" / "input" if peer.unpacks_to == "dir" else work / "restored"
+        exact = restored.exists() and restored.read_bytes() == data
+    return {"bytes_out": size, "compress_s": c_s, "decompress_s": d_s, "rss_kib": max(c_rss, d_rss), "exact": exact}
+
+
+def measure_lmpress(model, data: bytes, settings: dict) -> dict:
+    started = time.perf_counter()
+    comp = lmpress.Compressor(model, **settings)
+    blob = comp.compress(data) + comp.flush()
+    c_s = time.perf_counter() - started
+    started = time.perf_counter()
+    exact = lmpress.decompress(blob, model=model) == data
+    d_s = time.perf_counter() - started
+    s = comp.stats
+    return {
+        "bytes_out": len(blob),
+        "compress_s": c_s,
+        "decompress_s": d_s,
+        "exact": exact,
+        "rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,  # this process: model + coding
+        "tokens": s.tokens,
+        "ideal_bits": s.ideal_bits,
+        "lm_bytes_in": s.lm_bytes_in,
+        "lm_bytes_out": s.lm_bytes_out,
+        "overhead_pct": 100 * s.overhead,
+        "chunks": s.chunks,
+    }
+
+
+def matmul_roofline(dtype: torch.dtype, shapes: list[tuple[int, int]], rows: int = 256) -> float:
+    """Best FLOP/s of this machine's matrix multiply at the model's weight shapes, in the model's dtype."""
+    best = 0.0
+    for out_f, in_f in shapes:
+        x, w = torch.randn(rows, in_f, dtype=dtype), torch.randn(out_f, in_f, dtype=dtype)
+        torch.nn.functional.linear(x, w)
+        n, started = 0, time.perf_counter()
+        while time.perf_counter() - started < 0.5:
+            torch.nn.functional.linear(x, w)
+            n += 1
+        best = max(best, 2 * rows * in_f * out_f * n / (time.perf_counter() - started))
+    return best
 
 
 def files_of(paths: list[Path]) -> list[Path]:
     out = []
     for p in paths:
+        if not p.exists():
+            sys.exit(f"benchmark: {p}: no such file or folder")
         out.extend(sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p])
     return out
 
 
-def is_text(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
+def totals(rows: list[dict], name: str) -> dict:
+    keys = ("bytes", "bytes_out", "compress_s", "decompress_s", "tokens", "ideal_bits", "lm_bytes_out")
+    t = {k: sum(r.get(k, 0) or 0 for r in rows) for k in keys}
+    t.update(
+        compressor=name, file="total", exact=all(r["exact"] for r in rows), rss_kib=max(r["rss_kib"] for r in rows)
+    )
+    return derive(t)
 
 
-def xz_size(data: bytes) -> int:
-    if shutil.which("xz") is None:
-        sys.exit("benchmark: the xz command is not installed (apt-get install xz-utils)")
-    return len(subprocess.run(XZ_COMMAND, input=data, capture_output=True, check=True).stdout)
+def derive(r: dict) -> dict:
+    r["bits_per_byte"] = 8 * r["bytes_out"] / max(r["bytes"], 1)
+    r["compress_kbps"] = r["bytes"] / 1000 / max(r["compress_s"], 1e-9)
+    r["decompress_kbps"] = r["bytes"] / 1000 / max(r["decompress_s"], 1e-9)
+    return r
 
 
-def measure(path: Path, data: bytes, model, settings: dict) -> dict:
-    started = time.perf_counter()
-    comp = lmpress.Compressor(model, **settings)
-    blob = comp.compress(data) + comp.flush()
-    compress_s = time.perf_counter() - started
-    started = time.perf_counter()
-    back = lmpress.decompress(blob, model=model)
-    decompress_s = time.perf_counter() - started
-    s = comp.stats
-    return {
-        "file": f"{path.parent.name}/{path.name}",
-        "text": is_text(data),
-        "bytes": len(data),
-        "xz_bytes": xz_size(data),
-        "lmpress_bytes": len(blob),
-        "bits_per_byte": 8 * len(blob) / max(len(data), 1),
-        "ideal_bits": s.ideal_bits,
-        "lm_bytes_in": s.lm_bytes_in,
-        "lm_bytes_out": s.lm_bytes_out,
-        "tokens": s.tokens,
-        "overhead_pct": 100 * s.overhead,
-        "chunks": s.chunks,
-        "compress_s": compress_s,
-        "decompress_s": decompress_s,
-        "exact": back == data,
-    }
-
-
-def total(rows: list[dict], name: str) -> dict:
-    keys = ("bytes", "xz_bytes", "lmpress_bytes", "ideal_bits", "lm_bytes_out", "tokens", "compress_s", "decompress_s")
-    t = {k: sum(r[k] for r in rows) for k in keys}
-    t.update(file=name, exact=all(r["exact"] for r in rows), bits_per_byte=8 * t["lmpress_bytes"] / max(t["bytes"], 1))
-    t["overhead_pct"] = 100 * (t["lm_bytes_out"] * 8 / t["ideal_bits"] - 1) if t["ideal_bits"] else 0.0
-    return t
-
-
-def table(rows: list[dict]) -> str:
-    lines = [
-        "| file | bytes | xz -9e bytes | lmpress bytes | bits/byte | vs xz | overhead % | compress KB/s | "
-        "decompress KB/s | exact |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
+def markdown(rows: list[dict], xz: dict[str, int], meta: dict) -> str:
+    head = (
+        "| compressor | file | bytes | compressed | bits/byte | vs xz -9e | compress KB/s | decompress KB/s | "
+        "peak RSS MiB | exact |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
+    )
+    lines = [head]
     for r in rows:
+        vs = r["bytes_out"] / xz[r["file"]] if xz.get(r["file"]) else float("nan")
         lines.append(
-            f"| {r['file']} | {r['bytes']:,} | {r['xz_bytes']:,} | {r['lmpress_bytes']:,} | {r['bits_per_byte']:.3f} "
-            f"| {r['lmpress_bytes'] / r['xz_bytes']:.3f}× | {r['overhead_pct']:.2f} "
-            f"| {r['bytes'] / 1000 / r['compress_s']:.2f} | {r['bytes'] / 1000 / r['decompress_s']:.2f} "
-            f"| {'yes' if r['exact'] else 'NO'} |"
+            f"| {r['compressor']} | {r['file']} | {r['bytes']:,} | {r['bytes_out']:,} | "
+            f"{r['bits_per_byte']:.3f} | {vs:.3f}× | {r['compress_kbps']:.2f} | {r['decompress_kbps']:.2f} | "
+            f"{r['rss_kib'] / 1024:.0f} | {'yes' if r['exact'] else 'NO'} |"
         )
-    return "\n".join(lines)
+    lm = meta["lmpress"]
+    notes = [
+        f"Measured {meta['date']} on {meta['machine']} with `{meta['command']}`"
+        + (f" (first {meta['prefix']:,} bytes of each file)" if meta["prefix"] else "")
+        + ".",
+        f"lmpress {meta['lmpress_version']}, model {lm['model']}, torch {meta['torch']}: "
+        f"{lm['tokens']:,} tokens, ideal code length {lm['ideal_bits'] / 8:,.0f} bytes, range-coder overhead "
+        f"{lm['overhead_pct']:.2f}%; {lm['flops_per_byte'] / 1e6:,.0f} MFLOP per byte; matrix multiply on this machine "
+        f"{meta['roofline_gflops']:.0f} GFLOP/s ({meta['dtype']}), lmpress compression at "
+        f"{lm['roofline_pct']:.1f}% of it.",
+    ]
+    notes += [f"Skipped: {s}." for s in meta["skipped"]]
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+
+
+def chart(rows: list[dict], totals_rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, t in enumerate(totals_rows):
+        c = colours[i % len(colours)]
+        mine = [r for r in rows if r["compressor"] == t["compressor"]]
+        ax.scatter([r["compress_kbps"] for r in mine], [r["bits_per_byte"] for r in mine], s=10, color=c, alpha=0.35)
+        ax.scatter([t["compress_kbps"]], [t["bits_per_byte"]], s=70, color=c, label=t["compressor"], edgecolor="k")
+    ax.set_xscale("log")
+    ax.set_xlabel("compression throughput, KB/s (log scale)")
+    ax.set_ylabel("bits per byte (lower is better)")
+    ax.set_title("Compressors on the benchmark files (large: total, small: per file)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("paths", nargs="*", type=Path, help="files or folders (default: shared corpora)")
+    parser.add_argument("paths", nargs="*", type=Path, help="files or folders (default: the shared corpora)")
+    parser.add_argument("--quick", action="store_true", help=f"first {QUICK_PREFIX} bytes of each file, small chunks")
     parser.add_argument("--prefix", type=int, default=0, help="use only the first N bytes of each file (0: all)")
-    parser.add_argument("--model", help="model spec (default: the embedded default)")
+    parser.add_argument("--model", action="append", help="lmpress model (repeat to compare; default: the default)")
+    parser.add_argument("--chunk-size", type=int, help="lmpress chunk size (default: lmpress's)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out"))
-    parser.add_argument("--chunk-size", type=int, default=Settings().chunk_size)
+    parser.add_argument("--readme", type=Path, help="README whose results section to replace with the table")
+    parser.add_argument("--no-chart", action="store_true")
     args = parser.parse_args()
-    inputs = files_of(args.paths or default_inputs())
+    prefix = args.prefix or (QUICK_PREFIX if args.quick else 0)
+    chunk = args.chunk_size or (QUICK_CHUNK if args.quick else None)
+    inputs = files_of(args.paths or [BENCH / p for p in DEFAULT_INPUTS if (BENCH / p).exists()])
     if not inputs:
         sys.exit("benchmark: no input files (pass files or folders)")
-    started = time.perf_counter()
-    model = load_model(args.model)
-    load_s = time.perf_counter() - started
-    settings = {"chunk_size": args.chunk_size}
-    rows = []
+    settings = {"chunk_size": chunk} if chunk else {}
+    peers = [p for p in PEERS if shutil.which(p.compress[0])]
+    skipped = [
+        f"{p.name} (`{p.compress[0]}` not on PATH" + (f"; apt-get install {p.install})" if p.install else ")")
+        for p in PEERS
+        if p not in peers
+    ]
+    models = [(spec, load_model(spec)) for spec in (args.model or [None])]
+    rows: list[dict] = []
     for path in inputs:
-        data = path.read_bytes()
-        if args.prefix:
-            data = data[: args.prefix]
-        rows.append(measure(path, data, model, settings))
-        print(table(rows[-1:]).splitlines()[-1], flush=True)
-    text_rows = [r for r in rows if r["text"]]
-    totals = [total(rows, "**total**")] + ([total(text_rows, "**total, text files**")] if text_rows else [])
-    md = table(rows + totals)
-    command = " ".join([Path(sys.executable).name, *sys.argv])
+        data = path.read_bytes()[: prefix or None]
+        name = str(path.relative_to(BENCH)) if path.is_relative_to(BENCH) else path.name
+        for spec, lm in models:
+            label = "lmpress" if spec is None else f"lmpress ({lm.name})"
+            rows.append(
+                derive({"compressor": label, "file": name, "bytes": len(data), **measure_lmpress(lm, data, settings)})
+            )
+            print(f"{name}: {label} {rows[-1]['bits_per_byte']:.3f} bits/byte", file=sys.stderr, flush=True)
+        for peer in peers:
+            rows.append(derive({"compressor": peer.name, "file": name, "bytes": len(data), **measure_peer(peer, data)}))
+    compressors = list(dict.fromkeys(r["compressor"] for r in rows))
+    total_rows = [totals([r for r in rows if r["compressor"] == c], c) for c in compressors]
+    dtype = models[0][1].net.dtype
+    roofline = matmul_roofline(
+        dtype,
+        [
+            (w.shape[0], w.shape[1])
+            for w in (models[0][1].net.lm_head.weight, models[0][1].net.model.layers[0].mlp.up_proj.weight)
+        ],
+    )
+    flops_per_token = 2 * sum(m.weight.numel() for m in models[0][1].net.modules() if isinstance(m, torch.nn.Linear))
+    lm_total = total_rows[0]
+    lm_total["overhead_pct"] = (
+        100 * (lm_total["lm_bytes_out"] * 8 / lm_total["ideal_bits"] - 1) if lm_total["ideal_bits"] else 0.0
+    )
+    lm_total["flops_per_byte"] = flops_per_token * lm_total["tokens"] / max(lm_total["bytes"], 1)
+    lm_total["roofline_pct"] = 100 * flops_per_token * lm_total["tokens"] / lm_total["compress_s"] / roofline
+    lm_total["model"] = models[0][1].name
     meta = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": command,
-        "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
+        "command": " ".join(["python", *sys.argv]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "lmpress": lmpress.__version__,
-        "model": model.name,
-        "model_load_s": load_s,
-        "xz": subprocess.run(["xz", "--version"], capture_output=True, text=True).stdout.splitlines()[0],
-        "xz_command": " ".join(XZ_COMMAND),
-        "prefix": args.prefix,
-        "settings": settings,
+        "lmpress_version": lmpress.__version__,
+        "dtype": str(dtype).removeprefix("torch."),
+        "roofline_gflops": roofline / 1e9,
+        "prefix": prefix,
+        "lmpress_settings": settings,
+        "lmpress": lm_total,
+        "skipped": skipped,
+        "peers": {p.name: {"compress": " ".join(p.compress), "decompress": " ".join(p.decompress)} for p in peers},
     }
+    xz = {r["file"]: r["bytes_out"] for r in rows if r["compressor"] == "xz -9e"}
+    xz["total"] = sum(xz.values())
+    table = markdown(total_rows + rows, xz, meta)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"meta": meta, "files": rows, "totals": totals}, indent=1))
-    header = (
-        f"Measured {meta['date']} on {meta['machine']}, torch {meta['torch']}, model {meta['model']}.\n"
-        f"Command: `{command}`\n\n"
-    )
-    (args.out / "results.md").write_text(header + md + "\n")
-    print("\n" + header + md)
+    (args.out / "results.json").write_text(json.dumps({"meta": meta, "totals": total_rows, "files": rows}, indent=1))
+    (args.out / "results.md").write_text(table)
+    if not args.no_chart:
+        chart(rows, total_rows, args.out / "chart.png")
+    if args.readme:
+        text = args.readme.read_text()
+        start, end = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
+        args.readme.write_text(text[:start] + "\n" + table + text[end:])
+    print(table)
     return 0 if all(r["exact"] for r in rows) else 1
 
 

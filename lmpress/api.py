@@ -13,7 +13,7 @@ import torch
 from . import __version__
 from . import format as fmt
 from .coding import PRECISION_BITS
-from .engine import Progress, Settings, Stats, boundary, decode_segment, encode_segment, torch_threads
+from .engine import Progress, Settings, Stats, decode_segment, encode_segment, segment_length, torch_threads
 from .errors import FormatError, ModelMismatchError
 from .models import LanguageModel, load_model
 
@@ -44,7 +44,7 @@ class Compressor:
             model_name=self.model.name,
             weights_sha256=self.model.weights_sha256[:32],
             tokenizer_sha256=self.model.tokenizer_sha256[:32],
-            start_token=self.model.start_token,
+            start_token=self.settings.start(self.model),
             dtype=str(self.model.net.dtype).removeprefix("torch."),
             threads=threads,
             window=self.settings.window,
@@ -68,9 +68,7 @@ class Compressor:
         self._buffer += data
         self._crc = zlib.crc32(data, self._crc)
         out, self._pending = [self._pending], b""
-        size = self.settings.segment_size
-        while len(self._buffer) >= size + 8:
-            cut = boundary(self._buffer, max(1, size - 512))
+        while cut := segment_length(self._buffer, self.settings, final=False):
             out.append(self._segment(bytes(self._buffer[:cut])))
             del self._buffer[:cut]
         return b"".join(out)
@@ -80,9 +78,9 @@ class Compressor:
         if self._finished:
             raise ValueError("compressor has already been flushed")
         out = [self.compress(b"")]
-        if self._buffer:
-            out.append(self._segment(bytes(self._buffer)))
-            self._buffer.clear()
+        while cut := segment_length(self._buffer, self.settings, final=True):
+            out.append(self._segment(bytes(self._buffer[:cut])))
+            del self._buffer[:cut]
         end = fmt.End(self.stats.bytes_in, self._crc).to_bytes()
         out.append(end)
         self._finished = True
@@ -134,7 +132,7 @@ class Decompressor:
             self._check_model(header)
             self.header = header
         h = self.header
-        settings = Settings(window=h.window, keep=h.keep, threads=h.threads)
+        settings = Settings(window=h.window, keep=h.keep, threads=h.threads, start_token=h.start_token)
         hint = (
             f", or this machine computes the model differently from the one that wrote it "
             f"(archive: torch {h.torch_version}, {h.dtype}, {h.threads} threads; here: torch {torch.__version__})"

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
+import glob
 import hashlib
+import json
+import lzma
+import math
 import os
 import sys
 import tempfile
@@ -17,9 +22,11 @@ from tqdm import tqdm
 
 from . import __version__, api
 from . import format as fmt
+from .analysis import audit_document, score_document
 from .engine import Settings
 from .errors import LmpressError
 from .models import DEFAULT_MODEL, cache_dir, fetch_default, load_model
+from .report import render
 
 SUFFIX = ".lmp"
 BLOCK = 1 << 20
@@ -70,7 +77,10 @@ def atomic_output(target: Path | None, force: bool) -> Iterator[tuple[IO[bytes],
     if target.exists() and not force:
         raise UserError(f"output {target} already exists; use -f to overwrite")
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.fchmod(fd, 0o666 & ~umask)  # as a plain open() would create it; callers may narrow it
         with os.fdopen(fd, "wb") as out:
             yield out, tmp
             out.flush()
@@ -143,7 +153,9 @@ def _compress_one(args: argparse.Namespace, name: str) -> None:
     if args.verbose:
         bpb = 8 * s.bytes_out / s.bytes_in if s.bytes_in else 0.0
         ideal = (
-            f", ideal {s.ideal_bits / s.lm_bytes_in:.3f} on model-coded text, overhead {100 * s.overhead:.2f}%"
+            f"; model-coded text: {s.lm_bytes_in:,} bytes, ideal {s.ideal_bits:,.0f} bits "
+            f"({s.ideal_bits / s.lm_bytes_in:.4f} bits/byte), coded {s.lm_bytes_out * 8:,} bits "
+            f"(overhead {100 * s.overhead:.2f}%)"
             if s.lm_bytes_in
             else ""
         )
@@ -262,6 +274,180 @@ def _models(args: argparse.Namespace) -> None:
         print(f"  cache: {cache_dir()}")
 
 
+def _documents(paths: list[str], field: str, max_bytes: int) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of each document: files, folders (recursively), glob patterns, and JSONL records."""
+    for spec in paths:
+        matches = sorted(glob.glob(spec, recursive=True)) if glob.has_magic(spec) else [spec]
+        if not matches:
+            raise UserError(f"{spec}: no files match")
+        for match in matches:
+            path = Path(match)
+            files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+            for f in files:
+                if f.suffix == ".jsonl":
+                    with f.open("rb") as lines:
+                        for n, line in enumerate(lines, 1):
+                            if line.strip():
+                                yield f"{f}:{n}", _record(f, n, line, field)[: max_bytes or None]
+                else:
+                    with f.open("rb") as src:
+                        yield str(f), src.read(max_bytes or -1)
+
+
+def _record(path: Path, n: int, line: bytes, field: str) -> bytes:
+    try:
+        value = json.loads(line)[field]
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{path}:{n}: not a JSON object with a {field!r} field") from None
+    return str(value).encode("utf-8")
+
+
+def _analysis_settings(args: argparse.Namespace) -> Settings:
+    return Settings(window=args.window, keep=args.keep_tokens, chunk_size=args.chunk_size)
+
+
+def _scored(args: argparse.Namespace, model_specs: list[str | None], detail: int = 0):
+    """Yield (document name, data, model, scores) for every document under every model, with a progress bar."""
+    models = [load_model(spec) for spec in model_specs]
+    docs = list(_documents(args.paths, args.field, args.max_bytes))
+    settings = _analysis_settings(args)
+    total = sum(len(d) for _, d in docs) * len(models)
+    with tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        disable=args.quiet or not sys.stderr.isatty() and not args.verbose,
+        leave=False,
+        file=sys.stderr,
+        desc="scoring",
+    ) as bar:
+        for name, data in docs:
+            for lm in models:
+                scores = score_document(lm, data, settings, detail)
+                bar.update(len(data))
+                yield name, data, lm, scores
+
+
+def _measure(args: argparse.Namespace) -> None:
+    rows = []
+    for name, _, lm, s in _scored(args, args.model or [None]):
+        rows.append(
+            {
+                "document": name,
+                "model": lm.name,
+                "bytes": s.n_bytes,
+                "skipped_bytes": s.skipped_bytes,
+                "tokens": len(s.bits),
+                "bits": s.total_bits,
+                "bits_per_byte": s.bits_per_byte,
+            }
+        )
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        n_bytes, bits = sum(r["bytes"] for r in mine), sum(r["bits"] for r in mine)
+        rows.append(
+            {
+                "document": "(total)",
+                "model": model,
+                "bytes": n_bytes,
+                "skipped_bytes": sum(r["skipped_bytes"] for r in mine),
+                "tokens": sum(r["tokens"] for r in mine),
+                "bits": bits,
+                "bits_per_byte": bits / n_bytes if n_bytes else math.nan,
+            }
+        )
+    _emit(args, rows, ["document", "model", "bytes", "tokens", "bits", "bits_per_byte", "skipped_bytes"])
+
+
+def _audit(args: argparse.Namespace) -> None:
+    audits = [audit_document(name, data, s) for name, data, _, s in _scored(args, [args.model])]
+    audits.sort(key=lambda a: a.ratio)
+    rows = [
+        {
+            "rank": i,
+            "document": a.name,
+            "bytes": a.n_bytes,
+            "model_bpb": a.model_bpb,
+            "xz_bpb": a.xz_bpb,
+            "zlib_bpb": a.zlib_bpb,
+            "ratio": a.ratio,
+            "min_k_pp": a.min_k_pp,
+            "memorised_tokens": a.memorised_tokens,
+            "verdict": verdict(a.ratio),
+            "spans": a.spans,
+        }
+        for i, a in enumerate(audits, 1)
+    ]
+    _emit(
+        args,
+        rows,
+        [
+            "rank",
+            "document",
+            "bytes",
+            "model_bpb",
+            "xz_bpb",
+            "zlib_bpb",
+            "ratio",
+            "min_k_pp",
+            "memorised_tokens",
+            "verdict",
+        ],
+    )
+    if not (args.json or args.csv):
+        for r in rows:
+            for span in r["spans"][:1]:
+                print(f"longest memorised span in {r['document']}: {' '.join(span.split())[:160]!r}")
+
+
+def verdict(ratio: float) -> str:
+    """Reading of model bits over classical bits; the bands are a guide, see docs/ANALYSIS.md."""
+    if ratio < 0.25:
+        return "known to the model"
+    if ratio < 0.6:
+        return "familiar kind of text"
+    if ratio < 0.9:
+        return "new to the model"
+    return "no structure either side sees"
+
+
+def _show(args: argparse.Namespace) -> None:
+    specs = [args.model] + ([args.vs] if args.vs else [])
+    scored = list(_scored(args, specs, detail=5))
+    if len({name for name, *_ in scored}) != 1:
+        raise UserError("show takes one document")
+    name, data = scored[0][0], scored[0][1]
+    xz_bpb = 8 * len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)) / max(len(data), 1)
+    page = render(Path(name).name, [lm.name for *_, lm, _ in scored], [s for *_, s in scored], xz_bpb)
+    target = Path(args.output or Path(name).name + ".html")
+    with atomic_output(target, force=True) as (out, _):
+        out.write(page.encode("utf-8"))
+    if not args.quiet:
+        print(f"wrote {target}", file=sys.stderr)
+
+
+def _emit(args: argparse.Namespace, rows: list[dict], columns: list[str]) -> None:
+    if args.json:
+        json.dump(rows, sys.stdout, indent=1)
+        print()
+    elif args.csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        cells = [[_cell(r[c]) for c in columns] for r in rows]
+        widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+        print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+        for row in cells:
+            print("  ".join(v.rjust(w) if v[:1].isdigit() or v[:1] == "-" else v.ljust(w) for v, w in zip(row, widths)))
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lmpress",
@@ -295,6 +481,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("test", parents=[common], help="check that archives decompress", epilog=EPILOG)
     ls = sub.add_parser("list", help="show an archive's header and chunks (no model needed)")
     ls.add_argument("files", nargs="+", metavar="FILE")
+    lens = argparse.ArgumentParser(add_help=False)
+    lens.add_argument("paths", nargs="+", metavar="PATH", help="files, folders, glob patterns, or .jsonl files")
+    lens.add_argument("--field", default="text", help="JSONL field holding the document (default: text)")
+    lens.add_argument("--max-bytes", type=int, default=0, help="score only the first N bytes of each document")
+    lens.add_argument("--window", type=int, default=defaults.window, help="context positions (as compress)")
+    lens.add_argument("--keep-tokens", type=int, default=defaults.keep, help="tokens kept at a restart (as compress)")
+    lens.add_argument("--chunk-size", type=int, default=defaults.chunk_size, help="bytes per chunk (as compress)")
+    lens.add_argument("-v", "--verbose", action="store_true", help="progress bar even when not on a terminal")
+    lens.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    out_fmt = argparse.ArgumentParser(add_help=False)
+    out_fmt.add_argument("--json", action="store_true", help="JSON output")
+    out_fmt.add_argument("--csv", action="store_true", help="CSV output")
+    ms = sub.add_parser("measure", parents=[lens, out_fmt], help="bits per byte of documents under models")
+    ms.add_argument("--model", action="append", help="a model to measure (repeat to compare; default: the default)")
+    au = sub.add_parser("audit", parents=[lens, out_fmt], help="rank documents from known to new to the model")
+    au.add_argument("--model", help="model (default: the default model)")
+    sh = sub.add_parser("show", parents=[lens], help="HTML page of the bits of every token of one document")
+    sh.add_argument("--model", help="model (default: the default model)")
+    sh.add_argument("--vs", metavar="MODEL_B", help="a second model to compare token by token")
+    sh.add_argument("-o", "--output", help="HTML file to write (default: DOCUMENT.html here)")
     m = sub.add_parser("models", help="fetch the default model, or describe a model")
     m.add_argument("action", choices=["fetch", "info"])
     m.add_argument("--model", help="model to describe (info)")
@@ -309,8 +515,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             _list(args)
             return EXIT_OK
-        if args.command == "models":
-            _models(args)
+        if args.command in ANALYSES:
+            ANALYSES[args.command](args)
             return EXIT_OK
         if args.command != "test" and args.output and len(args.files) > 1:
             raise UserError("-o takes one input file")
@@ -344,6 +550,8 @@ def _message(name: str | None, e: BaseException) -> str:
     text = str(e)
     return text if name is None or name == "-" or text.startswith(name) else f"{name}: {text}"
 
+
+ANALYSES = {"models": _models, "measure": _measure, "audit": _audit, "show": _show}
 
 if __name__ == "__main__":
     sys.exit(main())

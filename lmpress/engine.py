@@ -46,6 +46,7 @@ class Settings:
     chunk_size: int = 8192
     max_batch: int = 64
     threads: int = 0  # 0: torch's default for this machine
+    start_token: int | None = None  # None: the model's own choice (recorded in the archive either way)
 
     def __post_init__(self) -> None:
         if self.window < 2 or not 0 <= self.keep <= self.window - 2:
@@ -56,6 +57,9 @@ class Settings:
     @property
     def segment_size(self) -> int:
         return self.chunk_size * self.max_batch
+
+    def start(self, lm: LanguageModel) -> int:
+        return lm.start_token if self.start_token is None else self.start_token
 
 
 @dataclass
@@ -107,6 +111,21 @@ def looks_like_text(data: bytes) -> bool:
     return controls <= len(data) // 10
 
 
+def segment_length(buffer: bytes | bytearray, settings: Settings, final: bool) -> int:
+    """Bytes of the next segment at the start of ``buffer``; 0 when more input must come first."""
+    size = settings.segment_size
+    if len(buffer) >= size + 8:
+        return boundary(buffer, max(1, size - _LINE_SEARCH))
+    return len(buffer) if final else 0
+
+
+def chunks_of(data: bytes, settings: Settings) -> Iterator[bytes]:
+    """The chunks a compressor cuts ``data`` into, in order (before text/binary classification)."""
+    while n := segment_length(data, settings, final=True):
+        yield from split(data[:n], settings)
+        data = data[n:]
+
+
 def split(data: bytes, settings: Settings) -> list[bytes]:
     n = min(settings.max_batch, max(1, round(len(data) / settings.chunk_size)))
     cuts = [0]
@@ -121,8 +140,9 @@ def split(data: bytes, settings: Settings) -> list[bytes]:
 class Lockstep:
     """Rows of token streams advancing one token per step through one batched forward pass."""
 
-    def __init__(self, lm: LanguageModel, lengths: list[int], window: int, keep: int):
-        self.net, self.start = lm.net, lm.start_token
+    def __init__(self, lm: LanguageModel, lengths: list[int], settings: Settings):
+        self.net, self.start = lm.net, settings.start(lm)
+        window, keep = settings.window, settings.keep
         self.lengths = np.asarray(lengths)
         self.window, self.keep = window, keep
         self.history = torch.full((len(lengths), int(self.lengths.max())), self.start, dtype=torch.long)
@@ -166,7 +186,7 @@ def run_lockstep(
     bytes_per_token: np.ndarray | None = None,
 ) -> None:
     """Drive the rows to their lengths; ``code(rows, probs)`` returns each listed row's token."""
-    steps = Lockstep(lm, lengths, settings.window, settings.keep)
+    steps = Lockstep(lm, lengths, settings)
     tokens = np.zeros(len(lengths), dtype=np.int64)
     for _ in range(max(lengths)):
         rows = np.flatnonzero(steps.active)

@@ -161,10 +161,12 @@ class Llama(nn.Module):
     def new_cache(self, batch: int, length: int) -> KVCache:
         return KVCache(self.cfg, batch, length, self.dtype)
 
-    def forward(self, tokens: Tensor, cache: KVCache, pos: int) -> Tensor:
-        """Logits (float32) for the last position of ``tokens`` [B, T], written at positions pos..pos+T-1.
+    def forward(self, tokens: Tensor, cache: KVCache, pos: int, all_positions: bool = False) -> Tensor:
+        """Float32 logits for the last position of ``tokens`` [B, T] (or hidden states of every position).
 
-        ``pos == 0`` with T > 1 is a fresh causal prefill; T == 1 is one decoding step.
+        The tokens are written to the cache at positions pos..pos+T-1: ``pos == 0`` with T > 1 is a fresh
+        causal prefill; T == 1 is one decoding step. With ``all_positions`` it returns the final normalised
+        hidden states [B, T, hidden] instead, for callers that apply ``lm_head`` in slices to bound memory.
         """
         B, T = tokens.shape
         positions = torch.arange(pos, pos + T, dtype=torch.float32)
@@ -174,5 +176,6 @@ class Llama(nn.Module):
         x = self.model.embed_tokens(tokens)
         for i, layer in enumerate(self.model.layers):
             x = layer(x, cos, sin, cache.k[i], cache.v[i], pos)
-        x = self.model.norm(x[:, -1])
-        return self.lm_head(x).float()
+        if all_positions:
+            return self.model.norm(x)
+        return self.lm_head(self.model.norm(x[:, -1])).float()

@@ -240,6 +240,7 @@ def _load_hub(repo_id: str) -> LanguageModel:
         folder = snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "tokenizer*"])
     except Exception as e:  # network, auth and not-found errors all land here
         raise ModelUnavailableError(
-            f"{repo_id}: not a local file or folder, and the Hugging Face Hub did not provide it ({e})"
+            f"{repo_id}: not a local file or folder, and the Hugging Face Hub did not provide it "
+            f"({' '.join(str(e).split())[:300]})"
         ) from None
     return _load_folder(Path(folder), repo_id)

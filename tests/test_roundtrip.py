@@ -91,7 +91,7 @@ def test_context_restarts_round_trip(tiny, keep):
 def test_lockstep_matches_a_full_forward_pass(tiny):
     """Stepping with the KV cache predicts what one causal pass over the sequence predicts."""
     ids = tiny.tokenize(TRAINING_TEXT.encode()[:400])
-    steps = Lockstep(tiny, [len(ids)], window=1024, keep=0)
+    steps = Lockstep(tiny, [len(ids)], Settings(window=1024, keep=0))
     stepped = []
     for t in ids:
         stepped.append(torch.from_numpy(steps.probabilities()[0]))
@@ -185,3 +185,12 @@ def test_split_respects_lines_and_characters():
 def test_bad_settings():
     with pytest.raises(ValueError):
         Settings(window=10, keep=9)
+
+
+def test_start_token_is_taken_from_the_archive(tiny):
+    data = TRAINING_TEXT.encode()[:1500]
+    comp = lmpress.Compressor(tiny, start_token=5, **SMALL)
+    blob = comp.compress(data) + comp.flush()
+    assert comp.header.start_token == 5 != tiny.start_token
+    assert comp.stats.chunks.get("lm", 0) > 0
+    assert lmpress.decompress(blob, model=tiny) == data

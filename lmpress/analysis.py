@@ -1,0 +1,174 @@
+"""Compression as a lens: how many bits each token of a document costs under a model.
+
+No coding happens here, so documents are scored with full-sequence passes (one causal prefill per
+context window) rather than token by token. The windows follow the compressor's context policy
+exactly (same chunks, same restarts), so a document's total here predicts its ideal code length in
+an archive; only float rounding differs between a prefill and the compressor's steps.
+"""
+
+from __future__ import annotations
+
+import lzma
+import math
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .engine import Settings, chunks_of
+from .models import LanguageModel
+
+_HEAD_SLICE = 256  # positions per output-head slice: bounds the logits held at once
+
+
+@dataclass
+class TokenScores:
+    """Per-token results for one document, in document order."""
+
+    text: list[str] = field(default_factory=list)  # each token's text (a chunk's tokens concatenate to it)
+    bits: list[float] = field(default_factory=list)  # −log2 p(token)
+    z: list[float] = field(default_factory=list)  # Min-K%++ score: (log p − E[log p]) / std[log p]
+    rank: list[int] = field(default_factory=list)  # 1 = the model's top choice
+    top: list[list[tuple[str, float]]] = field(default_factory=list)  # alternatives with probabilities
+    n_bytes: int = 0  # UTF-8 bytes covered by the scored tokens
+    skipped_bytes: int = 0  # bytes of chunks that are not text (not scored)
+
+    @property
+    def total_bits(self) -> float:
+        return float(sum(self.bits))
+
+    @property
+    def bits_per_byte(self) -> float:
+        return self.total_bits / self.n_bytes if self.n_bytes else math.nan
+
+
+def windows(n: int, window: int, keep: int) -> Iterator[tuple[int, int, int]]:
+    """(context start, first scored, end) of each window over n tokens, as the compressor's ``Lockstep`` sees them.
+
+    The first window scores ``window`` tokens from the start token alone; each later one restarts from the
+    start token plus the ``keep`` tokens before it and scores ``window - keep`` more.
+    """
+    start, end = 0, min(n, window)
+    while start < n:
+        yield max(0, start - keep) if start else 0, start, end
+        start, end = end, min(n, end + window - keep)
+
+
+def score_document(
+    lm: LanguageModel,
+    data: bytes,
+    settings: Settings | None = None,
+    detail: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> TokenScores:
+    """Score every text chunk of ``data`` the way the compressor would cut it; ``detail`` top alternatives."""
+    settings = settings or Settings()
+    out = TokenScores()
+    for chunk in chunks_of(data, settings):
+        ids = lm.tokenize(chunk)
+        if ids is None:
+            out.skipped_bytes += len(chunk)
+            continue
+        out.n_bytes += len(chunk)
+        _score_chunk(lm, ids, settings, detail, out)
+        out.text.extend(_token_texts(lm, ids))
+        if progress:
+            progress(len(ids))
+    return out
+
+
+def _token_texts(lm: LanguageModel, ids: list[int]) -> list[str]:
+    """Each token's text; a token that ends inside a UTF-8 character leaves it to the token completing it."""
+    texts, pending = [], []
+    for i in ids:
+        pending.append(i)
+        decoded = lm.tokenizer.decode(pending, skip_special_tokens=False)
+        texts.append("" if decoded.endswith("\ufffd") else decoded)
+        if texts[-1]:
+            pending = []
+    if pending:
+        texts[-1] = lm.tokenizer.decode(pending, skip_special_tokens=False)
+    return texts
+
+
+def _score_chunk(lm: LanguageModel, ids: list[int], settings: Settings, detail: int, out: TokenScores) -> None:
+    net, n = lm.net, len(ids)
+    for ctx, first, end in windows(n, settings.window, settings.keep):
+        inputs = torch.tensor([[settings.start(lm), *ids[ctx : end - 1]]])
+        with torch.inference_mode():
+            hidden = net(inputs, net.new_cache(1, inputs.shape[1]), 0, all_positions=True)[0]
+            targets = torch.tensor(ids[first:end])
+            offset = first - ctx  # hidden position predicting ids[first]
+            for a in range(0, end - first, _HEAD_SLICE):
+                b = min(end - first, a + _HEAD_SLICE)
+                logp = torch.log_softmax(net.lm_head(hidden[offset + a : offset + b]).float(), dim=-1)
+                tgt = targets[a:b]
+                chosen = logp.gather(1, tgt[:, None])[:, 0]
+                p = logp.exp()
+                mu = (p * logp).sum(-1)
+                sigma = ((p * logp.square()).sum(-1) - mu.square()).clamp_min(1e-12).sqrt()
+                out.bits.extend((-chosen / math.log(2)).tolist())
+                out.z.extend(((chosen - mu) / sigma).tolist())
+                out.rank.extend(((logp > chosen[:, None]).sum(-1) + 1).tolist())
+                if detail:
+                    values, indices = logp.topk(detail, dim=-1)
+                    for vs, js in zip(values.exp().tolist(), indices.tolist()):
+                        out.top.append([(lm.tokenizer.decode([j]), v) for j, v in zip(js, vs)])
+
+
+@dataclass
+class Audit:
+    """The novelty audit of one document: model bits beside classical bits, and membership evidence."""
+
+    name: str
+    n_bytes: int
+    model_bpb: float
+    zlib_bpb: float
+    xz_bpb: float
+    min_k_pp: float  # mean of the lowest 20% token z-scores; higher = more like training data
+    memorised_tokens: int  # tokens inside near-perfectly predicted spans
+    spans: list[str]  # the longest such spans (text), longest first
+
+    @property
+    def ratio(self) -> float:
+        """Model bits over the best classical bits: near 0 = the model knows it, near 1 = it knows nothing more."""
+        return self.model_bpb / min(self.zlib_bpb, self.xz_bpb)
+
+
+def min_k_percent_pp(z: list[float], k: float = 0.2) -> float:
+    """Min-K%++ (Zhang et al. 2024): mean of the lowest k fraction of per-token z-scores."""
+    if not z:
+        return math.nan
+    lowest = np.sort(np.asarray(z))[: max(1, int(len(z) * k))]
+    return float(lowest.mean())
+
+
+def memorised_spans(scores: TokenScores, min_tokens: int = 32, max_bits: float = 0.25) -> list[tuple[int, int]]:
+    """Maximal runs of at least ``min_tokens`` tokens, each predicted with at least 1/2 probability, averaging
+    at most ``max_bits`` bits: text the model reproduces almost verbatim (memorised, or boilerplate)."""
+    spans, start = [], None
+    bits = scores.bits + [math.inf]
+    for i, b in enumerate(bits):
+        if b <= 1.0:
+            start = i if start is None else start
+            continue
+        if start is not None and i - start >= min_tokens and np.mean(bits[start:i]) <= max_bits:
+            spans.append((start, i))
+        start = None
+    return spans
+
+
+def audit_document(name: str, data: bytes, scores: TokenScores) -> Audit:
+    spans = sorted(memorised_spans(scores), key=lambda s: s[0] - s[1])
+    return Audit(
+        name=name,
+        n_bytes=len(data),
+        model_bpb=scores.bits_per_byte,
+        zlib_bpb=8 * len(zlib.compress(data, 9)) / max(len(data), 1),
+        xz_bpb=8 * len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)) / max(len(data), 1),
+        min_k_pp=min_k_percent_pp(scores.z),
+        memorised_tokens=sum(b - a for a, b in spans),
+        spans=["".join(scores.text[a:b]) for a, b in spans[:3]],
+    )

@@ -1,0 +1,107 @@
+"""measure, audit and show: scoring agrees with the compressor, and the page works in a real browser."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import TRAINING_TEXT
+
+import lmpress
+from lmpress.analysis import audit_document, min_k_percent_pp, score_document, windows
+from lmpress.engine import Settings
+from lmpress.models import load_model
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return load_model(str(tiny_model_dir))
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{"chunk_size": 500}, {"window": 24, "keep": 8, "chunk_size": 700}, {"window": 24, "keep": 0, "chunk_size": 700}],
+)
+def test_measure_predicts_the_compressors_code_length(tiny, kw):
+    data = TRAINING_TEXT.encode()[:3000]
+    comp = lmpress.Compressor(tiny, **kw)
+    comp.compress(data)
+    comp.flush()
+    assert comp.stats.chunks == {"lm": comp.stats.chunks["lm"]}  # every chunk model-coded, so all bits compare
+    scores = score_document(tiny, data, Settings(**kw))
+    assert scores.n_bytes == len(data)
+    assert abs(scores.total_bits / comp.stats.ideal_bits - 1) < 1e-4
+    assert "".join(scores.text).encode() == data
+
+
+def test_windows_cover_every_token_once():
+    for n, w, k in [(1, 4, 0), (10, 4, 0), (10, 4, 2), (100, 24, 8), (23, 24, 8), (25, 24, 22)]:
+        scored = [t for _, first, end in windows(n, w, k) for t in range(first, end)]
+        assert scored == list(range(n))
+        for ctx, _, end in windows(n, w, k):
+            assert end - ctx <= w  # the start token plus inputs fit the window
+
+
+def test_audit_scores(tiny):
+    known = TRAINING_TEXT.encode()[:1200]
+    scores = score_document(tiny, known, Settings(window=64, keep=16))
+    audit = audit_document("known", known, scores)
+    assert audit.ratio < 0.5 and audit.memorised_tokens > 0 and audit.spans
+    assert min_k_percent_pp([3.0, -1.0, 2.0, -2.0, 0.0], k=0.4) == -1.5
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "lmpress", *map(str, args)], capture_output=True, timeout=300)
+
+
+def test_measure_and_audit_cli(tiny_model_dir, tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text(TRAINING_TEXT[:900])
+    (tmp_path / "b.jsonl").write_text("\n".join(json.dumps({"body": TRAINING_TEXT[i : i + 200]}) for i in (0, 400)))
+    model = ["--model", tiny_model_dir]
+    r = run("measure", *model, "--json", "--field", "body", tmp_path / "docs", tmp_path / "b.jsonl")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert [row["document"].rsplit("/", 1)[-1] for row in rows] == ["a.txt", "b.jsonl:1", "b.jsonl:2", "(total)"]
+    assert rows[-1]["bits"] == pytest.approx(sum(row["bits"] for row in rows[:-1]))
+    r = run("measure", *model, "--csv", str(tmp_path / "docs" / "*.txt"))
+    assert r.returncode == 0 and r.stdout.decode().startswith("document,model,bytes")
+    r = run("audit", *model, tmp_path / "docs", tmp_path / "b.jsonl")
+    assert r.returncode == 1 and b"'text' field" in r.stderr  # JSONL without the default field
+    r = run("audit", *model, tmp_path / "docs")
+    assert r.returncode == 0 and b"verdict" in r.stdout
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium package")
+def test_show_page_in_a_real_browser(tiny_model_dir, other_model_dir, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api")
+    (tmp_path / "doc.txt").write_text(TRAINING_TEXT[:700])
+    page_path = tmp_path / "doc.html"
+    r = run("show", "--model", tiny_model_dir, "--vs", other_model_dir, tmp_path / "doc.txt", "-o", page_path)
+    assert r.returncode == 0, r.stderr
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=shutil.which("chromium"),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+        )
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        requests = []
+        page.on("request", lambda req: requests.append(req.url))
+        page.goto(page_path.as_uri())
+        tokens = page.locator("#surprise .t")
+        assert tokens.count() > 100
+        shown = "".join(tokens.all_text_contents())
+        assert shown == TRAINING_TEXT[:700].replace("\r\n", "\n")  # HTML parsing turns CR LF into LF
+        assert page.locator("#chart polyline").count() == 1
+        tokens.nth(20).hover()
+        tip = page.locator("#tip")
+        assert tip.is_visible() and "bits" in tip.inner_text() and "top alternatives" in tip.inner_text()
+        page.screenshot(path=str(tmp_path / "show.png"), full_page=False)
+        page.locator("button[data-view=diff]").click()
+        assert page.locator("#diff").is_visible() and not page.locator("#surprise").is_visible()
+        browser.close()
+    assert all(url.startswith("file://") for url in requests)  # self-contained: nothing fetched
+    assert (tmp_path / "show.png").stat().st_size > 10_000
