@@ -63,8 +63,9 @@ def _diff_colour(d: float) -> str:
 
 
 def _spans_html(texts: list[str], colours: list[str]) -> str:
+    # CR as a character reference: the HTML parser would turn a literal one into LF.
     return "".join(
-        f'<span class="t" data-i="{i}" style="background:{c}">{html.escape(t)}</span>'
+        f'<span class="t" data-i="{i}" style="background:{c}">{html.escape(t).replace(chr(13), "&#13;")}</span>'
         for i, (t, c) in enumerate(zip(texts, colours))
     )
 
