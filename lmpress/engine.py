@@ -305,7 +305,10 @@ def decode_segment(
 
         def code(rows: np.ndarray, probs: np.ndarray) -> np.ndarray:
             t = next(step)
-            decoded[rows, t] = decoder.decode(probs[rows])
+            try:
+                decoded[rows, t] = decoder.decode(probs[rows])
+            except (AssertionError, ValueError, RuntimeError):  # constriction's word for an impossible stream
+                raise FormatError(f"the token stream of {where} is corrupted") from None
             return decoded[rows, t]
 
         per_token = np.array([chunks[i].raw_size / chunks[i].tokens for i in lm_rows])
