@@ -537,7 +537,8 @@ def main(argv: list[str] | None = None) -> int:
         return status
     except KeyboardInterrupt:
         print("lmpress: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)  # outputs are already cleaned up; skip interpreter teardown under a signal
     except (UserError, LmpressError, OSError, ValueError) as e:
         print(f"lmpress: {_message(None, e)}", file=sys.stderr)
         return EXIT_ERROR

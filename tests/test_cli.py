@@ -94,7 +94,9 @@ def test_interrupt_leaves_no_partial_output(work):
         [sys.executable, "-m", "lmpress", "compress", "-v", "--chunk-size", "100000", *map(str, model), d / "big.txt"],
         stderr=subprocess.PIPE,
     )
-    proc.stderr.read(1)  # the progress bar has started: coding is under way
+    seen = b""
+    while b"big.txt" not in seen:  # the progress bar names the file: coding is under way
+        seen += proc.stderr.read(1) or b"big.txt"
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
