@@ -243,11 +243,11 @@ def encode_segment(
         )
         # A chunk the model codes worse than LZMA2 (or than storing it) leaves the batch, which is then
         # coded again: the decoder must see exactly the batch the encoder ran.
-        losers = {i for row, i in enumerate(lm_rows) if bits[row] / 8 >= len(_classical(pieces[i][0])[1])}
+        for i in lm_rows:  # each chunk's LZMA2 alternative is computed once, whatever the number of passes
+            classical[i] = classical[i] or _classical(pieces[i][0])
+        losers = {i for row, i in enumerate(lm_rows) if bits[row] / 8 >= len(classical[i][1])}
         if not losers:
             break
-        for i in losers:
-            classical[i] = _classical(pieces[i][0])
         lm_rows = [i for i in lm_rows if i not in losers]
     if not lm_rows:
         stream, bits = b"", np.zeros(0)
