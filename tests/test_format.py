@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 
 import pytest
@@ -11,16 +12,12 @@ from lmpress.errors import FormatError, UnsupportedVersionError
 
 HEADER = fmt.Header(
     model_name="tiny ✓",
-    weights_sha256="00112233445566778899aabbccddeeff",
-    tokenizer_sha256="ffeeddccbbaa99887766554433221100",
+    model_id="0011223344556677",
     start_token=7,
     dtype="float32",
     threads=2,
     window=1024,
     keep=256,
-    precision=24,
-    lmpress_version="0.1.0",
-    torch_version="2.13.0+cpu",
 )
 
 
@@ -31,18 +28,32 @@ def test_header_round_trip_and_incremental_parse():
     assert fmt.parse_header(raw + b"rest") == (HEADER, len(raw))
 
 
+def test_default_model_name_is_stored_empty():
+    default = dataclasses.replace(HEADER, model_name=fmt.DEFAULT_MODEL)
+    raw = default.to_bytes()
+    assert len(raw) == len(HEADER.to_bytes()) - len("tiny ✓".encode())
+    assert fmt.parse_header(raw) == (default, len(raw))
+
+
 def test_segment_round_trip():
     seg = fmt.Segment(
-        [fmt.Chunk(fmt.METHOD_STORED, 3, 3, 0, zlib.crc32(b"abc")), fmt.Chunk(fmt.METHOD_LM, 10, 0, 4, 1)],
+        400,
+        zlib.crc32(b"abc"),
+        [
+            fmt.Chunk(fmt.METHOD_STORED, 3, 3),
+            fmt.Chunk(fmt.METHOD_LM, tokens=4),
+            fmt.Chunk(fmt.METHOD_XZ, 300, 2),
+            fmt.Chunk(fmt.METHOD_LM, tokens=90),
+        ],
+        [b"abc", b"", b"xy", b""],
         b"12345678",
-        [b"abc", b""],
     )
     raw = seg.to_bytes()
     for cut in range(len(raw)):
         assert fmt.parse_frame(raw[:cut]) is None
     assert fmt.parse_frame(raw) == (seg, len(raw))
-    end = fmt.End(13, 99).to_bytes()
-    assert fmt.parse_frame(end) == (fmt.End(13, 99), len(end))
+    end = fmt.End(13).to_bytes()
+    assert fmt.parse_frame(end) == (fmt.End(13), len(end))
 
 
 def test_bad_magic_is_reported_early():
@@ -57,7 +68,7 @@ def test_newer_version_is_named():
         fmt.parse_header(raw)
 
 
-@pytest.mark.parametrize("position", [2, 12, 40, -3])
+@pytest.mark.parametrize("position", [2, 6, 12, 20, -3])
 def test_header_corruption_is_detected(position):
     raw = bytearray(HEADER.to_bytes())
     raw[position] ^= 0x10
@@ -65,11 +76,21 @@ def test_header_corruption_is_detected(position):
         fmt.parse_header(raw)
 
 
-def test_chunk_table_corruption_is_detected():
-    raw = bytearray(fmt.Segment([fmt.Chunk(fmt.METHOD_STORED, 3, 3, 0, 0)], b"", [b"abc"]).to_bytes())
-    raw[8] ^= 1
-    with pytest.raises(FormatError, match="checksum"):
-        fmt.parse_frame(raw)
+def test_chunk_table_must_fit_the_segment():
+    """Token counts are bounded by the segment size, so a damaged table cannot make the decoder run away."""
+    lm = fmt.Segment(10, 0, [fmt.Chunk(fmt.METHOD_LM, tokens=11)], [b""], b"1234")
+    with pytest.raises(FormatError, match="does not fit"):
+        fmt.parse_frame(lm.to_bytes())
+    stored = fmt.Segment(3, 0, [fmt.Chunk(fmt.METHOD_STORED, 3, 3)], [b"abc"], b"").to_bytes()
+    with pytest.raises(FormatError, match="add up"):
+        fmt.parse_frame(stored[:1] + bytes([stored[1] + 1]) + stored[2:] + b"!")
+
+
+def test_old_version_is_named():
+    raw = bytearray(HEADER.to_bytes())
+    raw[4] = 1
+    with pytest.raises(FormatError, match="pre-release"):
+        fmt.parse_header(raw)
 
 
 def test_unknown_frame_type():

@@ -130,11 +130,11 @@ def test_truncated_and_trailing(tiny):
         lmpress.decompress(blob + b"x", model=tiny)
 
 
-def test_corrupted_payload_names_the_chunk(tiny):
+def test_corrupted_payload_names_the_segment(tiny):
     data = TRAINING_TEXT.encode()[:2000]
     blob = bytearray(lmpress.compress(data, model=tiny, **SMALL))
-    blob[-30] ^= 0x55  # inside the last chunk's payload
-    with pytest.raises(lmpress.LmpressError, match="chunk"):
+    blob[-10] ^= 0x55  # inside the last segment's token stream
+    with pytest.raises(lmpress.LmpressError, match=r"^segment \d+ \(from byte \d+\)"):
         lmpress.decompress(bytes(blob), model=tiny)
 
 
