@@ -8,6 +8,7 @@ an archive; only float rounding differs between a prefill and the compressor's s
 
 from __future__ import annotations
 
+import dataclasses
 import lzma
 import math
 import zlib
@@ -21,6 +22,7 @@ from .engine import Settings, chunks_of
 from .models import LanguageModel
 
 _HEAD_SLICE = 256  # positions per output-head slice: bounds the logits held at once
+_BATCH_POSITIONS = 4096  # positions per batched prefill: bounds activation memory
 
 
 @dataclass
@@ -94,28 +96,48 @@ def _token_texts(lm: LanguageModel, ids: list[int]) -> list[str]:
 
 
 def _score_chunk(lm: LanguageModel, ids: list[int], settings: Settings, detail: int, out: TokenScores) -> None:
-    net, n = lm.net, len(ids)
-    for ctx, first, end in windows(n, settings.window, settings.keep):
-        inputs = torch.tensor([[settings.start(lm), *ids[ctx : end - 1]]])
+    net, start = lm.net, settings.start(lm)
+    for group in _batches(list(windows(len(ids), settings.window, settings.keep)), settings.window):
+        inputs = torch.tensor([[start, *ids[ctx : end - 1]] for ctx, _, end in group])
         with torch.inference_mode():
-            hidden = net(inputs, net.new_cache(1, inputs.shape[1]), 0, all_positions=True)[0]
-            targets = torch.tensor(ids[first:end])
-            offset = first - ctx  # hidden position predicting ids[first]
-            for a in range(0, end - first, _HEAD_SLICE):
-                b = min(end - first, a + _HEAD_SLICE)
-                logp = torch.log_softmax(net.lm_head(hidden[offset + a : offset + b]).float(), dim=-1)
-                tgt = targets[a:b]
-                chosen = logp.gather(1, tgt[:, None])[:, 0]
-                p = logp.exp()
-                mu = (p * logp).sum(-1)
-                sigma = ((p * logp.square()).sum(-1) - mu.square()).clamp_min(1e-12).sqrt()
-                out.bits.extend((-chosen / math.log(2)).tolist())
-                out.z.extend(((chosen - mu) / sigma).tolist())
-                out.rank.extend(((logp > chosen[:, None]).sum(-1) + 1).tolist())
-                if detail:
-                    values, indices = logp.topk(detail, dim=-1)
-                    for vs, js in zip(values.exp().tolist(), indices.tolist()):
-                        out.top.append([(lm.tokenizer.decode([j]), v) for j, v in zip(js, vs)])
+            hidden = net(inputs, net.new_cache(*inputs.shape), 0, all_positions=True)
+            for row, (ctx, first, end) in enumerate(group):
+                targets = torch.tensor(ids[first:end])
+                offset = first - ctx  # hidden position predicting ids[first]
+                for a in range(0, end - first, _HEAD_SLICE):
+                    b = min(end - first, a + _HEAD_SLICE)
+                    logp = torch.log_softmax(net.lm_head(hidden[row, offset + a : offset + b]).float(), dim=-1)
+                    _score_slice(lm, logp, targets[a:b], detail, out)
+
+
+def _batches(spans: list[tuple[int, int, int]], window: int) -> Iterator[list[tuple[int, int, int]]]:
+    """Consecutive windows of equal input length, up to ``_BATCH_POSITIONS`` positions per batch."""
+    group: list[tuple[int, int, int]] = []
+    for span in spans:
+        length = span[2] - span[0]
+        if group and (len(group) * window >= _BATCH_POSITIONS or length != group[0][2] - group[0][0]):
+            yield group
+            group = []
+        group.append(span)
+    if group:
+        yield group
+
+
+def _score_slice(lm: LanguageModel, logp: torch.Tensor, targets: torch.Tensor, detail: int, out: TokenScores) -> None:
+    chosen = logp.gather(1, targets[:, None])[:, 0]
+    p = logp.exp()
+    mu = (p * logp).sum(-1)
+    sigma = ((p * logp.square()).sum(-1) - mu.square()).clamp_min(1e-12).sqrt()
+    out.bits.extend((-chosen / math.log(2)).tolist())
+    out.z.extend(((chosen - mu) / sigma).tolist())
+    out.rank.extend(((logp > chosen[:, None]).sum(-1) + 1).tolist())
+    if detail:
+        values, indices = logp.topk(detail, dim=-1)
+        for vs, js in zip(values.exp().tolist(), indices.tolist()):
+            out.top.append([(lm.tokenizer.decode([j]), v) for j, v in zip(js, vs)])
+
+
+LOCAL_WINDOW = 128  # context of the audit's local scoring: enough for syntax, too little to copy the document
 
 
 @dataclass
@@ -124,17 +146,23 @@ class Audit:
 
     name: str
     n_bytes: int
-    model_bpb: float
+    model_bpb: float  # with the compressor's long context
+    local_bpb: float  # with a short context that cannot reach back into the document
     zlib_bpb: float
     xz_bpb: float
     min_k_pp: float  # mean of the lowest 20% token z-scores; higher = more like training data
-    memorised_tokens: int  # tokens inside near-perfectly predicted spans
+    memorised_tokens: int  # tokens inside near-perfectly predicted spans (short context)
     spans: list[str]  # the longest such spans (text), longest first
 
     @property
     def ratio(self) -> float:
-        """Model bits over the best classical bits: near 0 = the model knows it, near 1 = it knows nothing more."""
-        return self.model_bpb / min(self.zlib_bpb, self.xz_bpb)
+        """Short-context model bits over the best classical bits: low = the model knows this text, ~1 = nobody does."""
+        return self.local_bpb / min(self.zlib_bpb, self.xz_bpb)
+
+
+def local_settings(settings: Settings, window: int = LOCAL_WINDOW) -> Settings:
+    """The audit's short context: windows of ``window`` positions that restart from their last half."""
+    return dataclasses.replace(settings, window=window, keep=window // 2)
 
 
 def min_k_percent_pp(z: list[float], k: float = 0.2) -> float:
@@ -160,15 +188,17 @@ def memorised_spans(scores: TokenScores, min_tokens: int = 32, max_bits: float =
     return spans
 
 
-def audit_document(name: str, data: bytes, scores: TokenScores) -> Audit:
-    spans = sorted(memorised_spans(scores), key=lambda s: s[0] - s[1])
+def audit_document(name: str, data: bytes, scores: TokenScores, local: TokenScores) -> Audit:
+    """``scores`` under the compressor's context policy, ``local`` under ``local_settings``."""
+    spans = sorted(memorised_spans(local), key=lambda s: s[0] - s[1])
     return Audit(
         name=name,
         n_bytes=len(data),
         model_bpb=scores.bits_per_byte,
+        local_bpb=local.bits_per_byte,
         zlib_bpb=8 * len(zlib.compress(data, 9)) / max(len(data), 1),
         xz_bpb=8 * len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)) / max(len(data), 1),
         min_k_pp=min_k_percent_pp(scores.z),
         memorised_tokens=sum(b - a for a, b in spans),
-        spans=["".join(scores.text[a:b]) for a, b in spans[:3]],
+        spans=["".join(local.text[a:b]) for a, b in spans[:3]],
     )

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from . import __version__, api
 from . import format as fmt
-from .analysis import audit_document, score_document
+from .analysis import LOCAL_WINDOW, audit_document, local_settings, score_document
 from .engine import Settings
 from .errors import LmpressError
 from .models import DEFAULT_MODEL, cache_dir, fetch_default, load_model
@@ -313,14 +313,15 @@ def _analysis_settings(args: argparse.Namespace) -> Settings:
     return Settings(window=args.window, keep=args.keep_tokens, chunk_size=args.chunk_size)
 
 
-def _scored(args: argparse.Namespace, model_specs: list[str | None], detail: int = 0):
-    """Yield (document name, data, model, scores) for every document under every model, with a progress bar."""
+def _scored(args: argparse.Namespace, model_specs: list[str | None], detail: int = 0, local: int = 0):
+    """Yield (document name, data, model, scores, local scores or None) for every document under every model,
+    with a progress bar; ``local``: also score with that short context window (for the audit)."""
     models = [load_model(spec) for spec in model_specs]
     docs = list(_documents(args.paths, args.field, args.max_bytes))
     settings = _analysis_settings(args)
-    total = sum(len(d) for _, d in docs) * len(models)
+    passes = 2 if local else 1
     with tqdm(
-        total=total,
+        total=sum(len(d) for _, d in docs) * len(models) * passes,
         unit="B",
         unit_scale=True,
         disable=args.quiet or not sys.stderr.isatty() and not args.verbose,
@@ -332,12 +333,14 @@ def _scored(args: argparse.Namespace, model_specs: list[str | None], detail: int
             for lm in models:
                 scores = score_document(lm, data, settings, detail)
                 bar.update(len(data))
-                yield name, data, lm, scores
+                short = score_document(lm, data, local_settings(settings, local)) if local else None
+                bar.update(len(data) if local else 0)
+                yield name, data, lm, scores, short
 
 
 def _measure(args: argparse.Namespace) -> None:
     rows = []
-    for name, _, lm, s in _scored(args, args.model or [None]):
+    for name, _, lm, s, _ in _scored(args, args.model or [None]):
         rows.append(
             {
                 "document": name,
@@ -367,7 +370,10 @@ def _measure(args: argparse.Namespace) -> None:
 
 
 def _audit(args: argparse.Namespace) -> None:
-    audits = [audit_document(name, data, s) for name, data, _, s in _scored(args, [args.model])]
+    if args.local_window < 4:
+        raise UserError("--local-window must be at least 4")
+    scored = _scored(args, [args.model], local=args.local_window)
+    audits = [audit_document(name, data, s, local) for name, data, _, s, local in scored]
     audits.sort(key=lambda a: a.ratio)
     rows = [
         {
@@ -375,6 +381,7 @@ def _audit(args: argparse.Namespace) -> None:
             "document": a.name,
             "bytes": a.n_bytes,
             "model_bpb": a.model_bpb,
+            "local_bpb": a.local_bpb,
             "xz_bpb": a.xz_bpb,
             "zlib_bpb": a.zlib_bpb,
             "ratio": a.ratio,
@@ -393,6 +400,7 @@ def _audit(args: argparse.Namespace) -> None:
             "document",
             "bytes",
             "model_bpb",
+            "local_bpb",
             "xz_bpb",
             "zlib_bpb",
             "ratio",
@@ -409,9 +417,9 @@ def _audit(args: argparse.Namespace) -> None:
 
 def verdict(ratio: float) -> str:
     """Reading of model bits over classical bits; the bands are a guide, see docs/ANALYSIS.md."""
-    if ratio < 0.25:
+    if ratio < 0.4:
         return "known to the model"
-    if ratio < 0.6:
+    if ratio < 0.7:
         return "familiar kind of text"
     if ratio < 0.9:
         return "new to the model"
@@ -425,7 +433,7 @@ def _show(args: argparse.Namespace) -> None:
         raise UserError("show takes one document")
     name, data = scored[0][0], scored[0][1]
     xz_bpb = 8 * len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)) / max(len(data), 1)
-    page = render(Path(name).name, [lm.name for *_, lm, _ in scored], [s for *_, s in scored], xz_bpb)
+    page = render(Path(name).name, [lm.name for _, _, lm, _, _ in scored], [s for _, _, _, s, _ in scored], xz_bpb)
     target = Path(args.output or Path(name).name + ".html")
     with atomic_output(target, force=True) as (out, _):
         out.write(page.encode("utf-8"))
@@ -504,6 +512,12 @@ def build_parser() -> argparse.ArgumentParser:
     ms.add_argument("--model", action="append", help="a model to measure (repeat to compare; default: the default)")
     au = sub.add_parser("audit", parents=[lens, out_fmt], help="rank documents from known to new to the model")
     au.add_argument("--model", help="model (default: the default model)")
+    au.add_argument(
+        "--local-window",
+        type=int,
+        default=LOCAL_WINDOW,
+        help=f"context positions of the short-context scoring the ranking uses (default: {LOCAL_WINDOW})",
+    )
     sh = sub.add_parser("show", parents=[lens], help="HTML page of the bits of every token of one document")
     sh.add_argument("--model", help="model (default: the default model)")
     sh.add_argument("--vs", metavar="MODEL_B", help="a second model to compare token by token")

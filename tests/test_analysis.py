@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
+import string
 import subprocess
 import sys
 
@@ -11,7 +13,7 @@ import pytest
 from conftest import TRAINING_TEXT
 
 import lmpress
-from lmpress.analysis import audit_document, min_k_percent_pp, score_document, windows
+from lmpress.analysis import audit_document, local_settings, min_k_percent_pp, score_document, windows
 from lmpress.engine import Settings
 from lmpress.models import load_model
 
@@ -46,10 +48,18 @@ def test_windows_cover_every_token_once():
 
 
 def test_audit_scores(tiny):
-    known = TRAINING_TEXT.encode()[:1200]
-    scores = score_document(tiny, known, Settings(window=64, keep=16))
-    audit = audit_document("known", known, scores)
-    assert audit.ratio < 0.5 and audit.memorised_tokens > 0 and audit.spans
+    settings = Settings(window=256, keep=64)
+    assert local_settings(settings, 64) == Settings(window=64, keep=32)
+    rng = random.Random(0)
+    letters = "".join(rng.choice(string.ascii_lowercase) for _ in range(1200)).encode()
+    audits = {}
+    for name, doc in [("known", TRAINING_TEXT.encode()[:1200]), ("letters", letters)]:
+        scores = score_document(tiny, doc, settings)
+        audits[name] = audit_document(name, doc, scores, score_document(tiny, doc, local_settings(settings, 64)))
+    known = audits["known"]
+    assert known.ratio < 0.5 and known.memorised_tokens > 0 and known.spans
+    assert known.spans[0] in TRAINING_TEXT
+    assert audits["letters"].ratio > 0.9
     assert min_k_percent_pp([3.0, -1.0, 2.0, -2.0, 0.0], k=0.4) == -1.5
 
 
@@ -71,8 +81,8 @@ def test_measure_and_audit_cli(tiny_model_dir, tmp_path):
     assert r.returncode == 0 and r.stdout.decode().startswith("document,model,bytes")
     r = run("audit", *model, tmp_path / "docs", tmp_path / "b.jsonl")
     assert r.returncode == 1 and b"'text' field" in r.stderr  # JSONL without the default field
-    r = run("audit", *model, tmp_path / "docs")
-    assert r.returncode == 0 and b"verdict" in r.stdout
+    r = run("audit", *model, "--local-window", "32", tmp_path / "docs")
+    assert r.returncode == 0 and b"verdict" in r.stdout and b"local_bpb" in r.stdout
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium package")
