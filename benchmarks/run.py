@@ -1,12 +1,14 @@
 """Benchmark lmpress against the compressors people use, side by side in one run.
 
     python benchmarks/run.py                     # ../shared/bench: canterbury, fresh, enwik8-prefix/enwik5
-    python benchmarks/run.py --quick             # 1 KiB prefixes: a few minutes, for CI
+    python benchmarks/run.py --quick             # 512 bytes of every file in ../shared/bench: minutes, for CI
     python benchmarks/run.py FILE_OR_DIR ... --prefix 16384 --out benchmarks/out --readme README.md
+    python benchmarks/run.py --resume            # go on with an interrupted run in --out
 
 Every compressor's output is decompressed by that compressor and compared byte for byte. Peers missing from PATH are
-skipped with a note. Writes results.json, results.md and chart.png under --out; --readme replaces the text between
-the README's results markers with results.md.
+skipped with a note. results.json under --out is rewritten after every file (marked incomplete until the end), so a
+long run that is interrupted loses one file at most and --resume continues it; at the end come results.md and
+chart.png, and --readme replaces the text between the README's results markers with results.md.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from lmpress.models import load_model
 
 BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench"
 DEFAULT_INPUTS = ["canterbury", "fresh", "enwik8-prefix/enwik5"]
-QUICK_PREFIX, QUICK_CHUNK = 1024, 256
+QUICK_INPUTS = ["canterbury", "calgary", "enwik8-prefix", "fresh"]
+QUICK_PREFIX, QUICK_CHUNK = 512, 128
 MARKERS = ("<!-- results -->", "<!-- /results -->")
 
 
@@ -176,13 +179,17 @@ def files_of(paths: list[Path]) -> list[Path]:
     return out
 
 
-def totals(rows: list[dict], name: str) -> dict:
+def totals(rows: list[dict], name: str, label: str = "total") -> dict:
     keys = ("bytes", "bytes_out", "compress_s", "decompress_s", "tokens", "ideal_bits", "lm_bytes_out")
     t = {k: sum(r.get(k, 0) or 0 for r in rows) for k in keys}
-    t.update(
-        compressor=name, file="total", exact=all(r["exact"] for r in rows), rss_kib=max(r["rss_kib"] for r in rows)
-    )
+    t.update(compressor=name, file=label, exact=all(r["exact"] for r in rows), rss_kib=max(r["rss_kib"] for r in rows))
     return derive(t)
+
+
+def text_files(rows: list[dict]) -> set[str]:
+    """Files of which the (first) lmpress coded at least half the bytes with the model: the text files."""
+    first = rows[0]["compressor"]
+    return {r["file"] for r in rows if r["compressor"] == first and r["lm_bytes_in"] >= r["bytes"] / 2}
 
 
 def derive(r: dict) -> dict:
@@ -209,7 +216,8 @@ def markdown(rows: list[dict], xz: dict[str, int], meta: dict) -> str:
     notes = [
         f"Measured {meta['date']} on {meta['machine']} with `{meta['command']}`"
         + (f" (first {meta['prefix']:,} bytes of each file)" if meta["prefix"] else "")
-        + ".",
+        + (f", resumed {', '.join(meta['resumed'])}" if meta.get("resumed") else "")
+        + ". Text files: those of which lmpress coded at least half the bytes with the model.",
         f"lmpress {meta['lmpress_version']}, model {lm['model']}, torch {meta['torch']}: "
         f"{lm['tokens']:,} tokens, ideal code length {lm['ideal_bits'] / 8:,.0f} bytes, range-coder overhead "
         f"{lm['overhead_pct']:.2f}%; {lm['flops_per_byte'] / 1e6:,.0f} MFLOP per byte; matrix multiply on this machine "
@@ -251,12 +259,14 @@ def main() -> int:
     parser.add_argument("--model", action="append", help="lmpress model (repeat to compare; default: the default)")
     parser.add_argument("--chunk-size", type=int, help="lmpress chunk size (default: lmpress's)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out"))
+    parser.add_argument("--resume", action="store_true", help="keep the files already measured in --out/results.json")
     parser.add_argument("--readme", type=Path, help="README whose results section to replace with the table")
     parser.add_argument("--no-chart", action="store_true")
     args = parser.parse_args()
     prefix = args.prefix or (QUICK_PREFIX if args.quick else 0)
     chunk = args.chunk_size or (QUICK_CHUNK if args.quick else None)
-    inputs = files_of(args.paths or [BENCH / p for p in DEFAULT_INPUTS if (BENCH / p).exists()])
+    default = QUICK_INPUTS if args.quick else DEFAULT_INPUTS
+    inputs = files_of(args.paths or [BENCH / p for p in default if (BENCH / p).exists()])
     if not inputs:
         sys.exit("benchmark: no input files (pass files or folders)")
     settings = {"chunk_size": chunk} if chunk else {}
@@ -267,10 +277,30 @@ def main() -> int:
         if p not in peers
     ]
     models = [(spec, load_model(spec)) for spec in (args.model or [None])]
-    rows: list[dict] = []
+    dtype = models[0][1].net.dtype
+    meta = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["python", *sys.argv]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lmpress_version": lmpress.__version__,
+        "models": {lm.name: lm.model_id for _, lm in models},
+        "dtype": str(dtype).removeprefix("torch."),
+        "prefix": prefix,
+        "lmpress_settings": settings,
+        "skipped": skipped,
+        "peers": {p.name: {"compress": " ".join(p.compress), "decompress": " ".join(p.decompress)} for p in peers},
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = args.out / "results.json"
+    rows = resumed_rows(results, meta) if args.resume else []
+    done = {r["file"] for r in rows}
     for path in inputs:
-        data = path.read_bytes()[: prefix or None]
         name = str(path.relative_to(BENCH)) if path.is_relative_to(BENCH) else path.name
+        if name in done:
+            continue
+        data = path.read_bytes()[: prefix or None]
         for spec, lm in models:
             label = "lmpress" if spec is None else f"lmpress ({lm.name})"
             rows.append(
@@ -279,17 +309,21 @@ def main() -> int:
             print(f"{name}: {label} {rows[-1]['bits_per_byte']:.3f} bits/byte", file=sys.stderr, flush=True)
         for peer in peers:
             rows.append(derive({"compressor": peer.name, "file": name, "bytes": len(data), **measure_peer(peer, data)}))
+        save(results, {"meta": meta, "complete": False, "files": rows})
+
     compressors = list(dict.fromkeys(r["compressor"] for r in rows))
+    text = text_files(rows)
     total_rows = [totals([r for r in rows if r["compressor"] == c], c) for c in compressors]
-    dtype = models[0][1].net.dtype
+    total_rows += [
+        totals([r for r in rows if r["compressor"] == c and r["file"] in text], c, "total (text files)")
+        for c in compressors
+        if text
+    ]
+    net = models[0][1].net
     roofline = matmul_roofline(
-        dtype,
-        [
-            (w.shape[0], w.shape[1])
-            for w in (models[0][1].net.lm_head.weight, models[0][1].net.model.layers[0].mlp.up_proj.weight)
-        ],
+        dtype, [tuple(w.shape) for w in (net.lm_head.weight, net.model.layers[0].mlp.up_proj.weight)]
     )
-    flops_per_token = 2 * sum(m.weight.numel() for m in models[0][1].net.modules() if isinstance(m, torch.nn.Linear))
+    flops_per_token = 2 * sum(m.weight.numel() for m in net.modules() if isinstance(m, torch.nn.Linear))
     lm_total = total_rows[0]
     lm_total["overhead_pct"] = (
         100 * (lm_total["lm_bytes_out"] * 8 / lm_total["ideal_bits"] - 1) if lm_total["ideal_bits"] else 0.0
@@ -297,35 +331,50 @@ def main() -> int:
     lm_total["flops_per_byte"] = flops_per_token * lm_total["tokens"] / max(lm_total["bytes"], 1)
     lm_total["roofline_pct"] = 100 * flops_per_token * lm_total["tokens"] / lm_total["compress_s"] / roofline
     lm_total["model"] = models[0][1].name
-    meta = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": " ".join(["python", *sys.argv]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "lmpress_version": lmpress.__version__,
-        "dtype": str(dtype).removeprefix("torch."),
-        "roofline_gflops": roofline / 1e9,
-        "prefix": prefix,
-        "lmpress_settings": settings,
-        "lmpress": lm_total,
-        "skipped": skipped,
-        "peers": {p.name: {"compress": " ".join(p.compress), "decompress": " ".join(p.decompress)} for p in peers},
-    }
+    meta.update(
+        roofline_gflops=roofline / 1e9,
+        lmpress=lm_total,
+        finished=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    )
     xz = {r["file"]: r["bytes_out"] for r in rows if r["compressor"] == "xz -9e"}
-    xz["total"] = sum(xz.values())
+    xz.update({t["file"]: t["bytes_out"] for t in total_rows if t["compressor"] == "xz -9e"})
     table = markdown(total_rows + rows, xz, meta)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"meta": meta, "totals": total_rows, "files": rows}, indent=1))
+    save(results, {"meta": meta, "complete": True, "totals": total_rows, "files": rows})
     (args.out / "results.md").write_text(table)
     if not args.no_chart:
         chart(rows, total_rows, args.out / "chart.png")
     if args.readme:
-        text = args.readme.read_text()
-        start, end = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
-        args.readme.write_text(text[:start] + "\n" + table + text[end:])
+        readme = args.readme.read_text()
+        start, end = readme.index(MARKERS[0]) + len(MARKERS[0]), readme.index(MARKERS[1])
+        args.readme.write_text(readme[:start] + "\n" + table + readme[end:])
     print(table)
     return 0 if all(r["exact"] for r in rows) else 1
+
+
+def save(path: Path, results: dict) -> None:
+    """Replace ``path`` whole, so an interrupted run leaves the last complete file list behind."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    os.replace(tmp, path)
+
+
+RESUME_KEYS = ("prefix", "lmpress_settings", "models", "lmpress_version", "torch", "dtype", "peers", "machine")
+
+
+def resumed_rows(path: Path, meta: dict) -> list[dict]:
+    """The rows of an earlier run to continue; it must have measured the same way, on the same kind of machine."""
+    if not path.exists():
+        return []
+    before = json.loads(path.read_text())
+    differs = [k for k in RESUME_KEYS if before["meta"].get(k) != meta[k]]
+    if differs:
+        sys.exit(f"benchmark: cannot resume {path}: it was run with other {', '.join(differs)}")
+    meta["date"] = before["meta"]["date"]
+    meta["resumed"] = [
+        *before["meta"].get("resumed", []),
+        datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    ]
+    return before["files"]
 
 
 if __name__ == "__main__":
