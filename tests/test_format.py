@@ -6,6 +6,8 @@ import dataclasses
 import zlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lmpress import format as fmt
 from lmpress.errors import FormatError, UnsupportedVersionError
@@ -96,3 +98,22 @@ def test_old_version_is_named():
 def test_unknown_frame_type():
     with pytest.raises(FormatError, match="frame type"):
         fmt.parse_frame(b"\x07abc")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64), st.integers(0, 200), st.binary(max_size=8))
+def test_parser_never_fails_unclearly(junk, position, patch):
+    """Any bytes, or a valid archive with bytes overwritten: a parse result, "need more", or a FormatError."""
+    seg = fmt.Segment(
+        12, 5, [fmt.Chunk(fmt.METHOD_XZ, 4, 3), fmt.Chunk(fmt.METHOD_LM, tokens=2)], [b"xyz", b""], b"\x00" * 8
+    )
+    valid = bytearray(HEADER.to_bytes() + seg.to_bytes() + fmt.End(12).to_bytes())
+    valid[position : position + len(patch)] = patch
+    for buf in (junk, fmt.MAGIC + junk, bytes(valid)):
+        try:
+            parsed, offset = fmt.parse_header(buf), 0
+            while parsed is not None and not isinstance(parsed[0], fmt.End):
+                offset += parsed[1]
+                parsed = fmt.parse_frame(memoryview(buf)[offset:])
+        except FormatError:
+            pass
