@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -285,6 +286,7 @@ def main() -> int:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "lmpress_version": lmpress.__version__,
+        "lmpress_source": source_digest(),
         "models": {lm.name: lm.model_id for _, lm in models},
         "dtype": str(dtype).removeprefix("torch."),
         "prefix": prefix,
@@ -358,7 +360,15 @@ def save(path: Path, results: dict) -> None:
     os.replace(tmp, path)
 
 
-RESUME_KEYS = ("prefix", "lmpress_settings", "models", "lmpress_version", "torch", "dtype", "peers", "machine")
+RESUME_KEYS = ("prefix", "lmpress_settings", "models", "lmpress_source", "torch", "dtype", "peers", "machine")
+
+
+def source_digest() -> str:
+    """sha256 of lmpress's own source files: a resumed run must measure the same code."""
+    h = hashlib.sha256()
+    for f in sorted(Path(lmpress.__file__).parent.glob("*.py")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def resumed_rows(path: Path, meta: dict) -> list[dict]:
