@@ -333,8 +333,10 @@ def _scored(args: argparse.Namespace, model_specs: list[str | None], detail: int
             for lm in models:
                 scores = score_document(lm, data, settings, detail)
                 bar.update(len(data))
-                short = score_document(lm, data, local_settings(settings, local)) if local else None
-                bar.update(len(data) if local else 0)
+                short = None
+                if local:
+                    short = score_document(lm, data, local_settings(settings, local))
+                    bar.update(len(data))
                 yield name, data, lm, scores, short
 
 
