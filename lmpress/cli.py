@@ -11,6 +11,7 @@ import json
 import lzma
 import math
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -55,6 +56,7 @@ def _progress_bar(enabled: bool, total: int | None, desc: str) -> tuple[tqdm, Ca
     seen = {"bytes": 0.0, "bits": 0.0}
 
     def update(n_bytes: float, bits: float) -> None:
+        _Interrupt.check()
         seen["bytes"] += n_bytes
         seen["bits"] += bits
         bar.update(n_bytes)
@@ -62,6 +64,23 @@ def _progress_bar(enabled: bool, total: int | None, desc: str) -> tuple[tqdm, Ca
             bar.set_postfix_str(f"{seen['bits'] / seen['bytes']:.3f} bits/byte", refresh=False)
 
     return bar, update
+
+
+class _Interrupt:
+    """Ctrl-C, remembered: a KeyboardInterrupt that lands in a finaliser or a library's bare ``except`` is lost, so
+    the places that commit work (an output's rename, the progress of coding) ask again."""
+
+    seen = False
+
+    @classmethod
+    def handle(cls, signum: int, frame: object) -> None:
+        cls.seen = True
+        raise KeyboardInterrupt
+
+    @classmethod
+    def check(cls) -> None:
+        if cls.seen:
+            raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
@@ -85,6 +104,7 @@ def atomic_output(target: Path | None, force: bool) -> Iterator[tuple[IO[bytes],
             yield out, tmp
             out.flush()
             os.fsync(out.fileno())
+        _Interrupt.check()
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -166,6 +186,7 @@ def _compress_one(args: argparse.Namespace, name: str) -> None:
             file=sys.stderr,
         )
     if args.rm and src_path is not None and target is not None:
+        _Interrupt.check()
         src_path.unlink()
 
 
@@ -208,6 +229,7 @@ def _decompress_one(args: argparse.Namespace, name: str, test: bool = False) -> 
         what = "OK" if test else f"{size:,} bytes"
         print(f"{name}: {what} ({time.perf_counter() - started:.1f} s)", file=sys.stderr)
     if not test and args.rm and src_path is not None and target is not None:
+        _Interrupt.check()
         src_path.unlink()
 
 
@@ -534,6 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGINT, _Interrupt.handle)
     try:
         if args.command == "list":
             _list(args)
@@ -557,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"lmpress: {_message(name, e)}", file=sys.stderr)
                 if isinstance(e, LmpressError) and "model" in type(e).__name__.lower():
                     break  # the same model problem would repeat for every file
+        _Interrupt.check()
         return status
     except KeyboardInterrupt:
         print("lmpress: interrupted", file=sys.stderr)

@@ -103,3 +103,14 @@ def test_interrupt_leaves_no_partial_output(work):
     assert proc.returncode == 130, err
     assert b"interrupted" in err
     assert sorted(os.listdir(d)) == ["a.txt", "big.txt"]
+
+
+def test_an_interrupt_swallowed_by_a_library_still_stops_the_commit(tmp_path, monkeypatch):
+    """A KeyboardInterrupt lost in a finaliser is remembered: the output is not renamed into place."""
+    from lmpress import cli
+
+    monkeypatch.setattr(cli._Interrupt, "seen", True)
+    target = tmp_path / "out.lmp"
+    with pytest.raises(KeyboardInterrupt), cli.atomic_output(target, force=False) as (out, _):
+        out.write(b"partial")
+    assert os.listdir(tmp_path) == []
