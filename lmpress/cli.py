@@ -556,7 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGINT, _Interrupt.handle)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # as Python itself, leave an inherited "ignore" be
+        signal.signal(signal.SIGINT, _Interrupt.handle)
     try:
         if args.command == "list":
             _list(args)

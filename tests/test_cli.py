@@ -93,6 +93,8 @@ def test_interrupt_leaves_no_partial_output(work):
     proc = subprocess.Popen(
         [sys.executable, "-m", "lmpress", "compress", "-v", "--chunk-size", "100000", *map(str, model), d / "big.txt"],
         stderr=subprocess.PIPE,
+        # a test run in the background of a non-interactive shell inherits an ignored SIGINT: undo that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     seen = b""
     while b"big.txt" not in seen:  # the progress bar names the file: coding is under way
