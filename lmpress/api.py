@@ -53,8 +53,10 @@ class Compressor:
         with torch_threads(self.header.threads):
             segment, stats = encode_segment(self.model, data, self.settings, self._crc, self._progress)
         self._crc = segment.crc32
+        raw = segment.to_bytes()
+        stats.bytes_out = len(raw)
         self.stats.add(stats)
-        return segment.to_bytes()
+        return raw
 
     def compress(self, data: bytes) -> bytes:
         """Compress ``data``; returns whatever compressed output is ready (possibly b"")."""

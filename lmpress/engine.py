@@ -268,9 +268,7 @@ def encode_segment(
         payloads.append(payload)
         name = fmt.METHOD_NAMES[chunk.method]
         stats.chunks[name] = stats.chunks.get(name, 0) + 1
-    segment = fmt.Segment(len(data), zlib.crc32(data, crc), chunks, payloads, stream)
-    stats.bytes_out = len(segment.to_bytes())
-    return segment, stats
+    return fmt.Segment(len(data), zlib.crc32(data, crc), chunks, payloads, stream), stats
 
 
 def decode_segment(

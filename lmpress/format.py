@@ -109,6 +109,8 @@ class Header:
         keep, offset = read_uvarint(params, offset)
         if dtype >= len(DTYPES):
             raise ValueError(f"unknown dtype {dtype}")
+        if window < 2 or not 0 <= keep <= window - 2:
+            raise ValueError(f"window {window} with keep {keep}")
         name = params[offset:].decode("utf-8") or DEFAULT_MODEL
         return cls(name, params[:MODEL_ID_BYTES].hex(), start, DTYPES[dtype], threads, window, keep)
 

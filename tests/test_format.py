@@ -118,3 +118,9 @@ def test_parser_never_fails_unclearly(junk, position, patch):
                 parsed = fmt.parse_frame(memoryview(buf)[offset:])
         except FormatError:
             pass
+
+
+def test_impossible_context_settings_are_a_format_error():
+    for window, keep in [(1, 0), (64, 63)]:
+        with pytest.raises(FormatError, match="window"):
+            fmt.parse_header(dataclasses.replace(HEADER, window=window, keep=keep).to_bytes())
