@@ -4,6 +4,7 @@
     python benchmarks/run.py --quick             # 512 bytes of every file in ../shared/bench: minutes, for CI
     python benchmarks/run.py FILE_OR_DIR ... --prefix 16384 --out benchmarks/out --readme README.md
     python benchmarks/run.py --resume            # go on with an interrupted run in --out
+    python benchmarks/run.py --report --readme README.md   # tables and chart again from --out's results.json
 
 Every compressor's output is decompressed by that compressor and compared byte for byte. Peers missing from PATH are
 skipped with a note. results.json under --out is rewritten after every file (marked incomplete until the end), so a
@@ -180,17 +181,42 @@ def files_of(paths: list[Path]) -> list[Path]:
     return out
 
 
-def totals(rows: list[dict], name: str, label: str = "total") -> dict:
+def totals(rows: list[dict], name: str, label: str) -> dict:
     keys = ("bytes", "bytes_out", "compress_s", "decompress_s", "tokens", "ideal_bits", "lm_bytes_out")
     t = {k: sum(r.get(k, 0) or 0 for r in rows) for k in keys}
-    t.update(compressor=name, file=label, exact=all(r["exact"] for r in rows), rss_kib=max(r["rss_kib"] for r in rows))
+    t.update(compressor=name, file=label, files=len(rows), exact=all(r["exact"] for r in rows))
+    t["rss_kib"] = max(r["rss_kib"] for r in rows)
     return derive(t)
 
 
-def text_files(rows: list[dict]) -> set[str]:
-    """Files of which the (first) lmpress coded at least half the bytes with the model: the text files."""
+def groups(rows: list[dict]) -> dict[str, set[str]]:
+    """The sets of files totalled: all; the text files (of which the first lmpress coded at least half the bytes
+    with the model); the fresh files (2026 text, which no model can have memorised), when there are any."""
     first = rows[0]["compressor"]
-    return {r["file"] for r in rows if r["compressor"] == first and r["lm_bytes_in"] >= r["bytes"] / 2}
+    files = {r["file"] for r in rows}
+    out = {"total": files}
+    text = {r["file"] for r in rows if r["compressor"] == first and r["lm_bytes_in"] >= r["bytes"] / 2}
+    if text and text != files:
+        out["total (text files)"] = text
+    fresh = {f for f in files if f.startswith("fresh/")}
+    if fresh and fresh != files:
+        out["total (fresh/, 2026)"] = fresh
+    return out
+
+
+def summary(rows: list[dict], meta: dict) -> list[dict]:
+    """Totals per group and compressor; the first lmpress total also gets its coding overhead and roofline share."""
+    compressors = list(dict.fromkeys(r["compressor"] for r in rows))
+    out = [
+        totals([r for r in rows if r["compressor"] == c and r["file"] in files], c, label)
+        for label, files in groups(rows).items()
+        for c in compressors
+    ]
+    lm = out[0]
+    lm["overhead_pct"] = 100 * (lm["lm_bytes_out"] * 8 / lm["ideal_bits"] - 1) if lm["ideal_bits"] else 0.0
+    lm["flops_per_byte"] = meta["flops_per_token"] * lm["tokens"] / max(lm["bytes"], 1)
+    lm["roofline_pct"] = 100 * meta["flops_per_token"] * lm["tokens"] / lm["compress_s"] / meta["roofline_gflops"] / 1e9
+    return out
 
 
 def derive(r: dict) -> dict:
@@ -200,12 +226,13 @@ def derive(r: dict) -> dict:
     return r
 
 
-def markdown(rows: list[dict], xz: dict[str, int], meta: dict) -> str:
-    head = (
+def full_table(rows: list[dict], xz: dict[str, int]) -> str:
+    """One line per compressor and file (or total): every measured figure."""
+    lines = [
         "| compressor | file | bytes | compressed | bits/byte | vs xz -9e | compress KB/s | decompress KB/s | "
-        "peak RSS MiB | exact |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
-    )
-    lines = [head]
+        "peak RSS MiB | exact |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in rows:
         vs = r["bytes_out"] / xz[r["file"]] if xz.get(r["file"]) else float("nan")
         lines.append(
@@ -213,20 +240,70 @@ def markdown(rows: list[dict], xz: dict[str, int], meta: dict) -> str:
             f"{r['bits_per_byte']:.3f} | {vs:.3f}× | {r['compress_kbps']:.2f} | {r['decompress_kbps']:.2f} | "
             f"{r['rss_kib'] / 1024:.0f} | {'yes' if r['exact'] else 'NO'} |"
         )
-    lm = meta["lmpress"]
-    notes = [
+    return "\n".join(lines)
+
+
+def bits_table(rows: list[dict], total_rows: list[dict], xz: dict[str, int]) -> str:
+    """Files down, compressors across, bits per byte in the cells; the smallest of each line in bold."""
+    compressors = list(dict.fromkeys(r["compressor"] for r in rows))
+    cell = {(r["file"], r["compressor"]): r for r in total_rows + rows}
+    first = compressors[0]
+    lines = [
+        f"| file | bytes | {' | '.join(compressors)} | {first} vs xz -9e |",
+        "|---|---:|" + "---:|" * (len(compressors) + 1),
+    ]
+    for name in dict.fromkeys(r["file"] for r in total_rows + rows):
+        line = [cell.get((name, c)) for c in compressors]
+        best = min(r["bytes_out"] for r in line if r)
+        bits = [
+            "–"
+            if r is None
+            else f"**{r['bits_per_byte']:.3f}**"
+            if r["bytes_out"] == best
+            else f"{r['bits_per_byte']:.3f}"
+            for r in line
+        ]
+        vs = f"{line[0]['bytes_out'] / xz[name]:.3f}×" if line[0] and xz.get(name) else "–"
+        label = f"**{name}**" if name.startswith("total") else name
+        lines.append(f"| {label} | {line[0]['bytes'] if line[0] else 0:,} | {' | '.join(bits)} | {vs} |")
+    return "\n".join(lines)
+
+
+def notes(meta: dict, lm: dict) -> str:
+    out = [
         f"Measured {meta['date']} on {meta['machine']} with `{meta['command']}`"
         + (f" (first {meta['prefix']:,} bytes of each file)" if meta["prefix"] else "")
         + (f", resumed {', '.join(meta['resumed'])}" if meta.get("resumed") else "")
-        + ". Text files: those of which lmpress coded at least half the bytes with the model.",
+        + f"; finished {meta['finished']}. Every output was decompressed by its own compressor and compared.",
+        "Text files: those of which lmpress coded at least half the bytes with the model (on the others it falls "
+        "back to LZMA2). fresh/: files written in 2026, which a model trained before then cannot have memorised.",
         f"lmpress {meta['lmpress_version']}, model {lm['model']}, torch {meta['torch']}: "
         f"{lm['tokens']:,} tokens, ideal code length {lm['ideal_bits'] / 8:,.0f} bytes, range-coder overhead "
         f"{lm['overhead_pct']:.2f}%; {lm['flops_per_byte'] / 1e6:,.0f} MFLOP per byte; matrix multiply on this machine "
         f"{meta['roofline_gflops']:.0f} GFLOP/s ({meta['dtype']}), lmpress compression at "
         f"{lm['roofline_pct']:.1f}% of it.",
     ]
-    notes += [f"Skipped: {s}." for s in meta["skipped"]]
-    return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    out += [f"Skipped: {s}." for s in meta["skipped"]]
+    return "\n".join(f"- {n}" for n in out)
+
+
+def report(results: dict, out: Path, readme: Path | None, draw: bool) -> str:
+    """results.md (summary, bits-per-byte table, every figure), chart.png, and the README's results section."""
+    rows, total_rows, meta = results["files"], results["totals"], results["meta"]
+    xz = {r["file"]: r["bytes_out"] for r in total_rows + rows if r["compressor"] == "xz -9e"}
+    lm = {**total_rows[0], "model": next(iter(meta["models"]))}
+    overall = [t for t in total_rows if t["file"] == "total"]
+    summary_md = f"{full_table(overall, xz)}\n\nBits per byte (lower is better):\n\n{bits_table(rows, total_rows, xz)}"
+    (out / "results.md").write_text(
+        f"{summary_md}\n\n{notes(meta, lm)}\n\nEvery total and file:\n\n{full_table(total_rows + rows, xz)}\n"
+    )
+    if draw:
+        chart(rows, overall, out / "chart.png")
+    if readme:
+        text = readme.read_text()
+        start, end = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
+        readme.write_text(f"{text[:start]}\n{summary_md}\n\n{notes(meta, lm)}\n{text[end:]}")
+    return summary_md
 
 
 def chart(rows: list[dict], totals_rows: list[dict], path: Path) -> None:
@@ -262,8 +339,12 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out"))
     parser.add_argument("--resume", action="store_true", help="keep the files already measured in --out/results.json")
     parser.add_argument("--readme", type=Path, help="README whose results section to replace with the table")
+    parser.add_argument("--report", action="store_true", help="measure nothing: tables and chart from --out's results")
     parser.add_argument("--no-chart", action="store_true")
     args = parser.parse_args()
+    results = args.out / "results.json"
+    if args.report:
+        return report_only(results, args)
     prefix = args.prefix or (QUICK_PREFIX if args.quick else 0)
     chunk = args.chunk_size or (QUICK_CHUNK if args.quick else None)
     default = QUICK_INPUTS if args.quick else DEFAULT_INPUTS
@@ -295,62 +376,55 @@ def main() -> int:
         "peers": {p.name: {"compress": " ".join(p.compress), "decompress": " ".join(p.decompress)} for p in peers},
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    results = args.out / "results.json"
     rows = resumed_rows(results, meta) if args.resume else []
     done = {r["file"] for r in rows}
-    for path in inputs:
+    for i, path in enumerate(inputs, 1):
         name = str(path.relative_to(BENCH)) if path.is_relative_to(BENCH) else path.name
         if name in done:
             continue
         data = path.read_bytes()[: prefix or None]
+        print(f"[{i}/{len(inputs)}] {name}, {len(data):,} bytes", file=sys.stderr, flush=True)
         for spec, lm in models:
             label = "lmpress" if spec is None else f"lmpress ({lm.name})"
             rows.append(
                 derive({"compressor": label, "file": name, "bytes": len(data), **measure_lmpress(lm, data, settings)})
             )
-            print(f"{name}: {label} {rows[-1]['bits_per_byte']:.3f} bits/byte", file=sys.stderr, flush=True)
+            r = rows[-1]
+            print(
+                f"  {label}: {r['bits_per_byte']:.3f} bits/byte, compress {r['compress_s']:.0f} s, "
+                f"decompress {r['decompress_s']:.0f} s{'' if r['exact'] else ', NOT EXACT'}",
+                file=sys.stderr,
+                flush=True,
+            )
         for peer in peers:
             rows.append(derive({"compressor": peer.name, "file": name, "bytes": len(data), **measure_peer(peer, data)}))
         save(results, {"meta": meta, "complete": False, "files": rows})
 
-    compressors = list(dict.fromkeys(r["compressor"] for r in rows))
-    text = text_files(rows)
-    total_rows = [totals([r for r in rows if r["compressor"] == c], c) for c in compressors]
-    total_rows += [
-        totals([r for r in rows if r["compressor"] == c and r["file"] in text], c, "total (text files)")
-        for c in compressors
-        if text
-    ]
     net = models[0][1].net
     roofline = matmul_roofline(
         dtype, [tuple(w.shape) for w in (net.lm_head.weight, net.model.layers[0].mlp.up_proj.weight)]
     )
-    flops_per_token = 2 * sum(m.weight.numel() for m in net.modules() if isinstance(m, torch.nn.Linear))
-    lm_total = total_rows[0]
-    lm_total["overhead_pct"] = (
-        100 * (lm_total["lm_bytes_out"] * 8 / lm_total["ideal_bits"] - 1) if lm_total["ideal_bits"] else 0.0
-    )
-    lm_total["flops_per_byte"] = flops_per_token * lm_total["tokens"] / max(lm_total["bytes"], 1)
-    lm_total["roofline_pct"] = 100 * flops_per_token * lm_total["tokens"] / lm_total["compress_s"] / roofline
-    lm_total["model"] = models[0][1].name
     meta.update(
         roofline_gflops=roofline / 1e9,
-        lmpress=lm_total,
+        flops_per_token=2 * sum(m.weight.numel() for m in net.modules() if isinstance(m, torch.nn.Linear)),
         finished=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     )
-    xz = {r["file"]: r["bytes_out"] for r in rows if r["compressor"] == "xz -9e"}
-    xz.update({t["file"]: t["bytes_out"] for t in total_rows if t["compressor"] == "xz -9e"})
-    table = markdown(total_rows + rows, xz, meta)
-    save(results, {"meta": meta, "complete": True, "totals": total_rows, "files": rows})
-    (args.out / "results.md").write_text(table)
-    if not args.no_chart:
-        chart(rows, total_rows, args.out / "chart.png")
-    if args.readme:
-        readme = args.readme.read_text()
-        start, end = readme.index(MARKERS[0]) + len(MARKERS[0]), readme.index(MARKERS[1])
-        args.readme.write_text(readme[:start] + "\n" + table + readme[end:])
+    final = {"meta": meta, "complete": True, "totals": summary(rows, meta), "files": rows}
+    save(results, final)
+    table = report(final, args.out, args.readme, not args.no_chart)
     print(table)
     return 0 if all(r["exact"] for r in rows) else 1
+
+
+def report_only(path: Path, args: argparse.Namespace) -> int:
+    if not path.exists():
+        sys.exit(f"benchmark: {path}: no results to report (run the benchmark with this --out first)")
+    done = json.loads(path.read_text())
+    if not done["complete"]:
+        sys.exit(f"benchmark: {path} is an unfinished run: finish it with --resume first")
+    done["totals"] = summary(done["files"], done["meta"])
+    print(report(done, args.out, args.readme, not args.no_chart))
+    return 0 if all(r["exact"] for r in done["files"]) else 1
 
 
 def save(path: Path, results: dict) -> None:
