@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -134,7 +133,18 @@ def measure_peer(peer: Peer, data: bytes) -> dict:
     return {"bytes_out": size, "compress_s": c_s, "decompress_s": d_s, "rss_kib": max(c_rss, d_rss), "exact": exact}
 
 
+def reset_peak_rss() -> None:
+    """Forget this process's peak RSS (Linux), so that the next reading is one file's: model plus coding."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_kib() -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0])
+
+
 def measure_lmpress(model, data: bytes, settings: dict) -> dict:
+    reset_peak_rss()
     started = time.perf_counter()
     comp = lmpress.Compressor(model, **settings)
     blob = comp.compress(data) + comp.flush()
@@ -148,7 +158,7 @@ def measure_lmpress(model, data: bytes, settings: dict) -> dict:
         "compress_s": c_s,
         "decompress_s": d_s,
         "exact": exact,
-        "rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,  # this process: model + coding
+        "rss_kib": peak_rss_kib(),
         "tokens": s.tokens,
         "ideal_bits": s.ideal_bits,
         "lm_bytes_in": s.lm_bytes_in,
@@ -453,7 +463,7 @@ def resumed_rows(path: Path, meta: dict) -> list[dict]:
     differs = [k for k in RESUME_KEYS if before["meta"].get(k) != meta[k]]
     if differs:
         sys.exit(f"benchmark: cannot resume {path}: it was run with other {', '.join(differs)}")
-    meta["date"] = before["meta"]["date"]
+    meta["date"], meta["command"] = before["meta"]["date"], before["meta"]["command"]
     meta["resumed"] = [
         *before["meta"].get("resumed", []),
         datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -80,9 +80,9 @@ def test_bits_table_bolds_the_smallest_of_each_line():
 def test_resume_refuses_a_run_measured_otherwise(tmp_path):
     path = tmp_path / "results.json"
     bench.save(path, {"meta": META, "complete": False, "files": measured()})
-    again = dict(META, date="later")
+    again = dict(META, date="later", command="python benchmarks/run.py --resume")
     assert bench.resumed_rows(path, again) == measured()
-    assert again["date"] == META["date"] and len(again["resumed"]) == 1
+    assert again["date"] == META["date"] and again["command"] == META["command"] and len(again["resumed"]) == 1
     with pytest.raises(SystemExit, match="other lmpress_source"):
         bench.resumed_rows(path, dict(META, lmpress_source="fedcba9876543210"))
 
