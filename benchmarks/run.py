@@ -191,6 +191,12 @@ def files_of(paths: list[Path]) -> list[Path]:
     return out
 
 
+def display_name(path: Path) -> str:
+    """A corpus file by its place in the corpora (``fresh/uv_CHANGELOG.md``), however it was named; others by name."""
+    full = path.resolve()
+    return str(full.relative_to(BENCH)) if full.is_relative_to(BENCH) else path.name
+
+
 def totals(rows: list[dict], name: str, label: str) -> dict:
     keys = ("bytes", "bytes_out", "compress_s", "decompress_s", "tokens", "ideal_bits", "lm_bytes_out")
     t = {k: sum(r.get(k, 0) or 0 for r in rows) for k in keys}
@@ -299,7 +305,8 @@ def notes(meta: dict, lm: dict) -> str:
 
 def report(results: dict, out: Path, readme: Path | None, draw: bool) -> str:
     """results.md (summary, bits-per-byte table, every figure), chart.png, and the README's results section."""
-    rows, total_rows, meta = results["files"], results["totals"], results["meta"]
+    rows = sorted(results["files"], key=lambda r: r["file"])  # stable: compressors keep their order per file
+    total_rows, meta = results["totals"], results["meta"]
     xz = {r["file"]: r["bytes_out"] for r in total_rows + rows if r["compressor"] == "xz -9e"}
     lm = {**total_rows[0], "model": next(iter(meta["models"]))}
     overall = [t for t in total_rows if t["file"] == "total"]
@@ -389,7 +396,7 @@ def main() -> int:
     rows = resumed_rows(results, meta) if args.resume else []
     done = {r["file"] for r in rows}
     for i, path in enumerate(inputs, 1):
-        name = str(path.relative_to(BENCH)) if path.is_relative_to(BENCH) else path.name
+        name = display_name(path)
         if name in done:
             continue
         data = path.read_bytes()[: prefix or None]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -103,3 +104,10 @@ def test_report_needs_a_finished_run_and_replaces_only_the_results_section(tmp_p
     assert "| lmpress | total | 7,000 | 1,500 | 1.714 | 0.625× |" in readme
     every = (tmp_path / "results.md").read_text().split("Every total and file:")[1]
     assert every.count("\n| lmpress |") == 6 and json.loads(path.read_text())["complete"]
+
+
+def test_corpus_files_are_named_by_their_place_in_the_corpora_however_given(tmp_path):
+    inside = bench.BENCH / "fresh" / "notes.md"
+    assert bench.display_name(inside) == "fresh/notes.md"
+    assert bench.display_name(Path(os.path.relpath(inside))) == "fresh/notes.md"
+    assert bench.display_name(tmp_path / "mine.txt") == "mine.txt"
