@@ -33,7 +33,7 @@ import torch
 import lmpress
 from lmpress.models import load_model
 
-BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench"
+BENCH = (Path(__file__).resolve().parents[2] / "shared" / "bench").resolve()  # resolved: ../shared may be a link
 DEFAULT_INPUTS = ["canterbury", "fresh", "enwik8-prefix/enwik5"]
 QUICK_INPUTS = ["canterbury", "calgary", "enwik8-prefix", "fresh"]
 QUICK_PREFIX, QUICK_CHUNK = 512, 128

@@ -106,8 +106,13 @@ def test_report_needs_a_finished_run_and_replaces_only_the_results_section(tmp_p
     assert every.count("\n| lmpress |") == 6 and json.loads(path.read_text())["complete"]
 
 
-def test_corpus_files_are_named_by_their_place_in_the_corpora_however_given(tmp_path):
+def test_corpus_files_are_named_by_their_place_in_the_corpora_however_given(tmp_path, monkeypatch):
     inside = bench.BENCH / "fresh" / "notes.md"
     assert bench.display_name(inside) == "fresh/notes.md"
     assert bench.display_name(Path(os.path.relpath(inside))) == "fresh/notes.md"
     assert bench.display_name(tmp_path / "mine.txt") == "mine.txt"
+    assert bench.BENCH.resolve() == bench.BENCH
+    (tmp_path / "corpora").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "corpora")
+    monkeypatch.setattr(bench, "BENCH", (tmp_path / "corpora").resolve())
+    assert bench.display_name(tmp_path / "link" / "fresh" / "a.md") == "fresh/a.md"
