@@ -428,9 +428,7 @@ def main() -> int:
     )
     final = {"meta": meta, "complete": True, "totals": summary(rows, meta), "files": rows}
     save(results, final)
-    table = report(final, args.out, args.readme, not args.no_chart)
-    print(table)
-    return 0 if all(r["exact"] for r in rows) else 1
+    return publish(final, args)
 
 
 def report_only(path: Path, args: argparse.Namespace) -> int:
@@ -440,8 +438,13 @@ def report_only(path: Path, args: argparse.Namespace) -> int:
     if not done["complete"]:
         sys.exit(f"benchmark: {path} is an unfinished run: finish it with --resume first")
     done["totals"] = summary(done["files"], done["meta"])
-    print(report(done, args.out, args.readme, not args.no_chart))
-    return 0 if all(r["exact"] for r in done["files"]) else 1
+    return publish(done, args)
+
+
+def publish(results: dict, args: argparse.Namespace) -> int:
+    """Tables, chart and README section of a finished run; the exit status says whether every round trip held."""
+    print(report(results, args.out, args.readme, not args.no_chart))
+    return 0 if all(r["exact"] for r in results["files"]) else 1
 
 
 def save(path: Path, results: dict) -> None:
