@@ -6,10 +6,12 @@
 b'some text'
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from .api import Compressor, Decompressor, LmpFile, compress, decompress, open  # noqa: E402
-from .errors import (  # noqa: E402
+import importlib
+from typing import TYPE_CHECKING
+
+from .errors import (
     ChecksumError,
     FormatError,
     LmpressError,
@@ -17,7 +19,29 @@ from .errors import (  # noqa: E402
     ModelUnavailableError,
     UnsupportedVersionError,
 )
-from .models import load_model  # noqa: E402
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .api import Compressor, Decompressor, LmpFile, compress, decompress, open
+    from .models import load_model
+
+# Loaded on first use: they import torch (seconds), and the command must be able to answer Ctrl-C meanwhile.
+_LAZY = {name: "api" for name in ("Compressor", "Decompressor", "LmpFile", "compress", "decompress", "open")}
+_LAZY["load_model"] = "models"
+
+
+def __getattr__(name: str) -> object:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "ChecksumError",

@@ -107,6 +107,15 @@ def test_interrupt_leaves_no_partial_output(work):
     assert sorted(os.listdir(d)) == ["a.txt", "big.txt"]
 
 
+def test_interrupt_while_torch_imports_is_one_line(tmp_path):
+    """Ctrl-C in the seconds torch takes to import: a stand-in torch that is interrupted on import."""
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text("raise KeyboardInterrupt\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    r = subprocess.run([sys.executable, "-m", "lmpress", "--help"], capture_output=True, env=env, timeout=60)
+    assert (r.returncode, r.stderr) == (130, b"lmpress: interrupted\n")
+
+
 def test_an_interrupt_swallowed_by_a_library_still_stops_the_commit(tmp_path, monkeypatch):
     """A KeyboardInterrupt lost in a finaliser is remembered: the output is not renamed into place."""
     from lmpress import cli
