@@ -31,7 +31,7 @@ from .report import render
 
 SUFFIX = ".lmp"
 BLOCK = 1 << 20
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2  # 130, interrupted: __main__.run
 
 EPILOG = """exit status: 0 success, 1 an error (named on stderr), 2 bad usage, 130 interrupted.
 Without FILE, or with '-', read standard input and write standard output."""
@@ -583,10 +583,6 @@ def main(argv: list[str] | None = None) -> int:
                     break  # the same model problem would repeat for every file
         _Interrupt.check()
         return status
-    except KeyboardInterrupt:
-        print("lmpress: interrupted", file=sys.stderr)
-        sys.stderr.flush()
-        os._exit(EXIT_INTERRUPTED)  # outputs are already cleaned up; skip interpreter teardown under a signal
     except (UserError, LmpressError, OSError, ValueError) as e:
         print(f"lmpress: {_message(None, e)}", file=sys.stderr)
         return EXIT_ERROR
@@ -601,6 +597,3 @@ def _message(name: str | None, e: BaseException) -> str:
 
 
 ANALYSES = {"models": _models, "measure": _measure, "audit": _audit, "show": _show}
-
-if __name__ == "__main__":
-    sys.exit(main())
