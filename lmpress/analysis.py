@@ -1,9 +1,8 @@
 """Compression as a lens: how many bits each token of a document costs under a model.
 
-No coding happens here, so documents are scored with full-sequence passes (one causal prefill per
-context window) rather than token by token. The windows follow the compressor's context policy
-exactly (same chunks, same restarts), so a document's total here predicts its ideal code length in
-an archive; only float rounding differs between a prefill and the compressor's steps.
+Documents are scored by the compressor's own full-sequence passes (``engine.score_rows``): same chunks,
+same context windows, same integer frequencies, so a document's total here is exactly the ideal code
+length of its archive's model-coded part.
 """
 
 from __future__ import annotations
@@ -12,17 +11,16 @@ import dataclasses
 import lzma
 import math
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from .engine import Settings, chunks_of
+from .coding import PRECISION_BITS, TOTAL
+from .engine import Settings, chunks_of, score_rows
 from .models import LanguageModel
-
-_HEAD_SLICE = 256  # positions per output-head slice: bounds the logits held at once
-_BATCH_POSITIONS = 4096  # positions per batched prefill: bounds activation memory
 
 
 @dataclass
@@ -46,18 +44,6 @@ class TokenScores:
         return self.total_bits / self.n_bytes if self.n_bytes else math.nan
 
 
-def windows(n: int, window: int, keep: int) -> Iterator[tuple[int, int, int]]:
-    """(context start, first scored, end) of each window over n tokens, as the compressor's ``Lockstep`` sees them.
-
-    The first window scores ``window`` tokens from the start token alone; each later one restarts from the
-    start token plus the ``keep`` tokens before it and scores ``window - keep`` more.
-    """
-    start, end = 0, min(n, window)
-    while start < n:
-        yield max(0, start - keep) if start else 0, start, end
-        start, end = end, min(n, end + window - keep)
-
-
 def score_document(
     lm: LanguageModel,
     data: bytes,
@@ -68,16 +54,42 @@ def score_document(
     """Score every text chunk of ``data`` the way the compressor would cut it; ``detail`` top alternatives."""
     settings = settings or Settings()
     out = TokenScores()
+    rows: list[list[int]] = []
     for chunk in chunks_of(data, settings):
         ids = lm.tokenize(chunk)
         if ids is None:
             out.skipped_bytes += len(chunk)
-            continue
-        out.n_bytes += len(chunk)
-        _score_chunk(lm, ids, settings, detail, out)
+        else:
+            out.n_bytes += len(chunk)
+            rows.append(ids)
+    bits = [np.zeros(len(ids)) for ids in rows]
+    z = [np.zeros(len(ids)) for ids in rows]
+    rank = [np.zeros(len(ids), np.int64) for ids in rows]
+    top: list[list] = [[None] * len(ids) for ids in rows]
+
+    def visit(row: int, first: int, freqs: Tensor, tokens: Tensor) -> None:
+        n = len(tokens)
+        chosen = freqs.gather(1, tokens.view(-1, 1).to(freqs.device))
+        logp = torch.log(freqs.double() / TOTAL)
+        p = freqs.double() / TOTAL
+        mu = (p * logp).sum(-1)
+        sigma = ((p * logp.square()).sum(-1) - mu.square()).clamp_min(1e-12).sqrt()
+        bits[row][first : first + n] = (PRECISION_BITS - torch.log2(chosen[:, 0].double())).cpu().numpy()
+        z[row][first : first + n] = ((torch.log(chosen[:, 0].double() / TOTAL) - mu) / sigma).cpu().numpy()
+        rank[row][first : first + n] = ((freqs > chosen).sum(-1) + 1).cpu().numpy()
+        if detail:
+            values, indices = freqs.topk(detail, dim=-1)
+            for i, (vs, js) in enumerate(zip((values.double() / TOTAL).tolist(), indices.tolist())):
+                top[row][first + i] = [(lm.tokenizer.decode([j]), v) for j, v in zip(js, vs)]
+
+    score_rows(lm, rows, settings, visit, progress)
+    for row, ids in enumerate(rows):
+        out.bits.extend(bits[row].tolist())
+        out.z.extend(z[row].tolist())
+        out.rank.extend(rank[row].tolist())
+        if detail:
+            out.top.extend(top[row])
         out.text.extend(_token_texts(lm, ids))
-        if progress:
-            progress(len(ids))
     return out
 
 
@@ -93,48 +105,6 @@ def _token_texts(lm: LanguageModel, ids: list[int]) -> list[str]:
     if pending:
         texts[-1] = lm.tokenizer.decode(pending, skip_special_tokens=False)
     return texts
-
-
-def _score_chunk(lm: LanguageModel, ids: list[int], settings: Settings, detail: int, out: TokenScores) -> None:
-    net, start = lm.net, settings.start(lm)
-    for group in _batches(list(windows(len(ids), settings.window, settings.keep)), settings.window):
-        inputs = torch.tensor([[start, *ids[ctx : end - 1]] for ctx, _, end in group])
-        with torch.inference_mode():
-            hidden = net(inputs, net.new_cache(*inputs.shape), 0, all_positions=True)
-            for row, (ctx, first, end) in enumerate(group):
-                targets = torch.tensor(ids[first:end])
-                offset = first - ctx  # hidden position predicting ids[first]
-                for a in range(0, end - first, _HEAD_SLICE):
-                    b = min(end - first, a + _HEAD_SLICE)
-                    logp = torch.log_softmax(net.lm_head(hidden[row, offset + a : offset + b]).float(), dim=-1)
-                    _score_slice(lm, logp, targets[a:b], detail, out)
-
-
-def _batches(spans: list[tuple[int, int, int]], window: int) -> Iterator[list[tuple[int, int, int]]]:
-    """Consecutive windows of equal input length, up to ``_BATCH_POSITIONS`` positions per batch."""
-    group: list[tuple[int, int, int]] = []
-    for span in spans:
-        length = span[2] - span[0]
-        if group and (len(group) * window >= _BATCH_POSITIONS or length != group[0][2] - group[0][0]):
-            yield group
-            group = []
-        group.append(span)
-    if group:
-        yield group
-
-
-def _score_slice(lm: LanguageModel, logp: torch.Tensor, targets: torch.Tensor, detail: int, out: TokenScores) -> None:
-    chosen = logp.gather(1, targets[:, None])[:, 0]
-    p = logp.exp()
-    mu = (p * logp).sum(-1)
-    sigma = ((p * logp.square()).sum(-1) - mu.square()).clamp_min(1e-12).sqrt()
-    out.bits.extend((-chosen / math.log(2)).tolist())
-    out.z.extend(((chosen - mu) / sigma).tolist())
-    out.rank.extend(((logp > chosen[:, None]).sum(-1) + 1).tolist())
-    if detail:
-        values, indices = logp.topk(detail, dim=-1)
-        for vs, js in zip(values.exp().tolist(), indices.tolist()):
-            out.top.append([(lm.tokenizer.decode([j]), v) for j, v in zip(js, vs)])
 
 
 LOCAL_WINDOW = 128  # context of the audit's local scoring: enough for syntax, too little to copy the document

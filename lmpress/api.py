@@ -5,14 +5,12 @@ from __future__ import annotations
 import builtins
 import io
 import os
-import platform
 from typing import IO, Any
-
-import torch
 
 from . import format as fmt
 from .engine import Progress, Settings, Stats, decode_segment, encode_segment, segment_length, torch_threads
-from .errors import FormatError, ModelMismatchError
+from .errors import FormatError, ModelMismatchError, UnsupportedVersionError
+from .llama import ENGINE
 from .models import LanguageModel, load_model
 
 ModelSpec = str | os.PathLike | LanguageModel | None
@@ -26,7 +24,8 @@ def _model(model: ModelSpec) -> LanguageModel:
 class Compressor:
     """Incremental compressor: ``compress()`` pieces, then ``flush()`` once, as ``lzma.LZMACompressor``.
 
-    Settings (``window``, ``keep``, ``chunk_size``, ``max_batch``, ``threads``) are those of ``engine.Settings``.
+    Settings (``window``, ``keep``, ``chunk_size``, ``max_batch``, ``threads``, ``start_token``) are those of
+    ``engine.Settings``. The archive decodes the same on any machine, whatever the threads or device.
     """
 
     def __init__(self, model: ModelSpec = None, *, progress: Progress | None = None, **settings: Any):
@@ -37,20 +36,18 @@ class Compressor:
         self._buffer = bytearray()
         self._crc = 0  # of the input coded so far
         self._finished = False
-        threads = self.settings.threads or torch.get_num_threads()
         self.header = fmt.Header(
             model_name=self.model.name,
             model_id=self.model.model_id,
+            engine=ENGINE,
             start_token=self.settings.start(self.model),
-            dtype=str(self.model.net.dtype).removeprefix("torch."),
-            threads=threads,
             window=self.settings.window,
             keep=self.settings.keep,
         )
         self._pending = self.header.to_bytes()
 
     def _segment(self, data: bytes) -> bytes:
-        with torch_threads(self.header.threads):
+        with torch_threads(self.settings.threads):
             segment, stats = encode_segment(self.model, data, self.settings, self._crc, self._progress)
         self._crc = segment.crc32
         raw = segment.to_bytes()
@@ -85,11 +82,13 @@ class Compressor:
 
 
 class Decompressor:
-    """Incremental decompressor, as ``lzma.LZMADecompressor``: feed it bytes, get bytes; ``eof`` at the end."""
+    """Incremental decompressor, as ``lzma.LZMADecompressor``: feed it bytes, get bytes; ``eof`` at the end.
+    ``threads``: compute threads (0: torch's default), for speed only."""
 
-    def __init__(self, model: ModelSpec = None, *, progress: Progress | None = None):
+    def __init__(self, model: ModelSpec = None, *, progress: Progress | None = None, threads: int = 0):
         self._model_spec = model
         self._progress = progress
+        self._threads = threads
         self.model: LanguageModel | None = None
         self.header: fmt.Header | None = None
         self.eof = False
@@ -104,6 +103,10 @@ class Decompressor:
         return not self.eof
 
     def _check_model(self, header: fmt.Header) -> None:
+        if header.engine != ENGINE:
+            raise UnsupportedVersionError(
+                f"archive needs arithmetic engine {header.engine!r}; this lmpress has {ENGINE!r}"
+            )
         self.model = _model(self._model_spec)
         if self.model.model_id != header.model_id:
             raise ModelMismatchError(
@@ -125,11 +128,7 @@ class Decompressor:
             self._check_model(header)
             self.header = header
         h = self.header
-        settings = Settings(window=h.window, keep=h.keep, threads=h.threads, start_token=h.start_token)
-        hint = (
-            f", or this machine computes the model differently from the one that wrote it "
-            f"(archive: {h.dtype}, {h.threads} threads; here: torch {torch.__version__} on {platform.machine()})"
-        )
+        settings = Settings(window=h.window, keep=h.keep, start_token=h.start_token)
         while not self.eof and (parsed := fmt.parse_frame(self._buffer)) is not None:
             frame, n = parsed
             del self._buffer[:n]
@@ -142,8 +141,8 @@ class Decompressor:
                 self.unused_data = bytes(self._buffer)
                 break
             where = f"segment {self._segments} (from byte {self._size})"
-            with torch_threads(h.threads):
-                piece = decode_segment(self.model, frame, settings, where, self._crc, hint, self._progress)
+            with torch_threads(self._threads):
+                piece = decode_segment(self.model, frame, settings, where, self._crc, self._progress)
             self._segments += 1
             self._size += len(piece)
             self._crc = frame.crc32

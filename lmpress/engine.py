@@ -1,57 +1,66 @@
-"""Cutting data into chunks and coding them in lockstep: the one step function both directions share.
+"""Cutting data into chunks, and coding chunks of text with the integer model.
 
-A segment (up to ``chunk_size * max_batch`` bytes) is cut into chunks at line
-breaks. Chunks of text (valid UTF-8, at most 10% control characters) whose
-tokenization round-trips exactly are coded with the language model: all of
-them advance one token per step as the rows of one batch, into one range-coded
-stream per segment. The decoder runs the very same loop with the very same
-batch, so every probability is computed by the same operations in the same
-order. Other chunks (binary data, invalid UTF-8) go to LZMA2, or are
-stored when that does not help.
+A segment (up to ``chunk_size * max_batch`` bytes) is cut into chunks at line breaks. Chunks of text
+(valid UTF-8, at most 10% control characters) whose tokenization round-trips exactly are coded with the
+language model; other chunks go to LZMA2, or are stored when that does not help.
 
-Context policy: a row sees the start token plus the tokens of its chunk so far.
-When ``window`` positions are full, the context restarts as the start token plus
-the last ``keep`` tokens (one batched prefill), so attention cost stays bounded.
+The model's numbers are exact integers, computed the same for a token whatever else is in the batch,
+so the two directions can run as each runs best:
+
+- the encoder scores every chunk in full-sequence passes (one per context window, large products) and
+  keeps each token's interval of the cumulative frequencies;
+- the decoder steps all chunks of a segment in lockstep, one token per row per step, and decodes each
+  token from the range-coded stream as soon as its row's frequencies are known.
+
+The stream holds the tokens of all LM chunks step by step: at step t, every chunk with more than t tokens,
+in table order. Context policy: a row sees the start token plus its chunk's tokens so far; when
+``window`` positions are full, the context restarts as the start token plus the last ``keep`` tokens.
 """
 
 from __future__ import annotations
 
 import contextlib
 import lzma
+import sys
 import zlib
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from . import format as fmt
-from .coding import TokenDecoder, TokenEncoder, code_length_bits, probabilities
+from .coding import TokenDecoder, TokenEncoder, code_length_bits, frequencies, intervals
 from .errors import ChecksumError, FormatError
 from .models import LanguageModel
 
 # Raw LZMA2 (no container) at xz's strongest preset; FORMAT.md names these exact filters.
 LZMA2_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 _LINE_SEARCH = 512  # bytes to look ahead for a line break when cutting
+PASS_TOKENS = 4096  # positions per full-sequence pass: bounds activation memory
+HEAD_ROWS = 64  # positions per slice of the output head: bounds the [rows, vocab] tensors
 
 Progress = Callable[[float, float], None]  # (bytes done, bits spent) since the last call
 
 
 @dataclass(frozen=True)
 class Settings:
-    """How to cut and code. ``window``/``keep``/``threads`` are recorded in the archive."""
+    """How to cut and code. ``window``, ``keep`` and ``start_token`` are recorded in the archive."""
 
     window: int = 2048
     keep: int = 512
     chunk_size: int = 8192
-    max_batch: int = 64
-    threads: int = 0  # 0: torch's default for this machine
-    start_token: int | None = None  # None: the model's own choice (recorded in the archive either way)
+    max_batch: int = 32
+    threads: int = 0  # compute threads, for speed only (0: torch's default for this machine)
+    start_token: int | None = None  # None: the model's own choice
 
     def __post_init__(self) -> None:
         if self.window < 2 or not 0 <= self.keep <= self.window - 2:
             raise ValueError(f"need window >= 2 and 0 <= keep <= window - 2 (window={self.window}, keep={self.keep})")
+        if self.window > fmt.MAX_WINDOW:
+            raise ValueError(f"window must be at most {fmt.MAX_WINDOW}")
         if self.chunk_size < 1 or not 1 <= self.max_batch <= fmt.MAX_CHUNKS or self.threads < 0:
             raise ValueError("chunk_size and max_batch must be positive, threads non-negative")
 
@@ -89,12 +98,21 @@ class Stats:
 
 @contextlib.contextmanager
 def torch_threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n or before)
+    """Compute with ``n`` threads (0: as before), in torch and in the compiled kernels."""
+    numba = sys.modules.get("numba")
+    before = torch.get_num_threads(), numba.get_num_threads() if numba else 0
+    torch.set_num_threads(n or before[0])
+    if numba:
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS) if n else before[1])
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        torch.set_num_threads(before[0])
+        if numba:
+            numba.set_num_threads(before[1])
+
+
+# --- Cutting ------------------------------------------------------------------------------------------
 
 
 def boundary(data: bytes | bytearray, target: int) -> int:
@@ -138,64 +156,100 @@ def split(data: bytes, settings: Settings) -> list[bytes]:
     return [data[a:b] for a, b in zip(cuts, cuts[1:])]
 
 
+# --- Scoring in full-sequence passes ------------------------------------------------------------------
+
+
+def windows(n: int, window: int, keep: int) -> Iterator[tuple[int, int, int]]:
+    """(context start, first scored, end) of each context window over n tokens, as the decoder steps them.
+
+    The first window scores ``window`` tokens from the start token alone; each later one restarts from the
+    start token plus the ``keep`` tokens before it and scores ``window - keep`` more.
+    """
+    start, end = 0, min(n, window)
+    while start < n:
+        yield max(0, start - keep) if start else 0, start, end
+        start, end = end, min(n, end + window - keep)
+
+
+Visit = Callable[[int, int, Tensor, Tensor], None]  # (row, first position, frequencies [n, V], tokens [n])
+
+
+def score_rows(
+    lm: LanguageModel,
+    rows: list[list[int]],
+    settings: Settings,
+    visit: Visit,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Frequencies of every token of every row, as the decoder will compute them, in full-sequence passes.
+
+    Windows of equal length are batched (up to ``PASS_TOKENS`` positions a pass); ``visit`` receives slices
+    of at most ``HEAD_ROWS`` consecutive positions of a row; ``progress`` the number of tokens scored.
+    """
+    net, start = lm.net, settings.start(lm)
+    by_length: dict[int, list[tuple[int, int, int, int]]] = defaultdict(list)
+    for row, ids in enumerate(rows):
+        for ctx, first, end in windows(len(ids), settings.window, settings.keep):
+            by_length[end - ctx].append((row, ctx, first, end))
+    for length, spans in sorted(by_length.items()):
+        per_pass = max(1, PASS_TOKENS // length)
+        for group in (spans[i : i + per_pass] for i in range(0, len(spans), per_pass)):
+            inputs = torch.tensor([[start, *rows[row][ctx : end - 1]] for row, ctx, _, end in group], device=net.device)
+            with torch.inference_mode():
+                hidden = net.forward(inputs)
+                for b, (row, ctx, first, end) in enumerate(group):
+                    targets = torch.tensor(rows[row][first:end])
+                    for a in range(0, end - first, HEAD_ROWS):
+                        z = min(end - first, a + HEAD_ROWS)
+                        freqs = frequencies(net.logits(hidden[b, first - ctx + a : first - ctx + z]))
+                        visit(row, first + a, freqs, targets[a:z])
+                    if progress is not None:
+                        progress(end - first)
+
+
+# --- Stepping in lockstep -----------------------------------------------------------------------------
+
+
 class Lockstep:
-    """Rows of token streams advancing one token per step through one batched forward pass."""
+    """Rows of token streams advancing one token per step, each row with its own context; a row leaves the
+    batch when its last token has been read (rows do not affect each other's numbers)."""
 
     def __init__(self, lm: LanguageModel, lengths: list[int], settings: Settings):
         self.net, self.start = lm.net, settings.start(lm)
-        window, keep = settings.window, settings.keep
+        self.window, self.keep = settings.window, settings.keep
         self.lengths = np.asarray(lengths)
-        self.window, self.keep = window, keep
+        self.rows = np.arange(len(lengths))  # still active, in table order
         self.history = torch.full((len(lengths), int(self.lengths.max())), self.start, dtype=torch.long)
-        self.cache = self.net.new_cache(len(lengths), window)
+        self.cache = self.net.new_cache(len(lengths), self.window)
         self.step = 0
         self._forward(torch.full((len(lengths), 1), self.start, dtype=torch.long), 0)
 
-    def _forward(self, tokens: torch.Tensor, pos: int) -> None:
+    def _forward(self, tokens: Tensor, pos: int) -> None:
         with torch.inference_mode():
-            self.logits = self.net(tokens, self.cache, pos)
+            hidden = self.net.forward(tokens.to(self.net.device), self.cache, pos)
+            self.freqs = frequencies(self.net.logits(hidden[:, -1]))
         self.pos = pos + tokens.shape[1]
 
-    @property
-    def active(self) -> np.ndarray:
-        return self.lengths > self.step
-
-    def probabilities(self) -> np.ndarray:
-        return probabilities(self.logits)
-
     def advance(self, tokens: np.ndarray) -> None:
-        """Append this step's tokens (rows already finished get the start token) and predict the next."""
-        fed = torch.as_tensor(np.where(self.active, tokens, self.start), dtype=torch.long)
-        self.history[:, self.step] = fed
+        """Append this step's tokens of the active rows and compute their next frequencies."""
+        self.history[self.rows, self.step] = torch.as_tensor(tokens, dtype=torch.long)
         self.step += 1
-        if self.step == self.history.shape[1]:
-            return
+        staying = self.lengths[self.rows] > self.step
+        if not staying.all():
+            self.rows = self.rows[staying]
+            if not len(self.rows):
+                return
+            keep = torch.from_numpy(np.flatnonzero(staying)).to(self.net.device)
+            for name in ("k", "v", "k_scale", "v_scale"):
+                setattr(self.cache, name, getattr(self.cache, name).index_select(1, keep))
         if self.pos < self.window:
-            self._forward(fed[:, None], self.pos)
+            self._forward(self.history[self.rows, self.step - 1 : self.step], self.pos)
         else:  # context full: restart from the start token and the last `keep` tokens
-            kept = self.history[:, self.step - self.keep : self.step]
-            start = torch.full((len(kept), 1), self.start, dtype=torch.long)
-            self._forward(torch.cat([start, kept], dim=1), 0)
+            kept = self.history[self.rows, self.step - self.keep : self.step]
+            self._forward(torch.cat([torch.full((len(kept), 1), self.start), kept], dim=1), 0)
 
 
-def run_lockstep(
-    lm: LanguageModel,
-    lengths: list[int],
-    settings: Settings,
-    code: Callable[[np.ndarray, np.ndarray], np.ndarray],
-    progress: Progress | None = None,
-    bytes_per_token: np.ndarray | None = None,
-) -> None:
-    """Drive the rows to their lengths; ``code(rows, probs)`` returns each listed row's token."""
-    steps = Lockstep(lm, lengths, settings)
-    tokens = np.zeros(len(lengths), dtype=np.int64)
-    for _ in range(max(lengths)):
-        rows = np.flatnonzero(steps.active)
-        probs = steps.probabilities()
-        tokens[rows] = code(rows, probs)
-        if progress is not None:
-            progress(float(bytes_per_token[rows].sum()), float(code_length_bits(probs[rows], tokens[rows]).sum()))
-        steps.advance(tokens)
+# --- Segments -----------------------------------------------------------------------------------------
 
 
 def _classical(data: bytes) -> tuple[int, bytes]:
@@ -203,25 +257,13 @@ def _classical(data: bytes) -> tuple[int, bytes]:
     return (fmt.METHOD_XZ, packed) if len(packed) < len(data) else (fmt.METHOD_STORED, data)
 
 
-def _lm_encode(lm, texts, token_ids, settings, progress) -> tuple[bytes, np.ndarray]:
-    """One range-coded stream of all rows' tokens (step by step, rows in order) and each row's ideal bits."""
-    lengths = [len(t) for t in token_ids]
-    matrix = np.zeros((len(lengths), max(lengths)), dtype=np.int64)
-    for row, ids in enumerate(token_ids):
-        matrix[row, : len(ids)] = ids
-    encoder = TokenEncoder()
-    bits = np.zeros(len(lengths))
-    step = iter(range(matrix.shape[1]))
-
-    def code(rows: np.ndarray, probs: np.ndarray) -> np.ndarray:
-        chosen = matrix[rows, next(step)]
-        encoder.encode(chosen, probs[rows])
-        bits[rows] += code_length_bits(probs[rows], chosen)
-        return chosen
-
-    per_token = np.array([len(x) / n for x, n in zip(texts, lengths)])
-    run_lockstep(lm, lengths, settings, code, progress, per_token)
-    return encoder.finish(), bits
+def _interleave(values: list[np.ndarray]) -> np.ndarray:
+    """Per-row arrays joined in stream order: step by step, at each step every row that is that long."""
+    matrix = np.zeros((len(values), max(len(v) for v in values)), dtype=np.int64)
+    present = np.zeros(matrix.shape, dtype=bool)
+    for row, v in enumerate(values):
+        matrix[row, : len(v)], present[row, : len(v)] = v, True
+    return matrix.T[present.T]
 
 
 def encode_segment(
@@ -236,28 +278,36 @@ def encode_segment(
             pieces[-1] = (pieces[-1][0] + piece, None)
         else:
             pieces.append((piece, ids))
-    classical = [_classical(p) if ids is None else None for p, ids in pieces]
-    lm_rows = [i for i, (_, ids) in enumerate(pieces) if ids is not None]
-    stream, bits = b"", np.zeros(0)
-    while lm_rows:
-        stream, bits = _lm_encode(
-            lm, [pieces[i][0] for i in lm_rows], [pieces[i][1] for i in lm_rows], settings, progress
-        )
-        # A chunk the model codes worse than LZMA2 (or than storing it) leaves the batch, which is then
-        # coded again: the decoder must see exactly the batch the encoder ran.
-        for i in lm_rows:  # each chunk's LZMA2 alternative is computed once, whatever the number of passes
-            classical[i] = classical[i] or _classical(pieces[i][0])
-        losers = {i for row, i in enumerate(lm_rows) if bits[row] / 8 >= len(classical[i][1])}
-        if not losers:
-            break
-        lm_rows = [i for i in lm_rows if i not in losers]
-    if not lm_rows:
-        stream, bits = b"", np.zeros(0)
+    candidates = [i for i, (_, ids) in enumerate(pieces) if ids is not None]
+    rows = [pieces[i][1] for i in candidates]
+    left = [np.zeros(len(ids), np.int64) for ids in rows]
+    width = [np.zeros(len(ids), np.int64) for ids in rows]
+    bits = np.zeros(len(rows))
 
-    stats = Stats(bytes_in=len(data), ideal_bits=float(bits.sum()), lm_bytes_out=len(stream))
+    def visit(row: int, first: int, freqs: Tensor, tokens: Tensor) -> None:
+        lo, f = intervals(freqs, tokens)
+        left[row][first : first + len(f)], width[row][first : first + len(f)] = lo.cpu().numpy(), f.cpu().numpy()
+        spent = float(code_length_bits(freqs, tokens).sum())
+        bits[row] += spent
+        if progress is not None:
+            progress(len(pieces[candidates[row]][0]) * len(f) / len(rows[row]), spent)
+
+    score_rows(lm, rows, settings, visit)
+    # A chunk the model codes worse than LZMA2 (or than storing it) leaves the model's rows; the others'
+    # numbers do not depend on which rows there are.
+    classical = [_classical(p) for p, _ in pieces]
+    lm_rows = [r for r, i in enumerate(candidates) if bits[r] / 8 < len(classical[i][1])]
+    stream = b""
+    if lm_rows:
+        encoder = TokenEncoder()
+        encoder.encode(_interleave([left[r] for r in lm_rows]), _interleave([width[r] for r in lm_rows]))
+        stream = encoder.finish()
+
+    stats = Stats(bytes_in=len(data), ideal_bits=float(bits[lm_rows].sum()), lm_bytes_out=len(stream))
     chunks, payloads = [], []
+    lm_pieces = {candidates[r] for r in lm_rows}
     for i, (piece, ids) in enumerate(pieces):
-        if i in lm_rows:
+        if i in lm_pieces:
             chunk, payload = fmt.Chunk(fmt.METHOD_LM, tokens=len(ids)), b""
             stats.tokens += len(ids)
             stats.lm_bytes_in += len(piece)
@@ -277,7 +327,6 @@ def decode_segment(
     settings: Settings,
     where: str,
     crc: int = 0,
-    hint: str = "",
     progress: Progress | None = None,
 ) -> bytes:
     """The original bytes of ``segment``, or an error naming it (``where``); ``crc`` as for ``encode_segment``."""
@@ -299,23 +348,22 @@ def decode_segment(
         except ValueError as e:
             raise FormatError(f"{where} is corrupted ({e})") from None
         lengths = [chunks[i].tokens for i in lm_rows]
-        decoded = np.zeros((len(lm_rows), max(lengths)), dtype=np.int64)
-        step = iter(range(max(lengths)))
-
-        def code(rows: np.ndarray, probs: np.ndarray) -> np.ndarray:
-            t = next(step)
+        decoded = [np.zeros(n, np.int64) for n in lengths]
+        per_token = (segment.raw_size - sum(c.raw_size for c in chunks)) / sum(lengths)
+        steps = Lockstep(lm, lengths, settings)
+        for t in range(max(lengths)):
             try:
-                decoded[rows, t] = decoder.decode(probs[rows])
+                tokens = decoder.decode(steps.freqs)
             except (AssertionError, ValueError, RuntimeError):  # constriction's word for an impossible stream
                 raise FormatError(f"the token stream of {where} is corrupted") from None
-            return decoded[rows, t]
-
-        lm_bytes = segment.raw_size - sum(c.raw_size for c in chunks)
-        per_token = np.full(len(lm_rows), lm_bytes / sum(lengths))
-        run_lockstep(lm, lengths, settings, code, progress, per_token)
+            for row, token in zip(steps.rows, tokens):
+                decoded[row][t] = token
+            if progress is not None:
+                progress(per_token * len(tokens), float(code_length_bits(steps.freqs, torch.from_numpy(tokens)).sum()))
+            steps.advance(tokens)
         for row, i in enumerate(lm_rows):
             try:
-                out[i] = lm.detokenize(decoded[row, : lengths[row]].tolist())
+                out[i] = lm.detokenize(decoded[row].tolist())
             except Exception:  # an out-of-vocabulary id from a damaged payload
                 out[i] = b""
     data = b"".join(out)
@@ -323,6 +371,6 @@ def decode_segment(
         methods = ", ".join(f"{n} {fmt.METHOD_NAMES[m]}" for m, n in Counter(c.method for c in chunks).items())
         raise ChecksumError(
             f"{where}: {segment.raw_size:,} bytes in {len(chunks)} chunks ({methods}) do not match their "
-            f"checksum: the archive is corrupted{hint}"
+            f"checksum: the archive is corrupted"
         )
     return data

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from .errors import FormatError, UnsupportedVersionError
 
 MAGIC = b"LMPZ"
-VERSION = 2
+VERSION = 3
 DEFAULT_MODEL = "smollm2-135m"  # what an empty model name in a header means
+ENGINES = {1: "int8-v1"}  # the arithmetic of docs/FORMAT.md, by the number a header stores
 
 FRAME_SEGMENT = 0x01
 FRAME_END = 0xFF
@@ -27,6 +28,7 @@ METHOD_NAMES = {METHOD_STORED: "stored", METHOD_XZ: "xz", METHOD_LM: "lm"}
 MAX_FRAME_BYTES = 1 << 31
 MAX_PARAMS_BYTES = 1024
 MAX_CHUNKS = 0xFFFF
+MAX_WINDOW = 8192  # context positions: bounds the decoder's cache whatever a header says
 MODEL_ID_BYTES = 8
 
 _PREFIX = struct.Struct("<4sB")  # magic, version
@@ -66,33 +68,28 @@ def _read_u32(buf, offset: int) -> tuple[int, int]:
     return struct.unpack_from("<I", buf, offset)[0], offset + 4
 
 
-DTYPES = ("float32", "bfloat16", "float16")
-
-
 @dataclass(frozen=True)
 class Header:
-    """Everything the decoder must reproduce: which model, and how it was run.
+    """Everything the decoder must reproduce: which model, which arithmetic, which context policy.
 
-    ``model_id`` (hex) names the weights and tokenizer together; ``model_name`` is informative, and is
-    stored empty for the default model.
+    ``model_id`` (hex) names the quantised model and tokenizer together; ``model_name`` is informative, and
+    is stored empty for the default model.
     """
 
     model_name: str
     model_id: str
+    engine: str
     start_token: int
-    dtype: str
-    threads: int
     window: int
     keep: int
 
     def to_bytes(self) -> bytes:
         name = "" if self.model_name == DEFAULT_MODEL else self.model_name
+        engine = {v: k for k, v in ENGINES.items()}[self.engine]
         params = b"".join(
             [
                 bytes.fromhex(self.model_id),
-                uvarint(self.start_token),
-                bytes([DTYPES.index(self.dtype)]),
-                *(uvarint(n) for n in (self.threads, self.window, self.keep)),
+                *(uvarint(n) for n in (engine, self.start_token, self.window, self.keep)),
                 name.encode("utf-8"),
             ]
         )
@@ -102,17 +99,18 @@ class Header:
     @classmethod
     def from_params(cls, params: bytes) -> Header:
         offset = MODEL_ID_BYTES
+        engine, offset = read_uvarint(params, offset)
         start, offset = read_uvarint(params, offset)
-        dtype = params[offset]
-        threads, offset = read_uvarint(params, offset + 1)
         window, offset = read_uvarint(params, offset)
         keep, offset = read_uvarint(params, offset)
-        if dtype >= len(DTYPES):
-            raise ValueError(f"unknown dtype {dtype}")
-        if window < 2 or not 0 <= keep <= window - 2:
+        if engine not in ENGINES:
+            raise UnsupportedVersionError(
+                f"archive needs arithmetic engine {engine}, which this lmpress does not have; upgrade lmpress"
+            )
+        if not 2 <= window <= MAX_WINDOW or not 0 <= keep <= window - 2:
             raise ValueError(f"window {window} with keep {keep}")
         name = params[offset:].decode("utf-8") or DEFAULT_MODEL
-        return cls(name, params[:MODEL_ID_BYTES].hex(), start, DTYPES[dtype], threads, window, keep)
+        return cls(name, params[:MODEL_ID_BYTES].hex(), ENGINES[engine], start, window, keep)
 
 
 @dataclass(frozen=True)
@@ -181,8 +179,12 @@ def parse_header(buf: bytes | bytearray) -> tuple[Header, int] | None:
             f"archive format version {version} is newer than this lmpress reads ({VERSION}); upgrade lmpress"
         )
     if version != VERSION:
-        raise FormatError(
-            f"archive format version {version} was written by a pre-release lmpress and is no longer read"
+        raise UnsupportedVersionError(
+            f"archive format version {version} was written by lmpress 0.1, whose float arithmetic only the "
+            f"machine that wrote it can reproduce; this lmpress reads version {VERSION}. Decompress it with "
+            f"lmpress 0.1 on that machine"
+            if version == 2
+            else f"archive format version {version} was written by a pre-release lmpress and is no longer read"
             if version == 1
             else f"corrupted archive header (version {version})"
         )
@@ -200,6 +202,8 @@ def parse_header(buf: bytes | bytearray) -> tuple[Header, int] | None:
         raise FormatError("corrupted archive header (checksum mismatch)")
     try:
         header = Header.from_params(bytes(buf[offset : end - 4]))
+    except UnsupportedVersionError:
+        raise
     except (ValueError, IndexError, _NeedMore) as e:
         raise FormatError(f"corrupted archive header ({e or 'parameters cut short'})") from None
     return header, end

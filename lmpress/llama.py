@@ -1,19 +1,49 @@
-"""A llama-family transformer, readable top to bottom, built for lockstep coding.
+"""A llama-family transformer in exact arithmetic, readable top to bottom.
 
-The compressor and the decompressor must compute every probability through the
-identical sequence of operations, so this module owns the whole forward pass:
-no framework code path that changes with batch size or cache type sits between
-the weights and the logits. Weights come in Hugging Face naming
-(``model.layers.N.self_attn.q_proj.weight`` ...), whatever file they were read from.
+An archive must decode on any machine, so every number on the way to the range coder is computed the
+same way everywhere:
+
+- matrix products are of int8 matrices, exact in int32 (``gemm.py``: any backend gives the same bits);
+- between them, only single IEEE binary32/binary64 operations (+ − × ÷ √, each rounded to nearest even,
+  never fused), exact integer sums and maxima, and lookup tables built with exact arithmetic
+  (``tables.py``) stand in for exp, SiLU and the rotary embedding.
+
+No float reduction (sum, mean, softmax) is ever taken, because their results depend on summation order.
+Every row (token) is quantised on its own, so a token's numbers do not depend on what else is in the
+batch: a full-sequence pass over a chunk gives bit for bit what step-by-step decoding gives, which is what
+lets the encoder run in large passes while the decoder steps. docs/FORMAT.md states the arithmetic as a
+specification; this file is its implementation.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
+
+from . import gemm as gemm_
+from .tables import rope_tables, sigmoid_table
+
+ENGINE = "int8-v1"  # names this arithmetic in archives; any change to it needs a new name
+
+# Activations into each product: 16 bits (two int8 halves, twice the products) where 8 bits cost ratio.
+BITS = {"qkv": 16, "o": 8, "gate_up": 16, "down": 16, "head": 16}
+Q8, Q16 = 127, 127 * 256  # largest magnitude of an 8-bit and a 16-bit (hi·256 + lo) activation
+SCORE_FRAC, SCORE_ONE = 6, 22  # attention scores in 1/64 bits; weights 2**22 · 2**(−d/64)
+LOGIT_FRAC, LOGIT_ONE = 8, 30  # output logits in 1/256 bits; weights 2**30 · 2**(−d/256)
+SIGMOID_FRAC, SIGMOID_SPAN = 8, 16  # sigmoid tabulated at 1/256 steps over [−16, 16]
+LIMIT = 1 << 22  # fixed-point scores and logits are clamped to ±LIMIT (exactly roundable in binary32)
+TINY = 2.0**-100  # floor of a row's largest magnitude, so that an all-zero row divides safely
+ROPE_LENGTH = 2048  # rotary tables are built for this many positions, or the next power of two
+ROW_BLOCK = 256  # tokens per block of the per-token work, so that its tensors stay in cache
+TILE = 1 << 22  # most attention scores computed at once
+FUSED_ROWS = 16  # query rows per key group up to which the CPU's fused attention kernel is used
+
+# exp2(−u) on [0, 1) as a binary32 polynomial, evaluated by Horner's rule without fused operations
+EXP2_POLY = (0.9999980926513672, -0.6930508613586426, 0.2394396960735321, -0.05322719365358353, 0.006842025090008974)
 
 
 @dataclass(frozen=True)
@@ -50,132 +80,301 @@ class LlamaConfig:
         )
 
 
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+# --- Fixed-point primitives ---------------------------------------------------------------------------
 
 
-def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotary position embedding, half-split layout (as Hugging Face llama)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+def _full(like: Tensor, value: float) -> Tensor:
+    return torch.full_like(like, value)
 
 
-class Attention(nn.Module):
-    def __init__(self, cfg: LlamaConfig):
-        super().__init__()
-        self.n_heads, self.n_kv, self.hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        self.q_proj = nn.Linear(cfg.hidden_size, self.n_heads * self.hd, bias=False)
-        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.hd, bias=False)
-        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.hd, bias=False)
-        self.o_proj = nn.Linear(self.n_heads * self.hd, cfg.hidden_size, bias=False)
-
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor, v_cache: Tensor, pos: int) -> Tensor:
-        B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.hd).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
-        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
-        end = pos + T
-        k_cache[:, :, pos:end] = k
-        v_cache[:, :, pos:end] = v
-        # Grouped-query attention straight on the cache: no repeat of K/V heads.
-        y = F.scaled_dot_product_attention(
-            q, k_cache[:, :, :end], v_cache[:, :, :end], is_causal=T > 1 and pos == 0, enable_gqa=True
-        )
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
+def quantize_rows(x: Tensor, q: int) -> tuple[Tensor, Tensor]:
+    """Each row of binary32 ``x`` as integers in [−q, q] and the factor d with x ≈ xq·d:
+    xq = round(x · (q / amax)), d = amax / q, amax = max |x| of the row (at least 2**−100)."""
+    amax = x.abs().amax(-1, keepdim=True).clamp_min(TINY)
+    xq = torch.round(x * (_full(amax, q) / amax)).to(torch.int32)
+    return xq, amax / _full(amax, q)
 
 
-class MLP(nn.Module):
-    def __init__(self, cfg: LlamaConfig):
-        super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+def quantize_normed(x: Tensor, q: int, eps: float) -> tuple[Tensor, Tensor]:
+    """RMSNorm folded into quantisation: xq as ``quantize_rows`` and r with x / rms(x) ≈ xq·r.
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+    The norm is taken of the integers themselves (an exact int64 sum), r = 1 / √(Σxq²/n + eps·(q/amax)²)
+    in binary64, so the norm's gain is folded into the next product's weights and costs nothing here.
+    """
+    amax = x.abs().amax(-1, keepdim=True).clamp_min(TINY)
+    f = _full(amax, q) / amax
+    xq = torch.round(x * f).to(torch.int32)
+    wide = xq.to(torch.int64)
+    mean_square = (wide * wide).sum(-1, keepdim=True).double() / x.shape[-1]
+    f64 = f.double()
+    r = torch.ones_like(mean_square) / torch.sqrt(mean_square + f64 * f64 * eps)
+    return xq, r.float()
 
 
-class Block(nn.Module):
-    def __init__(self, cfg: LlamaConfig):
-        super().__init__()
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = Attention(cfg)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = MLP(cfg)
+def exp2_fixed(d: Tensor, frac: int, one: int) -> Tensor:
+    """round(2**(one − i) · P(f / 2**frac)) for d = i·2**frac + f ≥ 0, P ≈ 2**−u (``EXP2_POLY``): the
+    weight of something d/2**frac bits below the best, in int32. The power of two is exact (made from
+    exponent bits), so the single rounding is of P's binary32 value."""
+    d = d.clamp(max=((one + 2) << frac) - 1)  # beyond, every weight rounds to 0
+    u = (d & ((1 << frac) - 1)).float() * 2.0**-frac
+    p = u * EXP2_POLY[4] + EXP2_POLY[3]
+    for c in EXP2_POLY[2::-1]:
+        p = p * u + c
+    scale = ((127 + one - (d >> frac)) << 23).view(torch.float32)
+    return torch.round(p * scale).to(torch.int32)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor, v_cache: Tensor, pos: int) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, pos)
-        return x + self.mlp(self.post_attention_layernorm(x))
+
+def attention_weights(
+    dots: Tensor, key_factor: Tensor, q_factor: Tensor, visible: Tensor, v_scale: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Softmax weights of rows of int32 query·key ``dots`` [..., R, S], as int8 ready for the product with
+    the values, their factor [..., R] and the exact sum of the unscaled weights [..., R] (int64).
+
+    Score z = round(clamp(dot · key_factor · q_factor, ±LIMIT)) in 1/64 bits; row r sees keys s < visible[r];
+    e = ``exp2_fixed``(max z − z); w = e · v_scale (binary32), requantised to int8 per row."""
+    z = torch.round((dots.float() * key_factor[..., None, :] * q_factor[..., None]).clamp_(-LIMIT, LIMIT))
+    hidden = torch.arange(dots.shape[-1], device=dots.device) >= visible[:, None]
+    z = z.to(torch.int32).masked_fill_(hidden, -2 * LIMIT)
+    e = exp2_fixed(z.amax(-1, keepdim=True) - z, SCORE_FRAC, SCORE_ONE).masked_fill_(hidden, 0)
+    wq, wd = quantize_rows(e.float() * v_scale[..., None, :], Q8)
+    return wq.to(torch.int8), wd[..., 0], e.sum(-1)
+
+
+@dataclass
+class Linear:
+    """int8 weights [N, K], one binary32 scale per output channel (row): W ≈ wq · scale."""
+
+    wq: Tensor
+    scale: Tensor
+
+    @classmethod
+    def quantize(cls, w: Tensor) -> Linear:
+        """Per output channel: scale = max|w| / 127 and wq = round(w / scale), in binary32."""
+        w = w.float()
+        scale = w.abs().amax(-1).clamp_min(TINY) / 127.0
+        wq = torch.round(w / scale[:, None]).to(torch.int8)
+        return cls(wq, scale)
+
+    def __call__(self, gemm: gemm_.Gemm, xq: Tensor, bits: int) -> Tensor:
+        """binary32 xq·wqᵀ·scale for integer rows ``xq`` of ``bits`` bits (the row factor is the caller's)."""
+        if bits == 8:
+            acc = gemm.mm(xq.to(torch.int8), self.wq.t()).float()
+        else:  # xq = hi·256 + lo with hi, lo int8: one product of twice the rows
+            hi = (xq + 128) >> 8
+            both = gemm.mm(torch.cat((hi, xq - (hi << 8))).to(torch.int8), self.wq.t())
+            m = xq.shape[0]
+            acc = both[:m].float() * 256.0 + both[m:].float()
+        return acc * self.scale
+
+
+# --- Cache --------------------------------------------------------------------------------------------
 
 
 class KVCache:
-    """Preallocated keys and values for ``batch`` rows of up to ``length`` positions."""
+    """Keys and values of ``batch`` rows for up to ``length`` positions: int8 per (position, head), keys as
+    [..., position, head_dim] and values transposed, [..., head_dim, position], so that both products are
+    reductions along contiguous memory; and the binary32 factor of each (position, head)."""
 
-    def __init__(self, cfg: LlamaConfig, batch: int, length: int, dtype: torch.dtype):
-        shape = (cfg.num_hidden_layers, batch, cfg.num_key_value_heads, length, cfg.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype)
-        self.v = torch.zeros(shape, dtype=dtype)
+    def __init__(self, cfg: LlamaConfig, batch: int, length: int, device: torch.device):
+        shape = (cfg.num_hidden_layers, batch, cfg.num_key_value_heads)
+        self.k = torch.zeros((*shape, length, cfg.head_dim), dtype=torch.int8, device=device)
+        self.v = torch.zeros((*shape, cfg.head_dim, length), dtype=torch.int8, device=device)
+        self.k_scale = torch.zeros((*shape, length), device=device)
+        self.v_scale = torch.zeros((*shape, length), device=device)
         self.length = length
 
 
-class Llama(nn.Module):
-    def __init__(self, cfg: LlamaConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.model = nn.Module()
-        self.model.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.model.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
-        self.model.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+# --- The network --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Layer:
+    qkv: Linear  # input_layernorm's gain folded in
+    o: Linear
+    gate_up: Linear  # post_attention_layernorm's gain folded in
+    down: Linear
+
+
+class ExactLlama:
+    """The integer model: quantised weights, the tables, and a chosen exact product backend."""
+
+    def __init__(self, cfg: LlamaConfig, layers: list[Layer], embed: Linear, head: Linear):
+        self.cfg, self.layers, self.embed, self.head = cfg, layers, embed, head
+        self.device = head.wq.device
+        self.sigmoid = sigmoid_table(SIGMOID_FRAC, SIGMOID_SPAN).to(self.device)
+        self.logit_constant = torch.tensor(2.0**LOGIT_FRAC / math.log(2), dtype=torch.float32).item()
+        self.key_constant = torch.tensor(2.0**SCORE_FRAC / math.log(2) / math.sqrt(cfg.head_dim), dtype=torch.float32)
+        self._rope_cache: tuple[Tensor, Tensor] = (torch.empty(0), torch.empty(0))
+        self.gemm = gemm_.choose(self.device, self.shapes())
+        self.attention_weights, self.fused_attend = attention_weights, None
+        if self.device.type == "cpu":
+            from . import kernels
+
+            self.attention_weights, self.fused_attend = kernels.attention_weights, kernels.attend
 
     @classmethod
-    def from_state_dict(cls, cfg: LlamaConfig, state: dict[str, Tensor], dtype: torch.dtype) -> Llama:
-        with torch.device("meta"):
-            net = cls(cfg)
-        state = dict(state)
-        if cfg.tie_word_embeddings:
-            state["lm_head.weight"] = state["model.embed_tokens.weight"]
-        net.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
-        if cfg.tie_word_embeddings:
-            net.lm_head.weight = net.model.embed_tokens.weight
-        inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim)
-        net.register_buffer("inv_freq", inv_freq, persistent=False)
-        return net.eval().requires_grad_(False)
+    def from_float(cls, cfg: LlamaConfig, state: dict[str, Tensor], device: str | torch.device = "cpu"):
+        """Quantise Hugging Face-named float weights (deterministic: single binary32 operations)."""
+        device = torch.device(device)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.embed_tokens.weight.dtype
+        def f32(name: str) -> Tensor:
+            return state[name].to(device=device, dtype=torch.float32)
+
+        layers = []
+        for i in range(cfg.num_hidden_layers):
+            p = f"model.layers.{i}."
+            qkv = torch.cat([f32(p + f"self_attn.{n}_proj.weight") for n in "qkv"]) * f32(p + "input_layernorm.weight")
+            gate_up = torch.cat([f32(p + "mlp.gate_proj.weight"), f32(p + "mlp.up_proj.weight")])
+            layers.append(
+                Layer(
+                    qkv=Linear.quantize(qkv),
+                    o=Linear.quantize(f32(p + "self_attn.o_proj.weight")),
+                    gate_up=Linear.quantize(gate_up * f32(p + "post_attention_layernorm.weight")),
+                    down=Linear.quantize(f32(p + "mlp.down_proj.weight")),
+                )
+            )
+        embed = f32("model.embed_tokens.weight")
+        head = embed if cfg.tie_word_embeddings else f32("lm_head.weight")
+        return cls(cfg, layers, Linear.quantize(embed), Linear.quantize(head * f32("model.norm.weight")))
+
+    def shapes(self) -> list[tuple[int, int]]:
+        """(K, N) of every weight product, and of the attention products at their largest."""
+        c = self.cfg
+        return [tuple(lin.wq.shape[::-1]) for lin in (*vars(self.layers[0]).values(), self.head)] + [
+            (c.head_dim, 2048),
+            (2048, c.head_dim),
+        ]
+
+    def tensors(self) -> dict[str, Tensor]:
+        """Everything the arithmetic depends on, by name (what ``digest`` hashes)."""
+        out = {"embed.wq": self.embed.wq, "embed.scale": self.embed.scale}
+        out |= {"head.wq": self.head.wq, "head.scale": self.head.scale}
+        for i, layer in enumerate(self.layers):
+            for name, lin in vars(layer).items():
+                out[f"layers.{i}.{name}.wq"], out[f"layers.{i}.{name}.scale"] = lin.wq, lin.scale
+        return out
+
+    def digest(self) -> str:
+        """sha256 of the engine name, the configuration and every quantised tensor: equal digests compute equal
+        bits, so archives name their model by it."""
+        h = hashlib.sha256(f"{ENGINE}|{self.cfg}\n".encode())
+        for name, t in sorted(self.tensors().items()):
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
 
     def new_cache(self, batch: int, length: int) -> KVCache:
-        return KVCache(self.cfg, batch, length, self.dtype)
+        return KVCache(self.cfg, batch, length, self.device)
 
-    def forward(self, tokens: Tensor, cache: KVCache, pos: int, all_positions: bool = False) -> Tensor:
-        """Float32 logits for the last position of ``tokens`` [B, T] (or hidden states of every position).
+    # --- forward ---
 
-        The tokens are written to the cache at positions pos..pos+T-1: ``pos == 0`` with T > 1 is a fresh
-        causal prefill; T == 1 is one decoding step. With ``all_positions`` it returns the final normalised
-        hidden states [B, T, hidden] instead, for callers that apply ``lm_head`` in slices to bound memory.
-        """
-        B, T = tokens.shape
-        positions = torch.arange(pos, pos + T, dtype=torch.float32)
-        freqs = positions[:, None] * self.inv_freq[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = emb.cos().to(self.dtype), emb.sin().to(self.dtype)
-        x = self.model.embed_tokens(tokens)
-        for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, cache.k[i], cache.v[i], pos)
-        if all_positions:
-            return self.model.norm(x)
-        return self.lm_head(self.model.norm(x[:, -1])).float()
+    def forward(self, tokens: Tensor, cache: KVCache | None = None, pos: int = 0) -> Tensor:
+        """binary32 hidden states [B, T, hidden] after the last layer (before the final norm) for ``tokens``
+        [B, T] at positions pos .. pos+T−1, each attending causally to itself, earlier tokens of its row and
+        (with a cache) the cached positions before ``pos``, into which it writes its keys and values."""
+        c = self.cfg
+        b, t = tokens.shape
+        heads, kv, hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        x = self._embed(tokens.reshape(-1))
+        cos, sin = self._rope(pos + t)
+        cos, sin = cos[pos : pos + t].repeat(b, 1)[:, None], sin[pos : pos + t].repeat(b, 1)[:, None]
+        qkv = torch.empty(b * t, (heads + 2 * kv) * hd, device=self.device)
+        y = torch.empty(b * t, heads * hd, device=self.device)
+        for i, layer in enumerate(self.layers):
+            for rows in _blocks(b * t):
+                xq, r = quantize_normed(x[rows], Q16, c.rms_norm_eps)
+                qkv[rows] = layer.qkv(self.gemm, xq, BITS["qkv"]) * r
+            q = rotate(qkv[:, : heads * hd].view(-1, heads, hd), cos, sin).view(b, t, heads, hd)
+            k = rotate(qkv[:, heads * hd : (heads + kv) * hd].view(-1, kv, hd), cos, sin).view(b, t, kv, hd)
+            v = qkv[:, (heads + kv) * hd :].view(b, t, kv, hd)
+            self._attention(i, q, k, v, cache, pos, y.view(b, t, heads, hd))
+            for rows in _blocks(b * t):
+                yq, d = quantize_rows(y[rows], Q8)
+                h = x[rows] + layer.o(self.gemm, yq, BITS["o"]) * d
+                x[rows] = h + self._mlp(layer, h)
+        return x.view(b, t, -1)
+
+    def _rope(self, length: int) -> tuple[Tensor, Tensor]:
+        n = max(ROPE_LENGTH, 1 << (length - 1).bit_length())
+        if self._rope_cache[0].shape[0] < n:
+            self._rope_cache = tuple(t.to(self.device) for t in rope_tables(n, self.cfg.head_dim, self.cfg.rope_theta))
+        return self._rope_cache
+
+    def _embed(self, flat: Tensor) -> Tensor:
+        return self.embed.wq[flat].float() * self.embed.scale[flat, None]
+
+    def _attention(self, i: int, q: Tensor, k: Tensor, v: Tensor, cache: KVCache | None, pos: int, out: Tensor):
+        """Causal attention of q [B, T, H, hd] on k, v [B, T, G, hd] (and the cache) into ``out`` [B, T, H, hd].
+
+        Keys and values are int8 per (token, head); queries too, grouped with the heads that share their
+        key ([B, G, rep, T, hd]), and processed in tiles of queries that see keys up to their own position."""
+        b, t, heads, hd = q.shape
+        g = k.shape[2]
+        rep = heads // g
+        kq, kd = quantize_rows(k, Q8)
+        vq, vd = quantize_rows(v, Q8)
+        kq = kq.to(torch.int8).transpose(1, 2).contiguous()  # [B, G, T, hd]
+        vq = vq.to(torch.int8).permute(0, 2, 3, 1).contiguous()  # [B, G, hd, T]
+        kd, vd = kd[..., 0].transpose(1, 2), vd[..., 0].transpose(1, 2)  # [B, G, T]
+        if cache is not None:
+            end = pos + t
+            cache.k[i, :, :, pos:end], cache.v[i, ..., pos:end] = kq, vq
+            cache.k_scale[i, ..., pos:end], cache.v_scale[i, ..., pos:end] = kd, vd
+            kq, vq, kd, vd = cache.k[i], cache.v[i], cache.k_scale[i], cache.v_scale[i]
+        key_factor = kd * self.key_constant  # 2**6 · log2(e) / √hd: scores in 1/64 bits
+        qq, qd = quantize_rows(q, Q8)
+        qq = qq.to(torch.int8).view(b, t, g, rep, hd).permute(0, 2, 3, 1, 4)  # [B, G, rep, T, hd]
+        qd = qd.view(b, t, g, rep).permute(0, 2, 3, 1)
+        step = max(1, TILE // (b * heads * (pos + t)))
+        for t0 in range(0, t, step):
+            t1 = min(t, t0 + step)
+            s = pos + t1  # keys visible to the tile's last query
+            rows = (t1 - t0) * rep
+            visible = (pos + 1 + torch.arange(t0, t1, device=q.device, dtype=torch.int32)).repeat(rep)
+            args = (qq[:, :, :, t0:t1].reshape(b, g, rows, hd), qd[:, :, :, t0:t1].reshape(b, g, rows))
+            args += (kq, key_factor, vq, vd, visible, s)
+            attend = self.fused_attend if self.fused_attend is not None and rows <= FUSED_ROWS else self.attend
+            pv, wd, total = attend(*args)
+            factor = (wd.double() / total.double()).float()
+            y = pv.float() * factor[..., None]
+            out[:, t0:t1] = y.view(b, g, rep, t1 - t0, hd).permute(0, 3, 1, 2, 4).reshape(b, t1 - t0, heads, hd)
+
+    def attend(self, qq, q_factor, keys, key_factor, values, v_scale, visible, s) -> tuple[Tensor, Tensor, Tensor]:
+        """int8 queries [..., R, hd] on the first ``s`` positions of int8 keys [..., W, hd] and values stored
+        transposed [..., hd, W], with the keys' and values' factors [..., W]: the exact int32 sum of requantised
+        weights times values [..., R, hd], the weights' factor and their unscaled sum [..., R]."""
+        dots = self.gemm.bmm(qq, keys[..., :s, :].transpose(-1, -2))
+        wq, wd, total = self.attention_weights(dots, key_factor[..., :s], q_factor, visible, v_scale[..., :s])
+        return self.gemm.bmm(wq, values[..., :s].transpose(-1, -2)), wd, total
+
+    def _mlp(self, layer: Layer, x: Tensor) -> Tensor:
+        c = self.cfg
+        xq, r = quantize_normed(x, Q16, c.rms_norm_eps)
+        gate_up = layer.gate_up(self.gemm, xq, BITS["gate_up"]) * r
+        gate, up = gate_up[:, : c.intermediate_size], gate_up[:, c.intermediate_size :]
+        hq, d = quantize_rows(gate * self._sigmoid(gate) * up, Q16)
+        return layer.down(self.gemm, hq, BITS["down"]) * d
+
+    def _sigmoid(self, x: Tensor) -> Tensor:
+        n = SIGMOID_SPAN << SIGMOID_FRAC
+        index = torch.round(x * float(1 << SIGMOID_FRAC)).clamp_(-n, n).to(torch.int32) + n
+        return self.sigmoid[index]
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """Fixed-point logits in 1/256 bits, int32 [N, vocab], of hidden states [N, hidden] (final norm and
+        output head): round(clamp(acc · scale · (2**8·log2 e) · r, ±LIMIT))."""
+        xq, r = quantize_normed(hidden, Q16, self.cfg.rms_norm_eps)
+        z = self.head(self.gemm, xq, BITS["head"]) * self.logit_constant
+        return torch.round((z * r).clamp_(-LIMIT, LIMIT)).to(torch.int32)
+
+
+def _blocks(n: int) -> list[slice]:
+    return [slice(a, min(n, a + ROW_BLOCK)) for a in range(0, n, ROW_BLOCK)]
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary embedding, half-split layout: x·cos + (−x₂, x₁)·sin, three rounded binary32 operations.
+    x [N, heads, hd]; cos, sin [N, 1, hd]."""
+    half = x.shape[-1] // 2
+    turned = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + turned * sin

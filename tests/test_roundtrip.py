@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lmpress
-from lmpress.engine import Lockstep, Settings, split
+from lmpress.engine import Settings, split
 from lmpress.models import load_model
 
 SMALL = {"chunk_size": 300, "max_batch": 4}  # several chunks and segments from small inputs
@@ -86,21 +86,6 @@ def test_context_restarts_round_trip(tiny, keep):
     blob = comp.compress(data) + comp.flush()
     assert comp.stats.tokens > 3 * 24  # every chunk restarts its context more than once
     assert lmpress.decompress(blob, model=tiny) == data
-
-
-def test_lockstep_matches_a_full_forward_pass(tiny):
-    """Stepping with the KV cache predicts what one causal pass over the sequence predicts."""
-    ids = tiny.tokenize(TRAINING_TEXT.encode()[:400])
-    steps = Lockstep(tiny, [len(ids)], Settings(window=1024, keep=0))
-    stepped = []
-    for t in ids:
-        stepped.append(torch.from_numpy(steps.probabilities()[0]))
-        steps.advance([t])
-    seq = torch.tensor([[tiny.start_token, *ids[:-1]]])
-    with torch.inference_mode():
-        cache = tiny.net.new_cache(1, len(ids))
-        last = torch.softmax(tiny.net(seq, cache, 0)[0], -1)
-    assert torch.allclose(stepped[-1], last, atol=1e-5)
 
 
 def test_decoding_at_other_thread_settings(tiny):

@@ -1,0 +1,192 @@
+"""Exact products of int8 matrices, by whichever way this machine computes them fastest.
+
+Every backend returns the same int32 matrix, bit for bit: an integer product has one right answer, and
+each backend either computes in integers or in floats whose every partial sum is an integer small
+enough to be exact (below 2**24 in binary32: K ≤ 1024 for int8 operands, so longer products are split).
+Summation order, FMA, threads and batch shape then cannot change a bit. A library that rounds or
+saturates (oneDNN's pre-VNNI int8 kernels do) would break that, so each backend is checked against
+binary64 arithmetic (exact for these sizes) on the model's own shapes before it is used.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import LmpressError
+
+FLOAT32_EXACT_K = 1024  # 1024 * 128 * 128 = 2**24: every partial sum of int8 products is exact in binary32
+ENV = "LMPRESS_GEMM"  # names the backend to use instead of the fastest
+
+
+class BackendError(LmpressError):
+    """A matrix product backend is unknown, unavailable, or computes wrong integers on this machine."""
+
+
+def _split_k(a: Tensor, b: Tensor, product: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """Sum of exact partial products over slices of K short enough for binary32."""
+    k = a.shape[-1]
+    out = None
+    for start in range(0, k, FLOAT32_EXACT_K):
+        part = product(a[..., start : start + FLOAT32_EXACT_K], b[..., start : start + FLOAT32_EXACT_K, :])
+        part = part.to(torch.int32)
+        out = part if out is None else out.add_(part)
+    return out
+
+
+def _float32(a: Tensor, b: Tensor) -> Tensor:
+    return _split_k(a, b, lambda x, y: torch.matmul(x.float(), y.float()))
+
+
+def _bfloat16(a: Tensor, b: Tensor) -> Tensor:
+    def product(x: Tensor, y: Tensor) -> Tensor:
+        x, y = x.bfloat16(), y.bfloat16()  # int8 values are exact in bfloat16
+        if x.dim() == 2:
+            return torch.mm(x, y, out_dtype=torch.float32)
+        flat = torch.bmm(x.flatten(0, -3), y.flatten(0, -3), out_dtype=torch.float32)
+        return flat.view(*x.shape[:-1], y.shape[-1])
+
+    return _split_k(a, b, product)
+
+
+def _int_mm(a: Tensor, b: Tensor) -> Tensor:
+    if a.dim() > 2:
+        flat_a, flat_b = a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:])
+        return torch.stack([_int_mm(x, y) for x, y in zip(flat_a, flat_b)]).view(*a.shape[:-1], b.shape[-1])
+    if a.is_cuda:  # cuBLASLt int8: M > 16, K and N multiples of 8, B column-major
+        m, k, n = a.shape[0], a.shape[1], b.shape[1]
+        pm, pk, pn = max(24, -(-m // 8) * 8), -(-k // 8) * 8, -(-n // 8) * 8
+        a = torch.nn.functional.pad(a, (0, pk - k, 0, pm - m))
+        b = torch.nn.functional.pad(b, (0, pn - n, 0, pk - k)).t().contiguous().t()
+        return torch._int_mm(a.contiguous(), b)[:m, :n]
+    return torch._int_mm(a.contiguous(), b)
+
+
+def _reference(a: Tensor, b: Tensor) -> Tensor:
+    out = np.matmul(a.cpu().numpy().astype(np.int64), b.cpu().numpy().astype(np.int64))
+    return torch.from_numpy(out.astype(np.int32)).to(a.device)
+
+
+PRODUCTS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "int_mm": _int_mm,  # oneDNN (VNNI, AMX) or cuBLASLt int8 kernels
+    "float32": _float32,  # any BLAS, with K split into exact slices
+    "bfloat16": _bfloat16,  # bfloat16 inputs, binary32 accumulation and output (CUDA)
+    "reference": _reference,  # numpy int64: slow, obviously right
+}
+
+
+class Gemm:
+    """An exact int8 product backend: ``mm(a, b)`` for [M, K] × [K, N] and ``bmm`` for batches of them."""
+
+    def __init__(self, name: str):
+        if name not in PRODUCTS:
+            raise BackendError(f"unknown matrix product backend {name!r} (known: {', '.join(PRODUCTS)})")
+        self.name = name
+        self._product = PRODUCTS[name]
+
+    def mm(self, a: Tensor, b: Tensor) -> Tensor:
+        return self._product(a, b)
+
+    def bmm(self, a: Tensor, b: Tensor) -> Tensor:
+        return self._product(a, b)
+
+    def __repr__(self) -> str:
+        return f"Gemm({self.name!r})"
+
+
+def _operands(m: int, k: int, n: int, gen: torch.Generator, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Random int8 a [M, K] and b [K, N], b a column-major view as the model's weights are, with worst-case
+    rows and columns (all −128, all 127) that would expose saturation or overflow."""
+    a = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=gen)
+    w = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=gen)
+    a[0], w[0] = -128, -128
+    if m > 1:
+        a[1], w[min(1, n - 1)] = 127, -128
+    return a.to(device), w.to(device).t()
+
+
+def verify(gemm: Gemm, shapes: Iterable[tuple[int, int]], device: torch.device) -> None:
+    """Raise BackendError unless ``gemm`` reproduces exact products at these (K, N) shapes."""
+    gen = torch.Generator().manual_seed(0)
+    for k, n in shapes:
+        for m in (1, 17, 80):
+            a, b = _operands(m, k, n, gen, device)
+            want = (a.double() @ b.double()).to(torch.int64)  # exact: every partial sum is below 2**53
+            try:
+                got = gemm.mm(a, b)
+            except (RuntimeError, TypeError, NotImplementedError) as e:
+                raise BackendError(f"{gemm.name} cannot multiply {m}×{k} by {k}×{n} here: {e}") from None
+            if not torch.equal(got.to(torch.int64), want):
+                raise BackendError(f"{gemm.name} computes wrong integers for {m}×{k} by {k}×{n} on this machine")
+    for k, n in ((64, 40), (1500, 64)):  # batches of attention's shapes: keys as a view, values row-major
+        a, b = _operands(3, k, n, gen, device)
+        batch_a, batch_b = torch.stack([a, -a.clamp_min(-127)]), torch.stack([b, b.flip(0)])
+        batch_b = batch_b if n > k else batch_b.contiguous()
+        want = (batch_a.double() @ batch_b.double()).to(torch.int64)
+        if not torch.equal(gemm.bmm(batch_a, batch_b).to(torch.int64), want):
+            raise BackendError(f"{gemm.name} computes wrong integers for batched products on this machine")
+
+
+def candidates(device: torch.device) -> list[str]:
+    if device.type == "cuda":
+        return ["int_mm", "bfloat16", "float32"]
+    return ["int_mm", "float32"]
+
+
+_CHOSEN: dict[tuple[str, tuple], Gemm] = {}
+
+
+def choose(device: torch.device, shapes: Iterable[tuple[int, int]], name: str | None = None) -> Gemm:
+    """The backend to use: ``name`` (or $LMPRESS_GEMM) if given, else the fastest correct one, timed on the
+    largest of ``shapes``. Every backend is verified on ``shapes`` first; the choice is remembered."""
+    shapes = tuple(sorted(set(shapes)))
+    name = name or os.environ.get(ENV) or None
+    key = (f"{device}:{name}", shapes)
+    if key in _CHOSEN:
+        return _CHOSEN[key]
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False  # TF32 drops mantissa bits: not exact
+        torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+    if name is not None:
+        gemm = Gemm(name)
+        verify(gemm, shapes, device)
+    else:
+        gemm = _fastest(device, shapes)
+    _CHOSEN[key] = gemm
+    return gemm
+
+
+def _fastest(device: torch.device, shapes: tuple[tuple[int, int], ...]) -> Gemm:
+    k, n = max(shapes, key=lambda s: s[0] * s[1])
+    a, b = _operands(64, k, n, torch.Generator().manual_seed(1), device)
+    best, best_time, failures = None, float("inf"), []
+    for name in candidates(device):
+        gemm = Gemm(name)
+        try:
+            verify(gemm, shapes, device)
+        except BackendError as e:
+            failures.append(str(e))
+            continue
+        elapsed = _time(lambda g=gemm: g.mm(a, b), device)
+        if elapsed < best_time:
+            best, best_time = gemm, elapsed
+    if best is None:
+        raise BackendError("no exact matrix product backend works here: " + "; ".join(failures))
+    return best
+
+
+def _time(run: Callable[[], object], device: torch.device, repeat: int = 5) -> float:
+    run()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(repeat):
+        run()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - started) / repeat
