@@ -31,7 +31,8 @@ def frequencies(logits: Tensor) -> Tensor:
     budget = TOTAL - vocab
     e = exp2_fixed(logits.amax(-1, keepdim=True) - logits, LOGIT_FRAC, LOGIT_ONE).to(torch.int64)
     c = torch.div(e * budget, e.sum(-1, keepdim=True), rounding_mode="floor")
-    top = logits.argmax(-1, keepdim=True)
+    first = torch.arange(vocab, device=logits.device).expand_as(logits)
+    top = torch.where(logits == logits.amax(-1, keepdim=True), first, vocab).amin(-1, keepdim=True)
     c.scatter_add_(1, top, budget - c.sum(-1, keepdim=True))
     return c + 1
 

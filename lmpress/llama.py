@@ -42,8 +42,9 @@ ROW_BLOCK = 256  # tokens per block of the per-token work, so that its tensors s
 TILE = 1 << 22  # most attention scores computed at once
 FUSED_ROWS = 16  # query rows per key group up to which the CPU's fused attention kernel is used
 
-# exp2(−u) on [0, 1) as a binary32 polynomial, evaluated by Horner's rule without fused operations
-EXP2_POLY = (0.9999980926513672, -0.6930508613586426, 0.2394396960735321, -0.05322719365358353, 0.006842025090008974)
+# 2**−u on [0, 1) as a binary32 polynomial (relative error below 3.1e-6, P(0) = 1), evaluated by Horner's
+# rule with each operation rounded (never fused)
+EXP2_POLY = (1.0, -0.6930635571479797, 0.23945662379264832, -0.0532233826816082, 0.006831794511526823)
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,8 @@ class LlamaConfig:
 
 
 def _full(like: Tensor, value: float) -> Tensor:
+    """``value`` as a tensor like ``like``. Divisions are always by tensors: CUDA computes x / scalar as
+    x · (1 / scalar), which rounds differently from the CPU's true division."""
     return torch.full_like(like, value)
 
 
@@ -105,7 +108,8 @@ def quantize_normed(x: Tensor, q: int, eps: float) -> tuple[Tensor, Tensor]:
     f = _full(amax, q) / amax
     xq = torch.round(x * f).to(torch.int32)
     wide = xq.to(torch.int64)
-    mean_square = (wide * wide).sum(-1, keepdim=True).double() / x.shape[-1]
+    sum_squares = (wide * wide).sum(-1, keepdim=True).double()
+    mean_square = sum_squares / _full(sum_squares, x.shape[-1])
     f64 = f.double()
     r = torch.ones_like(mean_square) / torch.sqrt(mean_square + f64 * f64 * eps)
     return xq, r.float()
@@ -151,7 +155,8 @@ class Linear:
     def quantize(cls, w: Tensor) -> Linear:
         """Per output channel: scale = max|w| / 127 and wq = round(w / scale), in binary32."""
         w = w.float()
-        scale = w.abs().amax(-1).clamp_min(TINY) / 127.0
+        amax = w.abs().amax(-1).clamp_min(TINY)
+        scale = amax / _full(amax, 127.0)
         wq = torch.round(w / scale[:, None]).to(torch.int8)
         return cls(wq, scale)
 

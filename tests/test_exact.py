@@ -1,0 +1,241 @@
+"""The integer engine computes the same bits everywhere: any product backend, kernel ISA, thread count,
+device, batch shape, and full-sequence pass or step-by-step."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mpmath
+import numpy as np
+import pytest
+import torch
+from conftest import TRAINING_TEXT
+
+import lmpress
+from lmpress import coding, gemm, kernels
+from lmpress import llama as L
+from lmpress.engine import Lockstep, Settings, score_rows
+from lmpress.models import load_model
+from lmpress.tables import rope_tables, sigmoid_table
+
+DATA = Path(__file__).parent / "data"
+SAMPLE = (DATA / "sample.txt").read_bytes()
+GOLDEN = DATA / "sample.txt.lmp"  # made once with the default model; every later version must decode it
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return load_model(str(tiny_model_dir))
+
+
+def _frequencies_by_scoring(lm, rows, settings):
+    out = {}
+
+    def visit(row, first, freqs, tokens):
+        for i in range(len(tokens)):
+            out[row, first + i] = freqs[i]
+
+    score_rows(lm, rows, settings, visit)
+    return out
+
+
+def test_full_sequence_passes_equal_lockstep_steps(tiny):
+    """What the encoder computes in large passes is what the decoder computes one token at a time, through
+    context restarts and with rows leaving the batch."""
+    rows = [tiny.tokenize(TRAINING_TEXT[a : a + n].encode()) for a, n in ((0, 300), (500, 140), (900, 37))]
+    settings = Settings(window=24, keep=8)
+    scored = _frequencies_by_scoring(tiny, rows, settings)
+    steps = Lockstep(tiny, [len(r) for r in rows], settings)
+    for t in range(max(len(r) for r in rows)):
+        for i, row in enumerate(steps.rows):
+            assert torch.equal(steps.freqs[i], scored[int(row), t]), (row, t)
+        steps.advance(np.array([rows[row][t] for row in steps.rows]))
+
+
+def test_prefill_then_steps_equals_one_pass(tiny):
+    net = tiny.net
+    ids = torch.tensor([[tiny.start_token, *tiny.tokenize(TRAINING_TEXT.encode()[:200])]])
+    with torch.inference_mode():
+        full = net.logits(net.forward(ids)[0])
+        cache = net.new_cache(1, ids.shape[1])
+        parts = [net.logits(net.forward(ids[:, :17], cache, 0)[0])]
+        parts += [net.logits(net.forward(ids[:, p : p + 1], cache, p)[0]) for p in range(17, ids.shape[1])]
+    assert torch.equal(torch.cat(parts), full)
+
+
+def test_backends_give_identical_archives(tiny):
+    data = TRAINING_TEXT.encode()[:1500]
+    chosen = tiny.net.gemm
+    archives = {}
+    try:
+        for name in [*gemm.candidates(torch.device("cpu")), "reference"]:
+            tiny.net.gemm = gemm.Gemm(name)
+            archives[name] = lmpress.compress(data, model=tiny, chunk_size=400)
+        for name, blob in archives.items():
+            tiny.net.gemm = gemm.Gemm("reference" if name != "reference" else "float32")
+            assert lmpress.decompress(blob, model=tiny) == data
+    finally:
+        tiny.net.gemm = chosen
+    assert len(set(archives.values())) == 1
+
+
+def test_a_backend_that_saturates_is_refused(monkeypatch):
+    """oneDNN's pre-VNNI kernels saturate int16 sums; a backend that does so never passes verification."""
+    monkeypatch.setitem(gemm.PRODUCTS, "saturating", lambda a, b: gemm._reference(a, b).clamp(-(2**15), 2**15 - 1))
+    with pytest.raises(gemm.BackendError, match="wrong integers"):
+        gemm.verify(gemm.Gemm("saturating"), [(576, 64)], torch.device("cpu"))
+    with pytest.raises(gemm.BackendError, match="unknown"):
+        gemm.Gemm("nonesuch")
+
+
+def _attention_inputs(gen, groups, rows, width, scale):
+    dots = torch.randint(-(2**20), 2**20, (groups, rows, width), dtype=torch.int32, generator=gen)
+    dots[0, 0] = 2**20  # ties for the maximum
+    key_factor = torch.rand(groups, width, generator=gen) * scale
+    q_factor = torch.rand(groups, rows, generator=gen) * scale
+    v_scale = torch.rand(groups, width, generator=gen)
+    v_scale[:, 0] = 0  # a value row of zeros
+    visible = torch.randint(1, width + 1, (rows,), dtype=torch.int32, generator=gen)
+    visible[0], visible[-1] = 1, width
+    return dots, key_factor, q_factor, visible, v_scale
+
+
+@pytest.mark.parametrize("scale", [1e-6, 1e-3, 10.0])  # flat, ordinary, and clamped scores
+def test_compiled_attention_equals_its_definition(scale):
+    gen = torch.Generator().manual_seed(int(scale * 1e6))
+    args = _attention_inputs(gen, 5, 7, 300, scale)
+    for got, want in zip(kernels.attention_weights(*args), L.attention_weights(*args)):
+        assert torch.equal(got, want)
+
+
+def test_fused_decoding_attention_equals_products_and_weights(tiny):
+    gen = torch.Generator().manual_seed(3)
+    b, g, rows, length, hd, used = 4, 3, 3, 96, 8, 70
+    qq = torch.randint(-127, 128, (b, g, rows, hd), dtype=torch.int8, generator=gen)
+    keys = torch.randint(-127, 128, (b, g, length, hd), dtype=torch.int8, generator=gen)
+    values = torch.randint(-127, 128, (b, g, hd, length), dtype=torch.int8, generator=gen)
+    q_factor = torch.rand(b, g, rows, generator=gen) * 0.1
+    key_factor = torch.rand(b, g, length, generator=gen) * 0.1
+    v_scale = torch.rand(b, g, length, generator=gen)
+    visible = torch.tensor([used - 2, used - 1, used], dtype=torch.int32)
+    args = (qq, q_factor, keys, key_factor, values, v_scale, visible, used)
+    for got, want in zip(kernels.attend(*args), tiny.net.attend(*args)):
+        assert torch.equal(got, want)
+
+
+def test_tables_are_exact():
+    mp = mpmath.mp.clone()
+    mp.prec = 200
+    cos, sin = rope_tables(2048, 64, 100000.0)
+    for p, i in ((0, 0), (1, 3), (777, 17), (2047, 31)):
+        angle = p * mp.power(100000, -mp.mpf(2 * i) / 64)
+        assert cos[p, i].item() == np.float32(float(mp.cos(angle)))
+        assert sin[p, i + 32].item() == np.float32(float(mp.sin(angle)))
+    sig = sigmoid_table(L.SIGMOID_FRAC, L.SIGMOID_SPAN)
+    n = L.SIGMOID_SPAN << L.SIGMOID_FRAC
+    for i in (-n, -1, 0, 5, n):
+        assert sig[i + n].item() == np.float32(float(1 / (1 + mp.exp(-mp.mpf(i) / (1 << L.SIGMOID_FRAC)))))
+
+
+def test_exp2_weights():
+    d = torch.arange(0, (L.SCORE_ONE + 3) << L.SCORE_FRAC, dtype=torch.int32)
+    e = L.exp2_fixed(d, L.SCORE_FRAC, L.SCORE_ONE)
+    assert e[0] == 2**L.SCORE_ONE and (e[1:] <= e[:-1]).all() and e[-1] == 0
+    ideal = 2.0 ** (L.SCORE_ONE - d.double() / 64)
+    assert ((e.double() - ideal).abs() <= ideal * 3.2e-6 + 0.5).all()
+
+
+def test_frequencies_are_exact_and_complete():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randint(-(2**16), 2**16, (50, 777), dtype=torch.int32, generator=gen)
+    logits[0] = 5  # all tied: the remainder goes to token 0
+    logits[1, 10] = logits[1, 20] = 2**20  # tied maxima: to the first
+    f = coding.frequencies(logits)
+    assert (f.sum(-1) == coding.TOTAL).all() and f.min() >= 1
+    assert f[0, 0] == f[0].max() and (f[0, 1:] == f[0, 1]).all()
+    assert f[1, 10] > f[1, 20]
+
+
+def test_interval_encoding_writes_what_full_distributions_write():
+    import constriction
+
+    gen = torch.Generator().manual_seed(1)
+    logits = (torch.randn(200, 40, generator=gen) * 3000).to(torch.int32)
+    freqs = coding.frequencies(logits)
+    tokens = torch.multinomial(freqs.double(), 1, generator=gen)[:, 0]
+    tokens[:3], tokens[3:6] = 0, 39  # first and last symbols
+    full = constriction.stream.queue.RangeEncoder()
+    full.encode(tokens.numpy().astype(np.int32), coding._FAMILY, coding._counts(freqs))
+    encoder = coding.TokenEncoder()
+    encoder.encode(*(x.numpy() for x in coding.intervals(freqs, tokens)))
+    stream = encoder.finish()
+    assert stream == full.get_compressed().astype("<u4").tobytes()
+    assert coding.TokenDecoder(stream).decode(freqs).tolist() == tokens.tolist()
+
+
+def test_the_coder_uses_exactly_the_frequencies():
+    """A symbol of frequency 1 costs 24 bits, one of frequency 2**23 one bit: constriction's model is exactly
+    the integers it was given (a frequency of 2 instead of 1 would save 320 bits here)."""
+    for width, bits in ((1, 24), (1 << 23, 1)):
+        encoder = coding.TokenEncoder()
+        encoder.encode(np.full(320, 5), np.full(320, width))
+        assert 0 <= len(encoder.finish()) * 8 - 320 * bits <= 64
+
+
+# --- Across machines: subprocesses with other kernels, ISAs, backends, threads ---------------------------
+
+HAS_AVX512 = torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX")
+CONFIGS = [
+    {"ATEN_CPU_CAPABILITY": "default", "LMPRESS_GEMM": "float32", "NUMBA_CPU_NAME": "generic", "-T": "1"},
+    {"ATEN_CPU_CAPABILITY": "avx2", "LMPRESS_GEMM": "int_mm", "NUMBA_CPU_NAME": "haswell", "-T": "2"},
+    {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "-T": "1"},  # whichever backend verifies
+    {"ATEN_CPU_CAPABILITY": "default", "LMPRESS_GEMM": "int_mm", "-T": "2"},
+    *([{"ATEN_CPU_CAPABILITY": "avx512", "LMPRESS_GEMM": "float32", "-T": "1"}] if HAS_AVX512 else []),
+]
+
+
+def _lmpress(config: dict, *args: str, stdin: bytes) -> bytes:
+    env = {**os.environ, "LMPRESS_DEVICE": "cpu", **{k: v for k, v in config.items() if not k.startswith("-")}}
+    cmd = [sys.executable, "-m", "lmpress", *args, "-T", config.get("-T", "0"), "-c", "-q"]
+    done = subprocess.run(cmd, input=stdin, capture_output=True, env=env, timeout=900)
+    assert done.returncode == 0, (config, done.stderr.decode()[-2000:])
+    return done.stdout
+
+
+def _name(config: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in config.items())
+
+
+def test_tiny_model_archives_are_identical_on_every_configuration(tiny_model_dir):
+    text = TRAINING_TEXT.encode()[:2500] + "Größe 東京 🙂\n".encode()
+    model = ["--model", str(tiny_model_dir), "--chunk-size", "600", "--window", "64", "--keep-tokens", "16"]
+    archives = {_name(c): _lmpress(c, "compress", *model, stdin=text) for c in CONFIGS}
+    assert len(set(archives.values())) == 1, {k: hashlib.sha256(v).hexdigest()[:12] for k, v in archives.items()}
+    blob = next(iter(archives.values()))
+    for config in CONFIGS:
+        assert _lmpress(config, "decompress", "--model", str(tiny_model_dir), stdin=blob) == text, _name(config)
+
+
+@pytest.mark.slow
+def test_golden_archive_decodes_and_is_reproduced():
+    """tests/data/sample.txt.lmp was made by the default model once; it must decode, and compressing the
+    same text must give the same bytes, on every machine and with every lmpress that reads format 3."""
+    golden = GOLDEN.read_bytes()
+    assert lmpress.decompress(golden) == SAMPLE
+    assert lmpress.compress(SAMPLE) == golden
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", CONFIGS[:4], ids=_name)
+def test_default_model_archives_are_identical_on_every_configuration(config):
+    assert _lmpress(config, "compress", stdin=SAMPLE) == GOLDEN.read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", CONFIGS[:2], ids=_name)
+def test_default_model_decodes_the_golden_archive_on_other_configurations(config):
+    assert _lmpress(config, "decompress", stdin=GOLDEN.read_bytes()) == SAMPLE
