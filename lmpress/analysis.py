@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .coding import PRECISION_BITS, TOTAL
+from .coding import PRECISION_BITS, TOTAL, frequencies
 from .engine import Settings, chunks_of, score_rows
 from .models import LanguageModel
 
@@ -67,8 +67,9 @@ def score_document(
     rank = [np.zeros(len(ids), np.int64) for ids in rows]
     top: list[list] = [[None] * len(ids) for ids in rows]
 
-    def visit(row: int, first: int, freqs: Tensor, tokens: Tensor) -> None:
+    def visit(row: int, first: int, logits: Tensor, tokens: Tensor) -> None:
         n = len(tokens)
+        freqs = frequencies(logits)
         chosen = freqs.gather(1, tokens.view(-1, 1).to(freqs.device))
         logp = torch.log(freqs.double() / TOTAL)
         p = freqs.double() / TOTAL

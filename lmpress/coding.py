@@ -24,17 +24,41 @@ _FAMILY = constriction.stream.model.Categorical(perfect=False)
 def frequencies(logits: Tensor) -> Tensor:
     """Integer frequencies f ≥ 1 summing to 2**24, int64 [N, V], from fixed-point logits [N, V] (1/256 bits).
 
-    e_v = ``exp2_fixed``(max − z_v); c_v = ⌊e_v · (2**24 − V) / Σe⌋; the rounding remainder goes to the first
-    token of largest logit; f_v = c_v + 1, so every token stays codable.
+    e_v = ``exp2_fixed``(max − z_v) ≤ 2**30; R = ⌊2**32 · (2**24 − V) / Σe⌋ (one division per row);
+    c_v = (e_v · R) >> 32, so Σc ≤ 2**24 − V; the remainder goes to the first token of largest logit;
+    f_v = c_v + 1, so every token stays codable.
     """
-    n, vocab = logits.shape
+    if logits.device.type == "cpu":
+        return torch.from_numpy(_kernels().counts(logits)).to(torch.int64) + 1
+    return _frequencies(logits)
+
+
+def _frequencies(logits: Tensor) -> Tensor:
+    """The definition of ``frequencies``, in torch operations (any device)."""
+    vocab = logits.shape[-1]
     budget = TOTAL - vocab
-    e = exp2_fixed(logits.amax(-1, keepdim=True) - logits, LOGIT_FRAC, LOGIT_ONE).to(torch.int64)
-    c = torch.div(e * budget, e.sum(-1, keepdim=True), rounding_mode="floor")
+    top = logits.amax(-1, keepdim=True)
+    e = exp2_fixed(top - logits, LOGIT_FRAC, LOGIT_ONE).to(torch.int64)
+    reciprocal = torch.div(budget << 32, e.sum(-1, keepdim=True), rounding_mode="floor")
+    c = (e * reciprocal) >> 32
     first = torch.arange(vocab, device=logits.device).expand_as(logits)
-    top = torch.where(logits == logits.amax(-1, keepdim=True), first, vocab).amin(-1, keepdim=True)
-    c.scatter_add_(1, top, budget - c.sum(-1, keepdim=True))
+    first_top = torch.where(logits == top, first, vocab).amin(-1, keepdim=True)
+    c.scatter_add_(1, first_top, budget - c.sum(-1, keepdim=True))
     return c + 1
+
+
+def token_intervals(logits: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+    """``intervals(frequencies(logits), tokens)``, without the whole rows where a compiled kernel can."""
+    if logits.device.type == "cpu":
+        left, width = _kernels().intervals(logits, tokens)
+        return torch.from_numpy(left), torch.from_numpy(width)
+    return intervals(_frequencies(logits), tokens)
+
+
+def _kernels():
+    from . import kernels  # compiled on first use
+
+    return kernels
 
 
 def code_length_bits(freqs: Tensor, tokens: Tensor) -> Tensor:

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from . import format as fmt
-from .coding import TokenDecoder, TokenEncoder, code_length_bits, frequencies, intervals
+from .coding import PRECISION_BITS, TokenDecoder, TokenEncoder, code_length_bits, frequencies, token_intervals
 from .errors import ChecksumError, FormatError
 from .models import LanguageModel
 
@@ -171,7 +171,7 @@ def windows(n: int, window: int, keep: int) -> Iterator[tuple[int, int, int]]:
         start, end = end, min(n, end + window - keep)
 
 
-Visit = Callable[[int, int, Tensor, Tensor], None]  # (row, first position, frequencies [n, V], tokens [n])
+Visit = Callable[[int, int, Tensor, Tensor], None]  # (row, first position, logits [n, V], tokens [n])
 
 
 def score_rows(
@@ -181,7 +181,7 @@ def score_rows(
     visit: Visit,
     progress: Callable[[int], None] | None = None,
 ) -> None:
-    """Frequencies of every token of every row, as the decoder will compute them, in full-sequence passes.
+    """Logits of every token of every row, as the decoder will compute them, in full-sequence passes.
 
     Windows of equal length are batched (up to ``PASS_TOKENS`` positions a pass); ``visit`` receives slices
     of at most ``HEAD_ROWS`` consecutive positions of a row; ``progress`` the number of tokens scored.
@@ -201,8 +201,7 @@ def score_rows(
                     targets = torch.tensor(rows[row][first:end])
                     for a in range(0, end - first, HEAD_ROWS):
                         z = min(end - first, a + HEAD_ROWS)
-                        freqs = frequencies(net.logits(hidden[b, first - ctx + a : first - ctx + z]))
-                        visit(row, first + a, freqs, targets[a:z])
+                        visit(row, first + a, net.logits(hidden[b, first - ctx + a : first - ctx + z]), targets[a:z])
                     if progress is not None:
                         progress(end - first)
 
@@ -284,10 +283,10 @@ def encode_segment(
     width = [np.zeros(len(ids), np.int64) for ids in rows]
     bits = np.zeros(len(rows))
 
-    def visit(row: int, first: int, freqs: Tensor, tokens: Tensor) -> None:
-        lo, f = intervals(freqs, tokens)
+    def visit(row: int, first: int, logits: Tensor, tokens: Tensor) -> None:
+        lo, f = token_intervals(logits, tokens)
         left[row][first : first + len(f)], width[row][first : first + len(f)] = lo.cpu().numpy(), f.cpu().numpy()
-        spent = float(code_length_bits(freqs, tokens).sum())
+        spent = float((PRECISION_BITS - torch.log2(f.double())).sum())
         bits[row] += spent
         if progress is not None:
             progress(len(pieces[candidates[row]][0]) * len(f) / len(rows[row]), spent)

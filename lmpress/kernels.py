@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from .llama import EXP2_POLY, LIMIT, Q8, SCORE_FRAC, SCORE_ONE, TINY
+from .llama import EXP2_POLY, LIMIT, LOGIT_FRAC, LOGIT_ONE, Q8, SCORE_FRAC, SCORE_ONE, SIGMOID_FRAC, SIGMOID_SPAN, TINY
 
 _F = np.float32
 _I = np.int32
@@ -22,6 +22,8 @@ _MAGIC = _F(1.5 * 2**23)
 # Everything the arithmetic depends on, in one array: c0..c4, LIMIT, Q8, TINY, 2**−SCORE_FRAC.
 _PARAMS = np.array([*EXP2_POLY, LIMIT, Q8, TINY, 2.0**-SCORE_FRAC], dtype=np.float32)
 _SHAPE = np.array([SCORE_FRAC, SCORE_ONE], dtype=np.int32)
+_LOGITS = np.array([LOGIT_FRAC, LOGIT_ONE, 1 << 24], dtype=np.int32)  # and the frequencies' total
+_TWO23 = _F(2**23)
 
 
 @njit(inline="always", boundscheck=False)
@@ -166,3 +168,155 @@ def attend(qq, q_factor, keys, key_factor, values, v_scale, visible, width):
         _SHAPE,
     )
     return out, wd, total
+
+
+@njit(inline="always", boundscheck=False)
+def _row_counts(z, e, spare, params, shape):  # pragma: no cover (compiled)
+    """``coding.frequencies`` of one row of logits z, less one, before the remainder: fills e with c_v (spare:
+    scratch of the same size) and returns (first top token, remainder). Weights up to 2**30 round as
+    y ≥ 2**23 ? y : (y + 2**23) − 2**23."""
+    c0, c1, c2, c3, c4 = params[0], params[1], params[2], params[3], params[4]
+    frac, one, total = shape[0], shape[1], shape[2]
+    vocab = z.shape[0]
+    dmax, mask, unit = _I(((one + 2) << frac) - 1), _I((1 << frac) - 1), _F(1.0) / _F(1 << frac)
+    top, first = z[0], 0
+    for v in range(1, vocab):
+        if z[v] > top:
+            top, first = z[v], v
+    u = spare.view(np.float32)
+    for v in range(vocab):
+        d = _I(min(_I(top - z[v]), dmax))
+        u[v] = _F(_I(d & mask)) * unit
+        e[v] = _I(_I(_I(127 + one) - _I(d >> frac)) << _I(23))
+    scale = e.view(np.float32)
+    for v in range(vocab):
+        x = u[v]
+        p = (((x * c4 + c3) * x + c2) * x + c1) * x + c0
+        y = p * scale[v]
+        e[v] = _I(y if y >= _TWO23 else (y + _TWO23) - _TWO23)
+    sum_e = np.int64(0)
+    for v in range(vocab):
+        sum_e += e[v]
+    budget = np.int64(total - vocab)
+    reciprocal = (budget << 32) // sum_e
+    sum_c = np.int64(0)
+    for v in range(vocab):
+        e[v] = _I((np.int64(e[v]) * reciprocal) >> 32)
+        sum_c += e[v]
+    return first, budget - sum_c
+
+
+@njit(parallel=True, boundscheck=False, cache=True)
+def _counts(z, out, scratch, params, shape):  # pragma: no cover (compiled)
+    for r in prange(z.shape[0]):
+        first, remainder = _row_counts(z[r], scratch[r, 0], scratch[r, 1], params, shape)
+        for v in range(z.shape[1]):
+            out[r, v] = scratch[r, 0, v]
+        out[r, first] += remainder
+
+
+@njit(parallel=True, boundscheck=False, cache=True)
+def _intervals(z, tokens, left, width, scratch, params, shape):  # pragma: no cover (compiled)
+    for r in prange(z.shape[0]):
+        first, remainder = _row_counts(z[r], scratch[r, 0], scratch[r, 1], params, shape)
+        t = tokens[r]
+        below = np.int64(t)  # the +1 of every token before t
+        for v in range(t):
+            below += scratch[r, 0, v]
+        left[r] = below + (remainder if first < t else 0)
+        width[r] = scratch[r, 0, t] + 1 + (remainder if first == t else 0)
+
+
+def counts(logits):
+    """``coding.frequencies`` − 1 as binary64 [N, V]: what constriction's model is given."""
+    z = logits.contiguous().numpy()
+    out = np.empty(z.shape, np.float64)
+    _counts(z, out, np.empty((len(z), 2, z.shape[1]), np.int32), _PARAMS, _LOGITS)
+    return out
+
+
+def intervals(logits, tokens):
+    """``coding.intervals(coding.frequencies(logits), tokens)``: (L, f) int64 [N]."""
+    z = logits.contiguous().numpy()
+    left, width = np.empty(len(z), np.int64), np.empty(len(z), np.int64)
+    scratch = np.empty((len(z), 2, z.shape[1]), np.int32)
+    _intervals(z, tokens.numpy().astype(np.int64), left, width, scratch, _PARAMS, _LOGITS)
+    return left, width
+
+
+@njit(parallel=True, boundscheck=False, cache=True)
+def _operand(x, q, two, normed, eps, tiny, out, factor):  # pragma: no cover (compiled)
+    rows, k = x.shape
+    for m in prange(rows):
+        amax = _F(0)
+        for j in range(k):
+            amax = max(amax, abs(x[m, j]))
+        amax = max(amax, tiny)
+        f = q / amax
+        sum_squares = np.int64(0)
+        for j in range(k):
+            v = _I((x[m, j] * f + _MAGIC) - _MAGIC)  # |v| ≤ q ≤ 2**15
+            sum_squares += np.int64(v) * v
+            if two:
+                hi = _I(_I(v + 128) >> 8)
+                out[m, j] = hi
+                out[rows + m, j] = v - (hi << 8)
+            else:
+                out[m, j] = v
+        if normed:
+            f64 = np.float64(f)
+            factor[m] = _F(1.0 / np.sqrt(np.float64(sum_squares) / np.float64(k) + f64 * f64 * eps))
+        else:
+            factor[m] = amax / q
+
+
+@njit(parallel=True, boundscheck=False, cache=True)
+def _result(acc, two, scale, factor, out):  # pragma: no cover (compiled)
+    rows, n = out.shape
+    if two:
+        for m in prange(rows):
+            for j in range(n):
+                out[m, j] = ((_F(acc[m, j]) * _F(256.0) + _F(acc[rows + m, j])) * scale[j]) * factor[m]
+    else:
+        for m in prange(rows):
+            for j in range(n):
+                out[m, j] = (_F(acc[m, j]) * scale[j]) * factor[m]
+
+
+@njit(parallel=True, boundscheck=False, cache=True)
+def _swiglu(gate_up, table, frac, span, out):  # pragma: no cover (compiled)
+    rows, width = out.shape
+    n = span << frac
+    unit, limit = _F(1 << frac), _F(n)
+    for m in prange(rows):
+        for j in range(width):
+            g = gate_up[m, j]
+            index = _I((min(max(g * unit, -limit), limit) + _MAGIC) - _MAGIC) + n
+            out[m, j] = (g * table[index]) * gate_up[m, width + j]
+
+
+def product_operand(x, q, two, eps):
+    """``llama.product_operand``, compiled: (int8 operand, row factors [M, 1])."""
+    x = x.contiguous()
+    rows = x.shape[0]
+    out = torch.empty((2 * rows if two else rows, x.shape[1]), dtype=torch.int8)
+    factor = torch.empty((rows, 1), dtype=torch.float32)
+    normed = eps is not None
+    _operand(x.numpy(), _F(q), two, normed, eps if normed else 0.0, _F(TINY), out.numpy(), factor.numpy()[:, 0])
+    return out, factor
+
+
+def product_result(acc, two, scale, factor):
+    """``llama.product_result``, compiled."""
+    rows = acc.shape[0] // 2 if two else acc.shape[0]
+    out = torch.empty((rows, acc.shape[1]), dtype=torch.float32)
+    factor = factor.expand(rows, 1).contiguous()
+    _result(acc.contiguous().numpy(), two, scale.numpy(), factor.numpy()[:, 0], out.numpy())
+    return out
+
+
+def swiglu(gate_up, table):
+    """``llama.swiglu``, compiled."""
+    out = torch.empty((gate_up.shape[0], gate_up.shape[1] // 2), dtype=torch.float32)
+    _swiglu(gate_up.contiguous().numpy(), table.numpy(), SIGMOID_FRAC, SIGMOID_SPAN, out.numpy())
+    return out

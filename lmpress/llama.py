@@ -39,6 +39,7 @@ LIMIT = 1 << 22  # fixed-point scores and logits are clamped to ±LIMIT (exactly
 TINY = 2.0**-100  # floor of a row's largest magnitude, so that an all-zero row divides safely
 ROPE_LENGTH = 2048  # rotary tables are built for this many positions, or the next power of two
 ROW_BLOCK = 256  # tokens per block of the per-token work, so that its tensors stay in cache
+QUANTIZE_ROWS = 4096  # weight rows quantised at once
 TILE = 1 << 22  # most attention scores computed at once
 FUSED_ROWS = 16  # query rows per key group up to which the CPU's fused attention kernel is used
 
@@ -115,6 +116,61 @@ def quantize_normed(x: Tensor, q: int, eps: float) -> tuple[Tensor, Tensor]:
     return xq, r.float()
 
 
+def product_operand(x: Tensor, bits: int, eps: float | None = None) -> tuple[Tensor, Tensor]:
+    """Rows of binary32 x as the int8 operand of a product, and each row's factor [M, 1]: quantised to 8 bits
+    (``quantize_rows``), or to 16 bits as hi·256 + lo with hi = (xq + 128) >> 8 (operand [2M, K]: the his, then
+    the los); with ``eps``, RMS-normalised (``quantize_normed``)."""
+    q = Q8 if bits == 8 else Q16
+    if x.device.type == "cpu":
+        return _kernels().product_operand(x, q, bits == 16, eps)
+    return _product_operand(x, bits, eps)
+
+
+def _product_operand(x: Tensor, bits: int, eps: float | None) -> tuple[Tensor, Tensor]:
+    q = Q8 if bits == 8 else Q16
+    xq, factor = quantize_rows(x, q) if eps is None else quantize_normed(x, q, eps)
+    if bits == 8:
+        return xq.to(torch.int8), factor
+    hi = (xq + 128) >> 8
+    return torch.cat((hi, xq - (hi << 8))).to(torch.int8), factor
+
+
+def product_result(acc: Tensor, bits: int, scale: Tensor, factor: Tensor) -> Tensor:
+    """binary32 (a · scale) · factor of an int32 product acc, a = hi·256 + lo from its halves for 16 bits."""
+    if acc.device.type == "cpu":
+        return _kernels().product_result(acc, bits == 16, scale, factor)
+    return _product_result(acc, bits, scale, factor)
+
+
+def _product_result(acc: Tensor, bits: int, scale: Tensor, factor: Tensor) -> Tensor:
+    if bits == 8:
+        a = acc.float()
+    else:
+        m = acc.shape[0] // 2
+        a = acc[:m].float() * 256.0 + acc[m:].float()
+    return a * scale * factor
+
+
+def swiglu(gate_up: Tensor, sigmoid: Tensor) -> Tensor:
+    """gate · σ(gate) · up for rows [gate | up], σ from the table at round(clamp(gate · 2**8, ±16·2**8))."""
+    if gate_up.device.type == "cpu":
+        return _kernels().swiglu(gate_up, sigmoid)
+    return _swiglu(gate_up, sigmoid)
+
+
+def _swiglu(gate_up: Tensor, sigmoid: Tensor) -> Tensor:
+    gate, up = gate_up.chunk(2, dim=-1)
+    n = SIGMOID_SPAN << SIGMOID_FRAC
+    index = torch.round((gate * float(1 << SIGMOID_FRAC)).clamp_(-n, n)).to(torch.int32) + n
+    return gate * sigmoid[index] * up
+
+
+def _kernels():
+    from . import kernels  # compiled on first use
+
+    return kernels
+
+
 def exp2_fixed(d: Tensor, frac: int, one: int) -> Tensor:
     """round(2**(one − i) · P(f / 2**frac)) for d = i·2**frac + f ≥ 0, P ≈ 2**−u (``EXP2_POLY``): the
     weight of something d/2**frac bits below the best, in int32. The power of two is exact (made from
@@ -152,24 +208,23 @@ class Linear:
     scale: Tensor
 
     @classmethod
-    def quantize(cls, w: Tensor) -> Linear:
-        """Per output channel: scale = max|w| / 127 and wq = round(w / scale), in binary32."""
-        w = w.float()
-        amax = w.abs().amax(-1).clamp_min(TINY)
-        scale = amax / _full(amax, 127.0)
-        wq = torch.round(w / scale[:, None]).to(torch.int8)
+    def quantize(cls, w: Tensor, gain: Tensor | None = None) -> Linear:
+        """Per output channel of w·gain (gain: per input column, a norm's, folded in): scale = max|w| / 127
+        and wq = round(w / scale), in binary32; in blocks of rows, so large matrices need little memory."""
+        wq = torch.empty(w.shape, dtype=torch.int8, device=w.device)
+        scale = torch.empty(w.shape[0], device=w.device)
+        for rows in _blocks(w.shape[0], QUANTIZE_ROWS):
+            block = w[rows].float() if gain is None else w[rows].float() * gain
+            amax = block.abs().amax(-1).clamp_min(TINY)
+            scale[rows] = amax / _full(amax, 127.0)
+            wq[rows] = torch.round(block / scale[rows, None]).to(torch.int8)
         return cls(wq, scale)
 
-    def __call__(self, gemm: gemm_.Gemm, xq: Tensor, bits: int) -> Tensor:
-        """binary32 xq·wqᵀ·scale for integer rows ``xq`` of ``bits`` bits (the row factor is the caller's)."""
-        if bits == 8:
-            acc = gemm.mm(xq.to(torch.int8), self.wq.t()).float()
-        else:  # xq = hi·256 + lo with hi, lo int8: one product of twice the rows
-            hi = (xq + 128) >> 8
-            both = gemm.mm(torch.cat((hi, xq - (hi << 8))).to(torch.int8), self.wq.t())
-            m = xq.shape[0]
-            acc = both[:m].float() * 256.0 + both[m:].float()
-        return acc * self.scale
+    def __call__(self, gemm: gemm_.Gemm, x: Tensor, bits: int, eps: float | None = None) -> Tensor:
+        """Rows of binary32 x times Wᵀ, in binary32: x quantised to ``bits`` per row (RMS-normalised with
+        ``eps``, the norm's gain being in W), one exact int8 product, then (acc · scale) · row factor."""
+        operand, factor = product_operand(x, bits, eps)
+        return product_result(gemm.mm(operand, self.wq.t()), bits, self.scale, factor)
 
 
 # --- Cache --------------------------------------------------------------------------------------------
@@ -207,7 +262,8 @@ class ExactLlama:
         self.cfg, self.layers, self.embed, self.head = cfg, layers, embed, head
         self.device = head.wq.device
         self.sigmoid = sigmoid_table(SIGMOID_FRAC, SIGMOID_SPAN).to(self.device)
-        self.logit_constant = torch.tensor(2.0**LOGIT_FRAC / math.log(2), dtype=torch.float32).item()
+        logit_constant = torch.tensor(2.0**LOGIT_FRAC / math.log(2), dtype=torch.float32)
+        self.logit_scale = logit_constant.expand(1, 1).to(self.device)  # a row factor, for product_result
         self.key_constant = torch.tensor(2.0**SCORE_FRAC / math.log(2) / math.sqrt(cfg.head_dim), dtype=torch.float32)
         self._rope_cache: tuple[Tensor, Tensor] = (torch.empty(0), torch.empty(0))
         self.gemm = gemm_.choose(self.device, self.shapes())
@@ -228,19 +284,19 @@ class ExactLlama:
         layers = []
         for i in range(cfg.num_hidden_layers):
             p = f"model.layers.{i}."
-            qkv = torch.cat([f32(p + f"self_attn.{n}_proj.weight") for n in "qkv"]) * f32(p + "input_layernorm.weight")
+            qkv = torch.cat([f32(p + f"self_attn.{n}_proj.weight") for n in "qkv"])
             gate_up = torch.cat([f32(p + "mlp.gate_proj.weight"), f32(p + "mlp.up_proj.weight")])
             layers.append(
                 Layer(
-                    qkv=Linear.quantize(qkv),
+                    qkv=Linear.quantize(qkv, f32(p + "input_layernorm.weight")),
                     o=Linear.quantize(f32(p + "self_attn.o_proj.weight")),
-                    gate_up=Linear.quantize(gate_up * f32(p + "post_attention_layernorm.weight")),
+                    gate_up=Linear.quantize(gate_up, f32(p + "post_attention_layernorm.weight")),
                     down=Linear.quantize(f32(p + "mlp.down_proj.weight")),
                 )
             )
-        embed = f32("model.embed_tokens.weight")
-        head = embed if cfg.tie_word_embeddings else f32("lm_head.weight")
-        return cls(cfg, layers, Linear.quantize(embed), Linear.quantize(head * f32("model.norm.weight")))
+        embed = Linear.quantize(f32("model.embed_tokens.weight"))
+        head = f32("model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight")
+        return cls(cfg, layers, embed, Linear.quantize(head, f32("model.norm.weight")))
 
     def shapes(self) -> list[tuple[int, int]]:
         """(K, N) of every weight product, and of the attention products at their largest."""
@@ -287,15 +343,13 @@ class ExactLlama:
         y = torch.empty(b * t, heads * hd, device=self.device)
         for i, layer in enumerate(self.layers):
             for rows in _blocks(b * t):
-                xq, r = quantize_normed(x[rows], Q16, c.rms_norm_eps)
-                qkv[rows] = layer.qkv(self.gemm, xq, BITS["qkv"]) * r
+                qkv[rows] = layer.qkv(self.gemm, x[rows], BITS["qkv"], c.rms_norm_eps)
             q = rotate(qkv[:, : heads * hd].view(-1, heads, hd), cos, sin).view(b, t, heads, hd)
             k = rotate(qkv[:, heads * hd : (heads + kv) * hd].view(-1, kv, hd), cos, sin).view(b, t, kv, hd)
             v = qkv[:, (heads + kv) * hd :].view(b, t, kv, hd)
             self._attention(i, q, k, v, cache, pos, y.view(b, t, heads, hd))
             for rows in _blocks(b * t):
-                yq, d = quantize_rows(y[rows], Q8)
-                h = x[rows] + layer.o(self.gemm, yq, BITS["o"]) * d
+                h = x[rows] + layer.o(self.gemm, y[rows], BITS["o"])
                 x[rows] = h + self._mlp(layer, h)
         return x.view(b, t, -1)
 
@@ -353,28 +407,19 @@ class ExactLlama:
         return self.gemm.bmm(wq, values[..., :s].transpose(-1, -2)), wd, total
 
     def _mlp(self, layer: Layer, x: Tensor) -> Tensor:
-        c = self.cfg
-        xq, r = quantize_normed(x, Q16, c.rms_norm_eps)
-        gate_up = layer.gate_up(self.gemm, xq, BITS["gate_up"]) * r
-        gate, up = gate_up[:, : c.intermediate_size], gate_up[:, c.intermediate_size :]
-        hq, d = quantize_rows(gate * self._sigmoid(gate) * up, Q16)
-        return layer.down(self.gemm, hq, BITS["down"]) * d
-
-    def _sigmoid(self, x: Tensor) -> Tensor:
-        n = SIGMOID_SPAN << SIGMOID_FRAC
-        index = torch.round(x * float(1 << SIGMOID_FRAC)).clamp_(-n, n).to(torch.int32) + n
-        return self.sigmoid[index]
+        gate_up = layer.gate_up(self.gemm, x, BITS["gate_up"], self.cfg.rms_norm_eps)
+        return layer.down(self.gemm, swiglu(gate_up, self.sigmoid), BITS["down"])
 
     def logits(self, hidden: Tensor) -> Tensor:
         """Fixed-point logits in 1/256 bits, int32 [N, vocab], of hidden states [N, hidden] (final norm and
-        output head): round(clamp(acc · scale · (2**8·log2 e) · r, ±LIMIT))."""
-        xq, r = quantize_normed(hidden, Q16, self.cfg.rms_norm_eps)
-        z = self.head(self.gemm, xq, BITS["head"]) * self.logit_constant
+        output head): round(clamp(((a · scale) · (2**8·log2 e)) · r, ±LIMIT)), a the product as in Linear."""
+        operand, r = product_operand(hidden, BITS["head"], self.cfg.rms_norm_eps)
+        z = product_result(self.gemm.mm(operand, self.head.wq.t()), BITS["head"], self.head.scale, self.logit_scale)
         return torch.round((z * r).clamp_(-LIMIT, LIMIT)).to(torch.int32)
 
 
-def _blocks(n: int) -> list[slice]:
-    return [slice(a, min(n, a + ROW_BLOCK)) for a in range(0, n, ROW_BLOCK)]
+def _blocks(n: int, size: int = ROW_BLOCK) -> list[slice]:
+    return [slice(a, min(n, a + size)) for a in range(0, n, size)]
 
 
 def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

@@ -19,11 +19,13 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
 from .errors import ModelUnavailableError
@@ -94,7 +96,7 @@ def _prepare_tokenizer(tok: Tokenizer) -> Tokenizer:
     return tok
 
 
-def _build(name: str, config: dict, state: dict[str, torch.Tensor], tokenizer: Tokenizer, device: torch.device):
+def _build(name: str, config: dict, state: Mapping[str, torch.Tensor], tokenizer: Tokenizer, device: torch.device):
     arch = config.get("model_type")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ModelUnavailableError(
@@ -127,9 +129,7 @@ def _load_folder(path: Path, name: str, device: torch.device) -> LanguageModel:
         raise ModelUnavailableError(f"{path}: not a model folder (config.json: {e})") from None
     files = sorted(path.glob("*.safetensors"))
     if files:
-        state: dict[str, torch.Tensor] = {}
-        for f in files:
-            state.update(load_file(f))
+        state: Mapping[str, torch.Tensor] = SafetensorsState(files)
     else:
         from transformers import AutoModelForCausalLM  # slow import: only for non-safetensors folders
 
@@ -141,6 +141,26 @@ def _load_folder(path: Path, name: str, device: torch.device) -> LanguageModel:
 
         tokenizer = AutoTokenizer.from_pretrained(path).backend_tokenizer
     return _build(name, config, state, tokenizer, device)
+
+
+class SafetensorsState(Mapping):
+    """Tensors of safetensors files, each read when asked for, so that a model is never all in memory at once."""
+
+    def __init__(self, files: list[Path]):
+        self._where = {}
+        for f in files:
+            with safe_open(f, framework="pt") as handle:
+                self._where.update(dict.fromkeys(handle.keys(), f))
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        with safe_open(self._where[name], framework="pt") as handle:
+            return handle.get_tensor(name)
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
 
 
 def _sha256_file(path: Path) -> str:

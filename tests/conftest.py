@@ -16,7 +16,7 @@ TRAINING_TEXT = (
 ) * 20
 
 
-def build_tiny_model(folder: Path, seed: int = 0, vocab: int = 320, train_steps: int = 150) -> Path:
+def build_tiny_model(folder: Path, seed: int = 2, vocab: int = 320, train_steps: int = 300) -> Path:
     """A 2-layer llama with a byte-level BPE tokenizer, written as a Hugging Face model folder."""
     folder.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer(models.BPE())
@@ -46,20 +46,28 @@ def build_tiny_model(folder: Path, seed: int = 0, vocab: int = 320, train_steps:
         "eos_token_id": 0,
         "pad_token_id": 0,
     }
-    model = LlamaForCausalLM(LlamaConfig(**config))
-    if train_steps:
-        # A few seconds of training on the fixture text, so the model predicts text better than chance
-        # and the compressor prefers it to LZMA2 on text like it.
+    # The same model in every process: seeded before initialisation, trained on one thread (a thread split
+    # changes float sums, and training amplifies that), so that tests see the same model every run.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
         torch.manual_seed(seed)
-        ids = torch.tensor(tok.encode(TRAINING_TEXT).ids)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-        for _ in range(train_steps):
-            starts = torch.randint(0, len(ids) - 65, (16,))
-            batch = torch.stack([ids[s : s + 65] for s in starts])
-            loss = model(batch, labels=batch).loss
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        model = LlamaForCausalLM(LlamaConfig(**config))
+        if train_steps:
+            # A few seconds of training on the fixture text, so the model predicts text better than chance,
+            # the compressor prefers it to LZMA2 on text like it, and it reproduces long spans of the text
+            # (seed and steps chosen for a wide margin: 600 memorised tokens where the audit test needs some).
+            ids = torch.tensor(tok.encode(TRAINING_TEXT).ids)
+            opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+            for _ in range(train_steps):
+                starts = torch.randint(0, len(ids) - 65, (16,))
+                batch = torch.stack([ids[s : s + 65] for s in starts])
+                loss = model(batch, labels=batch).loss
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    finally:
+        torch.set_num_threads(threads)
     model.save_pretrained(folder)
     return folder
 

@@ -35,7 +35,8 @@ def tiny(tiny_model_dir):
 def _frequencies_by_scoring(lm, rows, settings):
     out = {}
 
-    def visit(row, first, freqs, tokens):
+    def visit(row, first, logits, tokens):
+        freqs = coding.frequencies(logits)
         for i in range(len(tokens)):
             out[row, first + i] = freqs[i]
 
@@ -154,10 +155,16 @@ def test_frequencies_are_exact_and_complete():
     logits = torch.randint(-(2**16), 2**16, (50, 777), dtype=torch.int32, generator=gen)
     logits[0] = 5  # all tied: the remainder goes to token 0
     logits[1, 10] = logits[1, 20] = 2**20  # tied maxima: to the first
-    f = coding.frequencies(logits)
+    logits[2] = torch.arange(777) * 2**12  # most weights round to nothing: frequency 1
+    f = coding._frequencies(logits)
     assert (f.sum(-1) == coding.TOTAL).all() and f.min() >= 1
     assert f[0, 0] == f[0].max() and (f[0, 1:] == f[0, 1]).all()
     assert f[1, 10] > f[1, 20]
+    assert torch.equal(coding.frequencies(logits), f)  # the compiled kernel
+    tokens = torch.randint(0, 777, (50,), generator=gen)
+    tokens[:3] = torch.tensor([0, 10, 776])
+    for got, want in zip(coding.token_intervals(logits, tokens), coding.intervals(f, tokens)):
+        assert torch.equal(got, want)
 
 
 def test_interval_encoding_writes_what_full_distributions_write():
@@ -165,7 +172,7 @@ def test_interval_encoding_writes_what_full_distributions_write():
 
     gen = torch.Generator().manual_seed(1)
     logits = (torch.randn(200, 40, generator=gen) * 3000).to(torch.int32)
-    freqs = coding.frequencies(logits)
+    freqs = coding._frequencies(logits)
     tokens = torch.multinomial(freqs.double(), 1, generator=gen)[:, 0]
     tokens[:3], tokens[3:6] = 0, 39  # first and last symbols
     full = constriction.stream.queue.RangeEncoder()
@@ -239,3 +246,26 @@ def test_default_model_archives_are_identical_on_every_configuration(config):
 @pytest.mark.parametrize("config", CONFIGS[:2], ids=_name)
 def test_default_model_decodes_the_golden_archive_on_other_configurations(config):
     assert _lmpress(config, "decompress", stdin=GOLDEN.read_bytes()) == SAMPLE
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("eps", [None, 1e-5])
+def test_compiled_products_equal_their_definition(bits, eps):
+    gen = torch.Generator().manual_seed(bits)
+    x = torch.randn(37, 96, generator=gen) * torch.logspace(-6, 3, 37)[:, None]
+    x[0] = 0  # an all-zero row
+    x[1, 5] = 1e4  # an outlier
+    got, want = L.product_operand(x, bits, eps), L._product_operand(x, bits, eps)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    w = torch.randint(-127, 128, (50, 96), dtype=torch.int8, generator=gen)
+    acc = gemm.Gemm("reference").mm(got[0], w.t())
+    scale = torch.rand(50, generator=gen)
+    assert torch.equal(L.product_result(acc, bits, scale, got[1]), L._product_result(acc, bits, scale, got[1]))
+
+
+def test_compiled_swiglu_equals_its_definition():
+    gen = torch.Generator().manual_seed(7)
+    gate_up = torch.randn(9, 64, generator=gen) * 8
+    gate_up[0, :4] = torch.tensor([1e30, -1e30, 16.0, -16.001])  # beyond the table, and at its ends
+    table = sigmoid_table(L.SIGMOID_FRAC, L.SIGMOID_SPAN)
+    assert torch.equal(L.swiglu(gate_up, table), L._swiglu(gate_up, table))
