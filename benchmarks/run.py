@@ -18,6 +18,7 @@ import argparse
 import datetime
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -31,6 +32,8 @@ from pathlib import Path
 import torch
 
 import lmpress
+from lmpress.engine import Settings, windows
+from lmpress.llama import ENGINE
 from lmpress.models import load_model
 
 BENCH = (Path(__file__).resolve().parents[2] / "shared" / "bench").resolve()  # resolved: ../shared may be a link
@@ -143,7 +146,7 @@ def peak_rss_kib() -> int:
     return int(status.split("VmHWM:")[1].split()[0])
 
 
-def measure_lmpress(model, data: bytes, settings: dict) -> dict:
+def measure_lmpress(model, data: bytes, settings: dict, reference: FloatReference | None) -> dict:
     reset_peak_rss()
     started = time.perf_counter()
     comp = lmpress.Compressor(model, **settings)
@@ -153,12 +156,15 @@ def measure_lmpress(model, data: bytes, settings: dict) -> dict:
     exact = lmpress.decompress(blob, model=model) == data
     d_s = time.perf_counter() - started
     s = comp.stats
+    rss = peak_rss_kib()
+    float_bits = reference.bits(data, s.lm_spans, Settings(**settings)) if reference else None
     return {
         "bytes_out": len(blob),
         "compress_s": c_s,
         "decompress_s": d_s,
         "exact": exact,
-        "rss_kib": peak_rss_kib(),
+        "rss_kib": rss,
+        "float_ideal_bits": float_bits,  # the float model on the same chunks: what lmpress 0.1 coded at best
         "tokens": s.tokens,
         "ideal_bits": s.ideal_bits,
         "lm_bytes_in": s.lm_bytes_in,
@@ -168,18 +174,58 @@ def measure_lmpress(model, data: bytes, settings: dict) -> dict:
     }
 
 
-def matmul_roofline(dtype: torch.dtype, shapes: list[tuple[int, int]], rows: int = 256) -> float:
-    """Best FLOP/s of this machine's matrix multiply at the model's weight shapes, in the model's dtype."""
-    best = 0.0
-    for out_f, in_f in shapes:
-        x, w = torch.randn(rows, in_f, dtype=dtype), torch.randn(out_f, in_f, dtype=dtype)
-        torch.nn.functional.linear(x, w)
-        n, started = 0, time.perf_counter()
-        while time.perf_counter() - started < 0.5:
-            torch.nn.functional.linear(x, w)
-            n += 1
-        best = max(best, 2 * rows * in_f * out_f * n / (time.perf_counter() - started))
-    return best
+class FloatReference:
+    """The float32 model lmpress 0.1 coded with (through transformers), for the ideal code length of the same
+    chunks with the same context windows: what the float engine's archives held, less its coder's overhead."""
+
+    def __init__(self, lm):
+        from safetensors.torch import load_file
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        self.lm = lm
+        config = json.loads((lm.source / "config.json").read_text())
+        self.model = LlamaForCausalLM(LlamaConfig.from_dict(config)).eval()
+        state = {}
+        for f in sorted(lm.source.glob("*.safetensors")):
+            state.update(load_file(f))
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - {"lm_head.weight"}:
+            raise RuntimeError(f"float reference: weights do not fit ({missing[:3]}, {unexpected[:3]})")
+        self.model.tie_weights()
+
+    def bits(self, data: bytes, spans: list[tuple[int, int]], settings: Settings) -> float:
+        total, start = 0.0, settings.start(self.lm)
+        for a, b in spans:
+            ids = self.lm.tokenize(data[a:b])
+            for ctx, first, end in windows(len(ids), settings.window, settings.keep):
+                with torch.inference_mode():
+                    logits = self.model(torch.tensor([[start, *ids[ctx : end - 1]]])).logits[0, first - ctx :]
+                    logp = torch.log_softmax(logits.double(), -1).gather(1, torch.tensor(ids[first:end])[:, None])
+                total -= float(logp.sum()) / math.log(2)
+        return total
+
+
+def exact_roofline(net, rows: int = 512) -> dict:
+    """The machine's exact-product roofline: the model's weight products (8-bit operands, ``rows`` at a time,
+    the best of three) with the backend lmpress chose, as operations and tokens per second."""
+    per_token = 0.0
+    layers = len(net.layers)
+    gen = torch.Generator().manual_seed(0)
+    for count, lin in [*((layers, lin) for lin in vars(net.layers[0]).values()), (1, net.head)]:
+        a = torch.randint(-127, 128, (rows, lin.wq.shape[1]), dtype=torch.int8, generator=gen).to(net.device)
+        net.gemm.mm(a, lin.wq.t())
+        best = float("inf")
+        for _ in range(3):
+            started = time.perf_counter()
+            net.gemm.mm(a, lin.wq.t())
+            best = min(best, time.perf_counter() - started)
+        per_token += count * best / rows
+    return {"backend": net.gemm.name, "tokens_per_s": 1 / per_token, "ops_per_s": flops_per_token(net) / per_token}
+
+
+def flops_per_token(net) -> int:
+    """The model's own operations per token: 2 × the parameters of every weight product (not the embedding)."""
+    return 2 * sum(t.numel() for name, t in net.tensors().items() if name.endswith(".wq") and "embed" not in name)
 
 
 def files_of(paths: list[Path]) -> list[Path]:
@@ -231,7 +277,13 @@ def summary(rows: list[dict], meta: dict) -> list[dict]:
     lm = out[0]
     lm["overhead_pct"] = 100 * (lm["lm_bytes_out"] * 8 / lm["ideal_bits"] - 1) if lm["ideal_bits"] else 0.0
     lm["flops_per_byte"] = meta["flops_per_token"] * lm["tokens"] / max(lm["bytes"], 1)
-    lm["roofline_pct"] = 100 * meta["flops_per_token"] * lm["tokens"] / lm["compress_s"] / meta["roofline_gflops"] / 1e9
+    for key, seconds in (("roofline_pct", "compress_s"), ("decode_roofline_pct", "decompress_s")):
+        lm[key] = 100 * meta["flops_per_token"] * lm["tokens"] / lm[seconds] / meta["roofline_gflops"] / 1e9
+    mine = [r for r in rows if r["compressor"] == lm["compressor"]]
+    if all(r.get("float_ideal_bits") is not None for r in mine):
+        lm["float_ideal_bits"] = sum(r["float_ideal_bits"] for r in mine)
+        lm["lm_bytes_in"] = sum(r["lm_bytes_in"] for r in mine)
+        lm["float_bits_per_byte"] = lm["float_ideal_bits"] / max(lm["lm_bytes_in"], 1)
     return out
 
 
@@ -293,11 +345,23 @@ def notes(meta: dict, lm: dict) -> str:
         + f"; finished {meta['finished']}. Every output was decompressed by its own compressor and compared.",
         "Text files: those of which lmpress coded at least half the bytes with the model (on the others it falls "
         "back to LZMA2). fresh/: files written in 2026, which a model trained before then cannot have memorised.",
-        f"lmpress {meta['lmpress_version']}, model {lm['model']}, torch {meta['torch']}: "
-        f"{lm['tokens']:,} tokens, ideal code length {lm['ideal_bits'] / 8:,.0f} bytes, range-coder overhead "
-        f"{lm['overhead_pct']:.2f}%; {lm['flops_per_byte'] / 1e6:,.0f} MFLOP per byte; matrix multiply on this machine "
-        f"{meta['roofline_gflops']:.0f} GFLOP/s ({meta['dtype']}), lmpress compression at "
-        f"{lm['roofline_pct']:.1f}% of it.",
+        f"lmpress {meta['lmpress_version']} (engine {meta['engine']}), model {lm['model']} (loaded in "
+        f"{meta['load_s']:.1f} s), torch {meta['torch']}, {meta['cpu']}: {lm['tokens']:,} tokens, ideal code length "
+        f"{lm['ideal_bits'] / 8:,.0f} bytes, range-coder overhead {lm['overhead_pct']:.2f}%.",
+        f"Exact-product roofline of this machine: {meta['roofline_gflops']:.0f} GOP/s ({meta['gemm']}, the model's "
+        f"weight products with 8-bit operands), {meta['flops_per_token'] / 1e6:.0f} MOP per token; lmpress at "
+        f"{lm['roofline_pct']:.1f}% of it compressing and {lm['decode_roofline_pct']:.1f}% decompressing.",
+        *(
+            [
+                f"The float model (float32, what lmpress 0.1 coded with) on the same chunks: "
+                f"{lm['float_bits_per_byte']:.4f} bits/byte of model-coded text against the integer engine's "
+                f"{lm['ideal_bits'] / max(lm['lm_bytes_in'], 1):.4f} ideal and "
+                f"{8 * lm['lm_bytes_out'] / max(lm['lm_bytes_in'], 1):.4f} coded: "
+                f"{100 * (lm['lm_bytes_out'] * 8 / lm['float_ideal_bits'] - 1):+.2f}% bits."
+            ]
+            if lm.get("float_ideal_bits")
+            else []
+        ),
     ]
     out += [f"Skipped: {s}." for s in meta["skipped"]]
     return "\n".join(f"- {n}" for n in out)
@@ -358,6 +422,7 @@ def main() -> int:
     parser.add_argument("--readme", type=Path, help="README whose results section to replace with the table")
     parser.add_argument("--report", action="store_true", help="measure nothing: tables and chart from --out's results")
     parser.add_argument("--no-chart", action="store_true")
+    parser.add_argument("--no-float", action="store_true", help="skip the float model's reference code length")
     args = parser.parse_args()
     results = args.out / "results.json"
     if args.report:
@@ -375,8 +440,11 @@ def main() -> int:
         for p in PEERS
         if p not in peers
     ]
+    started = time.perf_counter()
     models = [(spec, load_model(spec)) for spec in (args.model or [None])]
-    dtype = models[0][1].net.dtype
+    load_s = time.perf_counter() - started
+    net = models[0][1].net
+    reference = FloatReference(models[0][1]) if models[0][1].source and not args.no_float else None
     meta = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": " ".join(["python", *sys.argv]),
@@ -386,7 +454,10 @@ def main() -> int:
         "lmpress_version": lmpress.__version__,
         "lmpress_source": source_digest(),
         "models": {lm.name: lm.model_id for _, lm in models},
-        "dtype": str(dtype).removeprefix("torch."),
+        "engine": ENGINE,
+        "gemm": net.gemm.name,
+        "cpu": f"{cpu_name()}, torch CPU capability {torch.backends.cpu.get_cpu_capability()}",
+        "load_s": load_s,
         "prefix": prefix,
         "lmpress_settings": settings,
         "skipped": skipped,
@@ -401,11 +472,10 @@ def main() -> int:
             continue
         data = path.read_bytes()[: prefix or None]
         print(f"[{i}/{len(inputs)}] {name}, {len(data):,} bytes", file=sys.stderr, flush=True)
-        for spec, lm in models:
+        for k, (spec, lm) in enumerate(models):
             label = "lmpress" if spec is None else f"lmpress ({lm.name})"
-            rows.append(
-                derive({"compressor": label, "file": name, "bytes": len(data), **measure_lmpress(lm, data, settings)})
-            )
+            measured = measure_lmpress(lm, data, settings, reference if k == 0 else None)
+            rows.append(derive({"compressor": label, "file": name, "bytes": len(data), **measured}))
             r = rows[-1]
             print(
                 f"  {label}: {r['bits_per_byte']:.3f} bits/byte, compress {r['compress_s']:.0f} s, "
@@ -417,13 +487,11 @@ def main() -> int:
             rows.append(derive({"compressor": peer.name, "file": name, "bytes": len(data), **measure_peer(peer, data)}))
         save(results, {"meta": meta, "complete": False, "files": rows})
 
-    net = models[0][1].net
-    roofline = matmul_roofline(
-        dtype, [tuple(w.shape) for w in (net.lm_head.weight, net.model.layers[0].mlp.up_proj.weight)]
-    )
+    roofline = exact_roofline(net)
     meta.update(
-        roofline_gflops=roofline / 1e9,
-        flops_per_token=2 * sum(m.weight.numel() for m in net.modules() if isinstance(m, torch.nn.Linear)),
+        roofline_gflops=roofline["ops_per_s"] / 1e9,
+        roofline_tokens_per_s=roofline["tokens_per_s"],
+        flops_per_token=flops_per_token(net),
         finished=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     )
     final = {"meta": meta, "complete": True, "totals": summary(rows, meta), "files": rows}
@@ -454,7 +522,14 @@ def save(path: Path, results: dict) -> None:
     os.replace(tmp, path)
 
 
-RESUME_KEYS = ("prefix", "lmpress_settings", "models", "lmpress_source", "torch", "dtype", "peers", "machine")
+RESUME_KEYS = ("prefix", "lmpress_settings", "models", "lmpress_source", "torch", "engine", "peers", "machine")
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def source_digest() -> str:

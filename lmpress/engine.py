@@ -52,7 +52,7 @@ class Settings:
     window: int = 2048
     keep: int = 512
     chunk_size: int = 8192
-    max_batch: int = 32
+    max_batch: int = 24  # the decoder holds one context per chunk of a segment: 24 keep it within 1.5 GB
     threads: int = 0  # compute threads, for speed only (0: torch's default for this machine)
     start_token: int | None = None  # None: the model's own choice
 
@@ -83,12 +83,15 @@ class Stats:
     lm_bytes_in: int = 0
     lm_bytes_out: int = 0
     chunks: dict[str, int] = field(default_factory=dict)
+    lm_spans: list[tuple[int, int]] = field(default_factory=list)  # (start, end) in the input of each LM chunk
 
     def add(self, other: Stats) -> None:
+        offset = self.bytes_in
         for name in ("bytes_in", "bytes_out", "tokens", "ideal_bits", "lm_bytes_in", "lm_bytes_out"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for k, v in other.chunks.items():
             self.chunks[k] = self.chunks.get(k, 0) + v
+        self.lm_spans.extend((offset + a, offset + b) for a, b in other.lm_spans)
 
     @property
     def overhead(self) -> float:
@@ -305,16 +308,19 @@ def encode_segment(
     stats = Stats(bytes_in=len(data), ideal_bits=float(bits[lm_rows].sum()), lm_bytes_out=len(stream))
     chunks, payloads = [], []
     lm_pieces = {candidates[r] for r in lm_rows}
+    offset = 0
     for i, (piece, ids) in enumerate(pieces):
         if i in lm_pieces:
             chunk, payload = fmt.Chunk(fmt.METHOD_LM, tokens=len(ids)), b""
             stats.tokens += len(ids)
             stats.lm_bytes_in += len(piece)
+            stats.lm_spans.append((offset, offset + len(piece)))
         else:
             method, payload = classical[i]
             chunk = fmt.Chunk(method, raw_size=len(piece), coded_size=len(payload))
         chunks.append(chunk)
         payloads.append(payload)
+        offset += len(piece)
         name = fmt.METHOD_NAMES[chunk.method]
         stats.chunks[name] = stats.chunks.get(name, 0) + 1
     return fmt.Segment(len(data), zlib.crc32(data, crc), chunks, payloads, stream), stats

@@ -1,11 +1,15 @@
-"""Compiled CPU kernels for the step torch cannot run fast: attention.
+"""Compiled CPU kernels: the integer model's work between its matrix products, fused.
 
-``llama.attention_weights`` and ``ExactLlama.attend`` are the definition (torch operations, used on
-GPUs); these are the same arithmetic fused into one pass per row with numba, so the scores stay in
-cache. They must give the same bits, and the tests check that they do. No fast-math: LLVM may not
-reassociate or fuse. Rounding to nearest even is (x + 1.5·2**23) − 1.5·2**23, exact for |x| ≤ 2**22,
-which holds for every value rounded here. The arithmetic's parameters are arguments, not constants,
-because numba's on-disk cache would not notice them change in ``llama.py``.
+Each function here is the compiled twin of a definition written in torch operations (which GPUs run):
+``llama.product_operand``, ``llama.product_result``, ``llama.swiglu``, ``llama.attention_weights``,
+``ExactLlama._attention`` for one new position per row, and ``coding.frequencies`` / ``coding.intervals``.
+A torch operation is a full pass over memory and a call costing microseconds; here a row's whole chain
+runs in one pass while it is in cache, which is most of lmpress's speed on a CPU. The twins must give the
+same bits, and the tests check that they do.
+
+No fast-math: LLVM may not reassociate or fuse. Rounding to nearest even is (x + 1.5·2**23) − 1.5·2**23,
+exact for |x| ≤ 2**22, which holds for every value rounded that way here. The arithmetic's parameters are
+arguments, not constants, because numba's on-disk cache would not notice them change in ``llama.py``.
 """
 
 from __future__ import annotations
@@ -29,17 +33,8 @@ _TWO23 = _F(2**23)
 @njit(inline="always", boundscheck=False)
 def _weights_row(dots, key_factor, qf, v_scale, n, z, ints, w, wq, params, shape):  # pragma: no cover
     """One row of ``llama.attention_weights`` over its n visible keys: fills wq[:n], returns (wd, total)."""
-    c0, c1, c2, c3, c4, limit, q, tiny, unit = (
-        params[0],
-        params[1],
-        params[2],
-        params[3],
-        params[4],
-        params[5],
-        params[6],
-        params[7],
-        params[8],
-    )
+    c0, c1, c2, c3, c4 = params[0], params[1], params[2], params[3], params[4]
+    limit, q, tiny, unit = params[5], params[6], params[7], params[8]
     frac, one = shape[0], shape[1]
     dmax, mask = _I(((one + 2) << frac) - 1), _I((1 << frac) - 1)
     for s in range(n):
@@ -87,38 +82,6 @@ def _weights(dots, key_factor, q_factor, visible, v_scale, wq, wd, total, params
         wq[g, r, n:] = 0
 
 
-@njit(parallel=True, boundscheck=False, cache=True)
-def _attend(
-    q, q_factor, keys, key_factor, values, v_scale, visible, width, out, wd, total, dots, wq, scratch, params, shape
-):  # noqa: E501 # pragma: no cover
-    """Queries q [G', R, hd] on the first ``width`` positions of int8 keys [G', W, hd] and values stored
-    transposed [G', hd, W], in one pass per group: dots, weights, and the exact sum of weights times values
-    into out [G', R, hd] (int32). Every product is a reduction of int8 pairs into int32 along contiguous
-    memory, which LLVM turns into vpmaddwd; whole (contiguous) arrays keep it vectorisable."""
-    n_groups, n_rows, hd = q.shape
-    for g in prange(n_groups):
-        for s in range(width):
-            for r in range(n_rows):
-                acc = _I(0)
-                for j in range(hd):
-                    acc += _I(q[g, r, j]) * _I(keys[g, s, j])
-                dots[g, r, s] = acc
-        z, ints = scratch[g, 0], scratch[g, 1]
-        w = scratch[g, 2].view(np.float32)
-        for r in range(n_rows):
-            n = visible[r]
-            wd[g, r], total[g, r] = _weights_row(
-                dots[g, r], key_factor[g], q_factor[g, r], v_scale[g], n, z, ints, w, wq[g, r], params, shape
-            )
-            wq[g, r, n:width] = 0
-        for r in range(n_rows):
-            for j in range(hd):
-                acc = _I(0)
-                for s in range(width):
-                    acc += _I(wq[g, r, s]) * _I(values[g, j, s])
-                out[g, r, j] = acc
-
-
 def attention_weights(dots, key_factor, q_factor, visible, v_scale):
     """``llama.attention_weights``, compiled: same arguments, same results."""
     lead = dots.shape[:-2]
@@ -140,34 +103,6 @@ def attention_weights(dots, key_factor, q_factor, visible, v_scale):
         _SHAPE,
     )
     return wq.view(*lead, rows, width), wd.view(*lead, rows), total.view(*lead, rows)
-
-
-def attend(qq, q_factor, keys, key_factor, values, v_scale, visible, width):
-    """``ExactLlama.attend`` fused for few queries per group (decoding): (Σ w·v as int32, wd, total)."""
-    lead, (rows, hd) = qq.shape[:-2], qq.shape[-2:]
-    out = torch.empty((*lead, rows, hd), dtype=torch.int32)
-    wd = torch.empty((*lead, rows), dtype=torch.float32)
-    total = torch.empty((*lead, rows), dtype=torch.int64)
-    length = keys.shape[-2]
-    _attend(
-        qq.reshape(-1, rows, hd).numpy(),
-        q_factor.reshape(-1, rows).numpy(),
-        keys.reshape(-1, length, hd).numpy(),
-        key_factor.reshape(-1, length).numpy(),
-        values.reshape(-1, hd, length).numpy(),
-        v_scale.reshape(-1, length).numpy(),
-        visible.numpy(),
-        width,
-        out.view(-1, rows, hd).numpy(),
-        wd.view(-1, rows).numpy(),
-        total.view(-1, rows).numpy(),
-        np.empty((out.numel() // (rows * hd), rows, width), np.int32),
-        np.empty((out.numel() // (rows * hd), rows, width), np.int8),
-        np.empty((out.numel() // (rows * hd), 3, width), np.int32),
-        _PARAMS,
-        _SHAPE,
-    )
-    return out, wd, total
 
 
 @njit(inline="always", boundscheck=False)
@@ -319,4 +254,99 @@ def swiglu(gate_up, table):
     """``llama.swiglu``, compiled."""
     out = torch.empty((gate_up.shape[0], gate_up.shape[1] // 2), dtype=torch.float32)
     _swiglu(gate_up.contiguous().numpy(), table.numpy(), SIGMOID_FRAC, SIGMOID_SPAN, out.numpy())
+    return out
+
+
+@njit(inline="always", boundscheck=False)
+def _quantize_head(x, q, tiny, out):  # pragma: no cover (compiled)
+    """``llama.quantize_rows`` of one head x into out (int8); returns its factor."""
+    amax = _F(0)
+    for j in range(x.shape[0]):
+        amax = max(amax, abs(x[j]))
+    amax = max(amax, tiny)
+    f = q / amax
+    for j in range(x.shape[0]):
+        out[j] = np.int8((x[j] * f + _MAGIC) - _MAGIC)
+    return amax / q
+
+
+@njit(inline="always", boundscheck=False)
+def _rotate(x, cos, sin, out):  # pragma: no cover (compiled)
+    """``llama.rotate`` of one head: x·cos + (−x₂, x₁)·sin."""
+    half = x.shape[0] // 2
+    for j in range(half):
+        out[j] = x[j] * cos[j] + (-x[half + j]) * sin[j]
+        out[half + j] = x[half + j] * cos[half + j] + x[j] * sin[half + j]
+
+
+@njit(parallel=True, boundscheck=False, cache=True)
+def _attention_step(qkv, cos, sin, pos, keys, values, k_scale, v_scale, kappa, rep, out, params, shape):  # noqa: E501 # pragma: no cover
+    """One new position per row: rotate and quantise its query, key and value heads, write the key and value
+    into the cache at ``pos``, and attend over positions 0 .. pos, into out [B, H·hd] (binary32)."""
+    rows, groups, length, hd = keys.shape
+    heads = groups * rep
+    q_limit, tiny = params[6], params[7]
+    width = pos + 1
+    for job in prange(rows * groups):
+        b, g = job // groups, job % groups
+        head = np.empty(hd, np.float32)
+        _rotate(qkv[b, (heads + g) * hd : (heads + g + 1) * hd], cos, sin, head)
+        k_scale[b, g, pos] = _quantize_head(head, q_limit, tiny, keys[b, g, pos])
+        v = np.empty(hd, np.int8)
+        v_scale[b, g, pos] = _quantize_head(
+            qkv[b, (heads + groups + g) * hd : (heads + groups + g + 1) * hd], q_limit, tiny, v
+        )
+        for j in range(hd):
+            values[b, g, j, pos] = v[j]
+    for job in prange(rows * groups):
+        b, g = job // groups, job % groups
+        qq = np.empty((rep, hd), np.int8)
+        qd = np.empty(rep, np.float32)
+        head = np.empty(hd, np.float32)
+        for r in range(rep):
+            h = g * rep + r
+            _rotate(qkv[b, h * hd : (h + 1) * hd], cos, sin, head)
+            qd[r] = _quantize_head(head, q_limit, tiny, qq[r])
+        key_factor = np.empty(width, np.float32)
+        for s in range(width):
+            key_factor[s] = k_scale[b, g, s] * kappa
+        dots = np.empty((rep, width), np.int32)
+        for s in range(width):
+            for r in range(rep):
+                acc = _I(0)
+                for j in range(hd):
+                    acc += _I(qq[r, j]) * _I(keys[b, g, s, j])
+                dots[r, s] = acc
+        wq = np.empty((rep, width), np.int8)
+        z, ints, w = np.empty(width, np.int32), np.empty(width, np.int32), np.empty(width, np.float32)
+        for r in range(rep):
+            wd, total = _weights_row(dots[r], key_factor, qd[r], v_scale[b, g], width, z, ints, w, wq[r], params, shape)
+            factor = _F(np.float64(wd) / np.float64(total))
+            h = g * rep + r
+            for j in range(hd):
+                acc = _I(0)
+                for s in range(width):
+                    acc += _I(wq[r, s]) * _I(values[b, g, j, s])
+                out[b, h * hd + j] = _F(acc) * factor
+
+
+def attention_step(qkv, cos, sin, pos, cache, layer, kappa, rep):
+    """``ExactLlama``'s attention for one new position per row (decoding), fused: [B, H·hd] binary32."""
+    rows, groups, _, hd = cache.k[layer].shape
+    out = torch.empty((rows, groups * rep * hd), dtype=torch.float32)
+    _attention_step(
+        qkv.contiguous().numpy(),
+        cos.numpy(),
+        sin.numpy(),
+        pos,
+        cache.k[layer].numpy(),
+        cache.v[layer].numpy(),
+        cache.k_scale[layer].numpy(),
+        cache.v_scale[layer].numpy(),
+        _F(kappa),
+        rep,
+        out.numpy(),
+        _PARAMS,
+        _SHAPE,
+    )
     return out

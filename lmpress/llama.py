@@ -37,11 +37,11 @@ LOGIT_FRAC, LOGIT_ONE = 8, 30  # output logits in 1/256 bits; weights 2**30 · 2
 SIGMOID_FRAC, SIGMOID_SPAN = 8, 16  # sigmoid tabulated at 1/256 steps over [−16, 16]
 LIMIT = 1 << 22  # fixed-point scores and logits are clamped to ±LIMIT (exactly roundable in binary32)
 TINY = 2.0**-100  # floor of a row's largest magnitude, so that an all-zero row divides safely
+LN2 = 0.6931471805599453  # ln 2 rounded to binary64: a literal, not libm's log
 ROPE_LENGTH = 2048  # rotary tables are built for this many positions, or the next power of two
 ROW_BLOCK = 256  # tokens per block of the per-token work, so that its tensors stay in cache
 QUANTIZE_ROWS = 4096  # weight rows quantised at once
 TILE = 1 << 22  # most attention scores computed at once
-FUSED_ROWS = 16  # query rows per key group up to which the CPU's fused attention kernel is used
 
 # 2**−u on [0, 1) as a binary32 polynomial (relative error below 3.1e-6, P(0) = 1), evaluated by Horner's
 # rule with each operation rounded (never fused)
@@ -262,16 +262,12 @@ class ExactLlama:
         self.cfg, self.layers, self.embed, self.head = cfg, layers, embed, head
         self.device = head.wq.device
         self.sigmoid = sigmoid_table(SIGMOID_FRAC, SIGMOID_SPAN).to(self.device)
-        logit_constant = torch.tensor(2.0**LOGIT_FRAC / math.log(2), dtype=torch.float32)
+        logit_constant = torch.tensor(2.0**LOGIT_FRAC / LN2, dtype=torch.float32)
         self.logit_scale = logit_constant.expand(1, 1).to(self.device)  # a row factor, for product_result
-        self.key_constant = torch.tensor(2.0**SCORE_FRAC / math.log(2) / math.sqrt(cfg.head_dim), dtype=torch.float32)
+        self.key_constant = torch.tensor(2.0**SCORE_FRAC / LN2 / math.sqrt(cfg.head_dim), dtype=torch.float32)
         self._rope_cache: tuple[Tensor, Tensor] = (torch.empty(0), torch.empty(0))
         self.gemm = gemm_.choose(self.device, self.shapes())
-        self.attention_weights, self.fused_attend = attention_weights, None
-        if self.device.type == "cpu":
-            from . import kernels
-
-            self.attention_weights, self.fused_attend = kernels.attention_weights, kernels.attend
+        self.attention_weights = _kernels().attention_weights if self.device.type == "cpu" else attention_weights
 
     @classmethod
     def from_float(cls, cfg: LlamaConfig, state: dict[str, Tensor], device: str | torch.device = "cpu"):
@@ -344,10 +340,13 @@ class ExactLlama:
         for i, layer in enumerate(self.layers):
             for rows in _blocks(b * t):
                 qkv[rows] = layer.qkv(self.gemm, x[rows], BITS["qkv"], c.rms_norm_eps)
-            q = rotate(qkv[:, : heads * hd].view(-1, heads, hd), cos, sin).view(b, t, heads, hd)
-            k = rotate(qkv[:, heads * hd : (heads + kv) * hd].view(-1, kv, hd), cos, sin).view(b, t, kv, hd)
-            v = qkv[:, (heads + kv) * hd :].view(b, t, kv, hd)
-            self._attention(i, q, k, v, cache, pos, y.view(b, t, heads, hd))
+            if t == 1 and cache is not None and self.device.type == "cpu":  # a decoding step: one fused kernel
+                y = _kernels().attention_step(qkv, cos[0, 0], sin[0, 0], pos, cache, i, self.key_constant, heads // kv)
+            else:
+                q = rotate(qkv[:, : heads * hd].view(-1, heads, hd), cos, sin).view(b, t, heads, hd)
+                k = rotate(qkv[:, heads * hd : (heads + kv) * hd].view(-1, kv, hd), cos, sin).view(b, t, kv, hd)
+                v = qkv[:, (heads + kv) * hd :].view(b, t, kv, hd)
+                self._attention(i, q, k, v, cache, pos, y.view(b, t, heads, hd))
             for rows in _blocks(b * t):
                 h = x[rows] + layer.o(self.gemm, y[rows], BITS["o"])
                 x[rows] = h + self._mlp(layer, h)
@@ -392,8 +391,7 @@ class ExactLlama:
             visible = (pos + 1 + torch.arange(t0, t1, device=q.device, dtype=torch.int32)).repeat(rep)
             args = (qq[:, :, :, t0:t1].reshape(b, g, rows, hd), qd[:, :, :, t0:t1].reshape(b, g, rows))
             args += (kq, key_factor, vq, vd, visible, s)
-            attend = self.fused_attend if self.fused_attend is not None and rows <= FUSED_ROWS else self.attend
-            pv, wd, total = attend(*args)
+            pv, wd, total = self.attend(*args)
             factor = (wd.double() / total.double()).float()
             y = pv.float() * factor[..., None]
             out[:, t0:t1] = y.view(b, g, rep, t1 - t0, hd).permute(0, 3, 1, 2, 4).reshape(b, t1 - t0, heads, hd)

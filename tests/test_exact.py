@@ -113,21 +113,6 @@ def test_compiled_attention_equals_its_definition(scale):
         assert torch.equal(got, want)
 
 
-def test_fused_decoding_attention_equals_products_and_weights(tiny):
-    gen = torch.Generator().manual_seed(3)
-    b, g, rows, length, hd, used = 4, 3, 3, 96, 8, 70
-    qq = torch.randint(-127, 128, (b, g, rows, hd), dtype=torch.int8, generator=gen)
-    keys = torch.randint(-127, 128, (b, g, length, hd), dtype=torch.int8, generator=gen)
-    values = torch.randint(-127, 128, (b, g, hd, length), dtype=torch.int8, generator=gen)
-    q_factor = torch.rand(b, g, rows, generator=gen) * 0.1
-    key_factor = torch.rand(b, g, length, generator=gen) * 0.1
-    v_scale = torch.rand(b, g, length, generator=gen)
-    visible = torch.tensor([used - 2, used - 1, used], dtype=torch.int32)
-    args = (qq, q_factor, keys, key_factor, values, v_scale, visible, used)
-    for got, want in zip(kernels.attend(*args), tiny.net.attend(*args)):
-        assert torch.equal(got, want)
-
-
 def test_tables_are_exact():
     mp = mpmath.mp.clone()
     mp.prec = 200
