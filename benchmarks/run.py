@@ -34,7 +34,7 @@ import torch
 import lmpress
 from lmpress.engine import Settings, windows
 from lmpress.llama import ENGINE
-from lmpress.models import load_model
+from lmpress.models import load_model, return_freed_memory
 
 BENCH = (Path(__file__).resolve().parents[2] / "shared" / "bench").resolve()  # resolved: ../shared may be a link
 DEFAULT_INPUTS = ["canterbury", "fresh", "enwik8-prefix/enwik5"]
@@ -176,32 +176,40 @@ def measure_lmpress(model, data: bytes, settings: dict, reference: FloatReferenc
 
 class FloatReference:
     """The float32 model lmpress 0.1 coded with (through transformers), for the ideal code length of the same
-    chunks with the same context windows: what the float engine's archives held, less its coder's overhead."""
+    chunks with the same context windows: what the float engine's archives held, less its coder's overhead.
+    Loaded for each file after lmpress's own figures and freed again, so lmpress's peak memory is its own."""
 
     def __init__(self, lm):
+        self.lm = lm
+
+    def _model(self):
         from safetensors.torch import load_file
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        self.lm = lm
-        config = json.loads((lm.source / "config.json").read_text())
-        self.model = LlamaForCausalLM(LlamaConfig.from_dict(config)).eval()
+        config = json.loads((self.lm.source / "config.json").read_text())
+        model = LlamaForCausalLM(LlamaConfig.from_dict(config)).eval()
         state = {}
-        for f in sorted(lm.source.glob("*.safetensors")):
+        for f in sorted(self.lm.source.glob("*.safetensors")):
             state.update(load_file(f))
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or set(missing) - {"lm_head.weight"}:
             raise RuntimeError(f"float reference: weights do not fit ({missing[:3]}, {unexpected[:3]})")
-        self.model.tie_weights()
+        model.tie_weights()
+        return model
 
     def bits(self, data: bytes, spans: list[tuple[int, int]], settings: Settings) -> float:
-        total, start = 0.0, settings.start(self.lm)
+        if not spans:
+            return 0.0
+        model, total, start = self._model(), 0.0, settings.start(self.lm)
         for a, b in spans:
             ids = self.lm.tokenize(data[a:b])
             for ctx, first, end in windows(len(ids), settings.window, settings.keep):
                 with torch.inference_mode():
-                    logits = self.model(torch.tensor([[start, *ids[ctx : end - 1]]])).logits[0, first - ctx :]
+                    logits = model(torch.tensor([[start, *ids[ctx : end - 1]]])).logits[0, first - ctx :]
                     logp = torch.log_softmax(logits.double(), -1).gather(1, torch.tensor(ids[first:end])[:, None])
                 total -= float(logp.sum()) / math.log(2)
+        del model
+        return_freed_memory()
         return total
 
 

@@ -20,7 +20,7 @@ from .errors import (
     UnsupportedVersionError,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 if TYPE_CHECKING:
     from .api import Compressor, Decompressor, LmpFile, compress, decompress, open

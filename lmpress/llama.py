@@ -5,8 +5,9 @@ same way everywhere:
 
 - matrix products are of int8 matrices, exact in int32 (``gemm.py``: any backend gives the same bits);
 - between them, only single IEEE binary32/binary64 operations (+ − × ÷ √, each rounded to nearest even,
-  never fused), exact integer sums and maxima, and lookup tables built with exact arithmetic
-  (``tables.py``) stand in for exp, SiLU and the rotary embedding.
+  never fused) and exact integer sums and maxima; exp is a fixed binary32 polynomial on exact powers of
+  two (``exp2_fixed``), the sigmoid and the rotary embedding are tables built with exact arithmetic
+  (``tables.py``).
 
 No float reduction (sum, mean, softmax) is ever taken, because their results depend on summation order.
 Every row (token) is quantised on its own, so a token's numbers do not depend on what else is in the

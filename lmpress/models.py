@@ -256,11 +256,11 @@ def load_model(spec: str | None = None, device: str | torch.device | None = None
 @functools.lru_cache(maxsize=4)
 def _load_model(spec: str, device: torch.device) -> LanguageModel:
     lm = _find_model(spec, device)
-    _return_freed_memory()
+    return_freed_memory()
     return lm
 
 
-def _return_freed_memory() -> None:
+def return_freed_memory() -> None:
     """Hand the float weights' freed heap back to the system (glibc keeps it otherwise: ~180 MB)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)

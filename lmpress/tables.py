@@ -1,8 +1,9 @@
-"""Lookup tables for the integer model's nonlinear functions, built with exact arithmetic.
+"""Lookup tables for the integer model's sigmoid and rotary embedding, built with exact arithmetic.
 
 libm's exp, sin and cos differ between platforms in the last bit, so no table entry comes from them:
 each is computed with mpmath (pure-Python integers, the same on every machine) to far more precision
-than it is stored with, then rounded once. docs/FORMAT.md defines every table by formula.
+than it is stored with, then rounded to binary64 and that to binary32. docs/FORMAT.md defines every table
+by formula.
 """
 
 from __future__ import annotations
@@ -20,15 +21,6 @@ def _mp() -> mpmath.context.MPContext:
     ctx = mpmath.mp.clone()
     ctx.prec = _PREC
     return ctx
-
-
-@functools.lru_cache(maxsize=8)
-def exp_table(frac_bits: int, span: int, one_bits: int) -> torch.Tensor:
-    """``round(2**one_bits * exp(-d / 2**frac_bits))`` for ``d = 0 .. span * 2**frac_bits`` (int64)."""
-    mp = _mp()
-    scale, unit = mp.mpf(2) ** one_bits, mp.mpf(1) / (1 << frac_bits)
-    values = [int(mp.nint(mp.exp(-d * unit) * scale)) for d in range((span << frac_bits) + 1)]
-    return torch.tensor(values, dtype=torch.int64)
 
 
 @functools.lru_cache(maxsize=4)
