@@ -43,6 +43,7 @@ class Compressor:
             start_token=self.settings.start(self.model),
             window=self.settings.window,
             keep=self.settings.keep,
+            group=self.settings.max_batch,
         )
         self._pending = self.header.to_bytes()
 
@@ -128,7 +129,7 @@ class Decompressor:
             self._check_model(header)
             self.header = header
         h = self.header
-        settings = Settings(window=h.window, keep=h.keep, start_token=h.start_token)
+        settings = Settings(window=h.window, keep=h.keep, max_batch=h.group, start_token=h.start_token)
         while not self.eof and (parsed := fmt.parse_frame(self._buffer)) is not None:
             frame, n = parsed
             del self._buffer[:n]

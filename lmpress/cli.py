@@ -265,8 +265,8 @@ def _list(args: argparse.Namespace) -> None:
         h, offset = parsed
         print(f"{name}: model {h.model_name} (id {h.model_id})")
         print(
-            f"  engine {h.engine}, window {h.window}, keep {h.keep}, start token {h.start_token}, "
-            f"format version {fmt.VERSION}"
+            f"  engine {h.engine}, window {h.window}, keep {h.keep}, {h.group} chunks decoded side by side, "
+            f"start token {h.start_token}, format version {fmt.VERSION}"
         )
         segment = 0
         while True:
@@ -522,7 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--window", type=int, default=defaults.window, help="context positions per chunk")
     c.add_argument("--keep-tokens", type=int, default=defaults.keep, help="tokens kept when the context restarts")
     c.add_argument("--chunk-size", type=int, default=defaults.chunk_size, help="target bytes per chunk")
-    c.add_argument("--batch", type=int, default=defaults.max_batch, help="most chunks coded side by side")
+    c.add_argument(
+        "--batch", type=int, default=defaults.max_batch, help="chunks decoded side by side (memory: ~25 MB each)"
+    )
     sub.add_parser("decompress", parents=[common, compute, io_opts], help="decompress FILE.lmp files", epilog=EPILOG)
     sub.add_parser("test", parents=[common, compute], help="check that archives decompress", epilog=EPILOG)
     ls = sub.add_parser("list", help="show an archive's header and chunks (no model needed)")

@@ -1,6 +1,6 @@
 """Cutting data into chunks, and coding chunks of text with the integer model.
 
-A segment (up to ``chunk_size * max_batch`` bytes) is cut into chunks at line breaks. Chunks of text
+A segment (up to ``chunk_size * 64`` bytes) is cut into chunks at line breaks. Chunks of text
 (valid UTF-8, at most 10% control characters) whose tokenization round-trips exactly are coded with the
 language model; other chunks go to LZMA2, or are stored when that does not help.
 
@@ -9,12 +9,15 @@ so the two directions can run as each runs best:
 
 - the encoder scores every chunk in full-sequence passes (one per context window, large products) and
   keeps each token's interval of the cumulative frequencies;
-- the decoder steps all chunks of a segment in lockstep, one token per row per step, and decodes each
-  token from the range-coded stream as soon as its row's frequencies are known.
+- the decoder steps the chunks of a segment in lockstep, ``max_batch`` at a time (a group), one token per
+  row per step, and decodes each token from the range-coded stream as soon as its row's frequencies are known.
 
-The stream holds the tokens of all LM chunks step by step: at step t, every chunk with more than t tokens,
-in table order. Context policy: a row sees the start token plus its chunk's tokens so far; when
-``window`` positions are full, the context restarts as the start token plus the last ``keep`` tokens.
+The stream holds the LM chunks in groups of ``max_batch`` consecutive chunks, one group after another, each
+group's tokens step by step: at step t, every chunk of the group with more than t tokens, in table order. The
+decoder so holds at most ``max_batch`` contexts, whatever the segment's size.
+
+Context policy: a row sees the start token plus its chunk's tokens so far; when ``window`` positions are
+full, the context restarts as the start token plus the last ``keep`` tokens.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from .models import LanguageModel
 LZMA2_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 _LINE_SEARCH = 512  # bytes to look ahead for a line break when cutting
 PASS_TOKENS = 4096  # positions per full-sequence pass: bounds activation memory
+SEGMENT_CHUNKS = 64  # chunks per segment (or max_batch, if more): a segment's classical chunks share LZMA2's context
 HEAD_ROWS = 64  # positions per slice of the output head: bounds the [rows, vocab] tensors
 
 Progress = Callable[[float, float], None]  # (bytes done, bits spent) since the last call
@@ -52,7 +56,7 @@ class Settings:
     window: int = 2048
     keep: int = 512
     chunk_size: int = 8192
-    max_batch: int = 24  # the decoder holds one context per chunk of a segment: 24 keep it within 1.5 GB
+    max_batch: int = 24  # chunks decoded side by side (recorded): the decoder's contexts; 24 keep it within 1.5 GB
     threads: int = 0  # compute threads, for speed only (0: torch's default for this machine)
     start_token: int | None = None  # None: the model's own choice
 
@@ -65,8 +69,12 @@ class Settings:
             raise ValueError("chunk_size and max_batch must be positive, threads non-negative")
 
     @property
+    def chunks_per_segment(self) -> int:
+        return max(SEGMENT_CHUNKS, self.max_batch)
+
+    @property
     def segment_size(self) -> int:
-        return self.chunk_size * self.max_batch
+        return self.chunk_size * self.chunks_per_segment
 
     def start(self, lm: LanguageModel) -> int:
         return lm.start_token if self.start_token is None else self.start_token
@@ -149,7 +157,7 @@ def chunks_of(data: bytes, settings: Settings) -> Iterator[bytes]:
 
 
 def split(data: bytes, settings: Settings) -> list[bytes]:
-    n = min(settings.max_batch, max(1, round(len(data) / settings.chunk_size)))
+    n = min(settings.chunks_per_segment, max(1, round(len(data) / settings.chunk_size)))
     cuts = [0]
     for i in range(1, n):
         cut = boundary(data, i * len(data) // n)
@@ -259,6 +267,11 @@ def _classical(data: bytes) -> tuple[int, bytes]:
     return (fmt.METHOD_XZ, packed) if len(packed) < len(data) else (fmt.METHOD_STORED, data)
 
 
+def groups(rows: list[int], size: int) -> list[list[int]]:
+    """Consecutive groups of at most ``size`` rows: the chunks decoded side by side."""
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
 def _interleave(values: list[np.ndarray]) -> np.ndarray:
     """Per-row arrays joined in stream order: step by step, at each step every row that is that long."""
     matrix = np.zeros((len(values), max(len(v) for v in values)), dtype=np.int64)
@@ -302,7 +315,8 @@ def encode_segment(
     stream = b""
     if lm_rows:
         encoder = TokenEncoder()
-        encoder.encode(_interleave([left[r] for r in lm_rows]), _interleave([width[r] for r in lm_rows]))
+        for group in groups(lm_rows, settings.max_batch):
+            encoder.encode(_interleave([left[r] for r in group]), _interleave([width[r] for r in group]))
         stream = encoder.finish()
 
     stats = Stats(bytes_in=len(data), ideal_bits=float(bits[lm_rows].sum()), lm_bytes_out=len(stream))
@@ -355,17 +369,19 @@ def decode_segment(
         lengths = [chunks[i].tokens for i in lm_rows]
         decoded = [np.zeros(n, np.int64) for n in lengths]
         per_token = (segment.raw_size - sum(c.raw_size for c in chunks)) / sum(lengths)
-        steps = Lockstep(lm, lengths, settings)
-        for t in range(max(lengths)):
-            try:
-                tokens = decoder.decode(steps.freqs)
-            except (AssertionError, ValueError, RuntimeError):  # constriction's word for an impossible stream
-                raise FormatError(f"the token stream of {where} is corrupted") from None
-            for row, token in zip(steps.rows, tokens):
-                decoded[row][t] = token
-            if progress is not None:
-                progress(per_token * len(tokens), float(code_length_bits(steps.freqs, torch.from_numpy(tokens)).sum()))
-            steps.advance(tokens)
+        for group in groups(list(range(len(lm_rows))), settings.max_batch):
+            steps = Lockstep(lm, [lengths[r] for r in group], settings)
+            for t in range(max(lengths[r] for r in group)):
+                try:
+                    tokens = decoder.decode(steps.freqs)
+                except (AssertionError, ValueError, RuntimeError):  # constriction's word for an impossible stream
+                    raise FormatError(f"the token stream of {where} is corrupted") from None
+                for row, token in zip(steps.rows, tokens):
+                    decoded[group[row]][t] = token
+                if progress is not None:
+                    bits = float(code_length_bits(steps.freqs, torch.from_numpy(tokens)).sum())
+                    progress(per_token * len(tokens), bits)
+                steps.advance(tokens)
         for row, i in enumerate(lm_rows):
             try:
                 out[i] = lm.detokenize(decoded[row].tolist())

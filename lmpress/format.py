@@ -82,6 +82,7 @@ class Header:
     start_token: int
     window: int
     keep: int
+    group: int  # LM chunks decoded side by side: the decoder holds this many contexts at most
 
     def to_bytes(self) -> bytes:
         name = "" if self.model_name == DEFAULT_MODEL else self.model_name
@@ -89,7 +90,7 @@ class Header:
         params = b"".join(
             [
                 bytes.fromhex(self.model_id),
-                *(uvarint(n) for n in (engine, self.start_token, self.window, self.keep)),
+                *(uvarint(n) for n in (engine, self.start_token, self.window, self.keep, self.group)),
                 name.encode("utf-8"),
             ]
         )
@@ -103,14 +104,17 @@ class Header:
         start, offset = read_uvarint(params, offset)
         window, offset = read_uvarint(params, offset)
         keep, offset = read_uvarint(params, offset)
+        group, offset = read_uvarint(params, offset)
         if engine not in ENGINES:
             raise UnsupportedVersionError(
                 f"archive needs arithmetic engine {engine}, which this lmpress does not have; upgrade lmpress"
             )
         if not 2 <= window <= MAX_WINDOW or not 0 <= keep <= window - 2:
             raise ValueError(f"window {window} with keep {keep}")
+        if not 1 <= group <= MAX_CHUNKS:
+            raise ValueError(f"group of {group} chunks")
         name = params[offset:].decode("utf-8") or DEFAULT_MODEL
-        return cls(name, params[:MODEL_ID_BYTES].hex(), ENGINES[engine], start, window, keep)
+        return cls(name, params[:MODEL_ID_BYTES].hex(), ENGINES[engine], start, window, keep, group)
 
 
 @dataclass(frozen=True)

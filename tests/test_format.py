@@ -19,6 +19,7 @@ HEADER = fmt.Header(
     start_token=7,
     window=1024,
     keep=256,
+    group=24,
 )
 
 
@@ -32,8 +33,8 @@ def test_header_round_trip_and_incremental_parse():
 def test_default_model_name_is_stored_empty():
     default = dataclasses.replace(HEADER, model_name=fmt.DEFAULT_MODEL)
     raw = default.to_bytes()
-    assert len(raw) == 24  # what FORMAT.md promises for the default model and settings
-    assert len(HEADER.to_bytes()) == 24 + len("tiny ✓".encode())
+    assert len(raw) == 25  # what FORMAT.md promises for the default model and settings
+    assert len(HEADER.to_bytes()) == 25 + len("tiny ✓".encode())
     assert fmt.parse_header(raw) == (default, len(raw))
 
 
@@ -99,12 +100,14 @@ def test_old_versions_are_named():
 
 
 def test_unknown_engine_and_oversized_window_are_refused():
-    params = bytes.fromhex(HEADER.model_id) + bytes([9, 7]) + fmt.uvarint(1024) + fmt.uvarint(256)
+    params = bytes.fromhex(HEADER.model_id) + bytes([9, 7]) + fmt.uvarint(1024) + fmt.uvarint(256) + bytes([24])
     head = fmt.MAGIC + bytes([fmt.VERSION]) + fmt.uvarint(len(params)) + params
     with pytest.raises(UnsupportedVersionError, match="engine 9"):
         fmt.parse_header(head + zlib.crc32(head).to_bytes(4, "little"))
     with pytest.raises(FormatError, match="window"):
         fmt.parse_header(dataclasses.replace(HEADER, window=fmt.MAX_WINDOW + 1).to_bytes())
+    with pytest.raises(FormatError, match="group"):
+        fmt.parse_header(dataclasses.replace(HEADER, group=0).to_bytes())
 
 
 def test_unknown_frame_type():

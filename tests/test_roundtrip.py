@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lmpress
+from lmpress import engine
 from lmpress.engine import Settings, split
 from lmpress.models import load_model
 
@@ -179,3 +180,21 @@ def test_start_token_is_taken_from_the_archive(tiny):
     assert comp.header.start_token == 5 != tiny.start_token
     assert comp.stats.chunks.get("lm", 0) > 0
     assert lmpress.decompress(blob, model=tiny) == data
+
+
+def test_chunks_are_decoded_in_groups(tiny, monkeypatch):
+    """A segment of many chunks decodes max_batch of them at a time: that many contexts, whatever its size."""
+    data = TRAINING_TEXT.encode()[:3000]
+    comp = lmpress.Compressor(tiny, chunk_size=150, max_batch=3)
+    blob = comp.compress(data) + comp.flush()
+    assert comp.stats.chunks["lm"] > 6
+    seen = []
+    original = engine.Lockstep.__init__
+
+    def spy(self, lm, lengths, settings):
+        seen.append(len(lengths))
+        original(self, lm, lengths, settings)
+
+    monkeypatch.setattr(engine.Lockstep, "__init__", spy)
+    assert lmpress.decompress(blob, model=tiny) == data
+    assert max(seen) == 3 and sum(seen) == comp.stats.chunks["lm"]
