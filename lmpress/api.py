@@ -9,7 +9,7 @@ from typing import IO, Any
 
 from . import format as fmt
 from .engine import Progress, Settings, Stats, decode_segment, encode_segment, segment_length, torch_threads
-from .errors import FormatError, ModelMismatchError, UnsupportedVersionError
+from .errors import FormatError, ModelMismatchError
 from .llama import ENGINE
 from .models import LanguageModel, load_model
 
@@ -104,10 +104,6 @@ class Decompressor:
         return not self.eof
 
     def _check_model(self, header: fmt.Header) -> None:
-        if header.engine != ENGINE:
-            raise UnsupportedVersionError(
-                f"archive needs arithmetic engine {header.engine!r}; this lmpress has {ENGINE!r}"
-            )
         self.model = _model(self._model_spec)
         if self.model.model_id != header.model_id:
             raise ModelMismatchError(
