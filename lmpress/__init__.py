@@ -23,11 +23,12 @@ from .errors import (
 __version__ = "0.2.0"
 
 if TYPE_CHECKING:
-    from .api import Compressor, Decompressor, LmpFile, compress, decompress, open
+    from .api import Compressor, Damage, Decompressor, LmpFile, compress, decompress, open, recover, salvage
     from .models import load_model
 
 # Loaded on first use: they import torch (seconds), and the command must be able to answer Ctrl-C meanwhile.
-_LAZY = {name: "api" for name in ("Compressor", "Decompressor", "LmpFile", "compress", "decompress", "open")}
+_API = ("Compressor", "Damage", "Decompressor", "LmpFile", "compress", "decompress", "open", "recover", "salvage")
+_LAZY = dict.fromkeys(_API, "api")
 _LAZY["load_model"] = "models"
 
 
@@ -46,6 +47,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "ChecksumError",
     "Compressor",
+    "Damage",
     "Decompressor",
     "FormatError",
     "LmpFile",
@@ -57,4 +59,6 @@ __all__ = [
     "decompress",
     "load_model",
     "open",
+    "recover",
+    "salvage",
 ]

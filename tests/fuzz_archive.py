@@ -1,0 +1,115 @@
+"""Coverage-guided fuzzing (atheris, libFuzzer) of everything that reads an archive, with the tiny test model.
+
+    python tests/fuzz_archive.py fuzz-corpus -atheris_runs=1000000    # the long run (seeds made on first use)
+    python tests/fuzz_archive.py fuzz-corpus -max_total_time=60       # CI's short pass runs ~3,000 inputs
+
+The first byte of each input chooses how the rest is read: fed to ``Decompressor`` whole or in pieces; with
+its checksums left as they are (what damage looks like) or recomputed first, so that mutations get past the
+checksums into the chunk table, LZMA2 and the range-coded token stream; and through ``salvage`` (--recover)
+and the ``list`` parser too. Every input must end in output or an ``LmpressError``: any other exception is a
+crash, and libFuzzer keeps the input as crash-* (add it to tests/test_reliability.py as a regression test).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+import tempfile
+import zlib
+from pathlib import Path
+
+# One thread per fuzzer process, set before torch and numba start theirs: the inputs are tiny, and two
+# processes' spinning thread pools on the same cores make every parallel kernel wait for a descheduled thread.
+os.environ.update(OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+
+import atheris  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import TRAINING_TEXT, build_tiny_model  # noqa: E402
+
+with atheris.instrument_imports(include=["lmpress"]):
+    import lmpress
+    from lmpress import format as fmt
+    from lmpress.models import load_model
+
+SETTINGS = {"chunk_size": 48, "max_batch": 3, "window": 24, "keep": 8}  # small: many chunks, groups, restarts
+
+
+def seeds(model) -> dict[str, bytes]:
+    """Real archives of every kind of content, one byte of mode in front (0: as it is, in one piece)."""
+    text = TRAINING_TEXT.encode()
+    data = {
+        "empty": b"",
+        "text": text[:400],
+        "binary": bytes(range(256)) * 2,
+        "mixed": text[:150] + bytes(range(0, 256, 3)) + text[150:300],
+        "segments": bytes(range(256)) * 8 + text[:300],
+    }
+    return {name: bytes([0]) + lmpress.compress(d, model=model, **SETTINGS) for name, d in data.items()}
+
+
+def reseal(archive: bytes) -> bytes:
+    """``archive`` with its header and frame checksums recomputed, wherever its length fields lead."""
+    out = bytearray(archive)
+    try:
+        _, offset = fmt.read_uvarint(out, 5)
+        n, offset = fmt.read_uvarint(out, 5)
+        end = offset + n
+        if end + 4 > len(out):
+            return bytes(out)
+        struct.pack_into("<I", out, end, zlib.crc32(out[:end]))
+        position = end + 4
+        while position < len(out):
+            length, offset = fmt.read_uvarint(out, position + 1)
+            end = offset + (0 if out[position] == fmt.FRAME_END else length)
+            if end + 4 > len(out):
+                break
+            struct.pack_into("<I", out, end, zlib.crc32(out[position:end]))
+            position = end + 4
+    except Exception:  # a length that runs off the end (the parser's "need more"): leave the rest as it is
+        pass
+    return bytes(out)
+
+
+def one_input(data: bytes) -> None:
+    if not data:
+        return
+    mode, archive = data[0], data[1:]
+    if mode & 1:
+        archive = reseal(archive)
+    try:
+        if mode & 2:
+            for _ in lmpress.salvage(archive, MODEL):
+                pass
+            return
+        decoder = lmpress.Decompressor(MODEL)
+        step = 1 + (mode >> 2) * 7 if mode & 0xFC else len(archive) or 1
+        for start in range(0, len(archive), step):
+            if decoder.eof:
+                break
+            decoder.decompress(archive[start : start + step])
+    except lmpress.LmpressError:
+        pass
+
+
+def main() -> None:
+    global MODEL
+    folder = Path(tempfile.gettempdir()) / "lmpress-fuzz-model"
+    if not folder.exists():  # built aside and renamed: a fuzzer killed meanwhile leaves no half-built model
+        os.replace(build_tiny_model(Path(tempfile.mkdtemp(dir=folder.parent)) / "tiny"), folder)
+    MODEL = load_model(str(folder))
+    corpus = next((Path(a) for a in sys.argv[1:] if not a.startswith("-")), None)
+    if corpus is not None and not any(corpus.glob("*")):
+        corpus.mkdir(parents=True, exist_ok=True)
+        for name, seed in seeds(MODEL).items():
+            (corpus / name).write_bytes(seed)
+            (corpus / f"{name}-resealed").write_bytes(bytes([1]) + seed[1:])
+    atheris.Setup(sys.argv, one_input)
+    atheris.Fuzz()
+
+
+MODEL = None
+
+if __name__ == "__main__":
+    main()

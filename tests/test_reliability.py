@@ -1,0 +1,191 @@
+"""Damaged archives: every corruption is caught (or harmless), and the intact segments can be recovered."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TRAINING_TEXT
+
+import lmpress
+from lmpress import format as fmt
+from lmpress.models import load_model
+
+TEXT = TRAINING_TEXT.encode()
+SEGMENTED = {"chunk_size": 40, "max_batch": 64}  # 64 chunks of ~40 bytes a segment: several segments from 7 KB
+ARCHIVES = {
+    "empty": b"",
+    "text": TEXT[:700],
+    "binary": bytes(random.Random(3).randrange(256) for _ in range(600)),
+    "mixed": TEXT[:300] + bytes(range(256)) + TEXT[300:600],
+    # Classical segments, then the LM one: a case damaging segment k decodes segments 0..k-1 first, and the
+    # model's are the slow ones (a frame's damage is caught before any of it is decoded).
+    "segments": bytes(range(256)) * 12 + bytes(3000) + TEXT[:900],
+}
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return load_model(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="module")
+def archives(tiny):
+    return {name: (data, lmpress.compress(data, model=tiny, **SEGMENTED)) for name, data in ARCHIVES.items()}
+
+
+def fields(blob: bytes) -> list[tuple[str, int, int]]:
+    """The archive's structure as (name, start, end) byte ranges: where the matrix damages and cuts."""
+    header, pos = fmt.parse_header(blob)
+    out = [("header", 0, pos)]
+    index = 0
+    while True:
+        frame, n = fmt.parse_frame(memoryview(blob)[pos:])
+        if isinstance(frame, fmt.End):
+            out.append(("end marker", pos, pos + n))
+            return out
+        body = pos + 1 + len(fmt.uvarint(n - 5 - len(fmt.uvarint(n))))  # kind, body_len
+        table = body + len(fmt.uvarint(frame.offset) + fmt.uvarint(frame.raw_size) + fmt.uvarint(len(frame.chunks)))
+        crc = table + sum(len(c.to_bytes()) for c in frame.chunks)
+        payloads = crc + 4
+        stream = payloads + sum(len(p) for p in frame.payloads)
+        name = f"segment {index}"
+        out += [
+            (f"{name} kind and length", pos, body),
+            (f"{name} offset, size, chunk count", body, table),
+            (f"{name} chunk table", table, crc),
+            (f"{name} crc32", crc, payloads),
+            (f"{name} payloads", payloads, stream),
+            (f"{name} token stream", stream, pos + n - 4),
+            (f"{name} frame crc32", pos + n - 4, pos + n),
+        ]
+        pos, index = pos + n, index + 1
+
+
+def outcome(blob: bytes, tiny) -> bytes | str:
+    try:
+        return lmpress.decompress(blob, model=tiny)
+    except lmpress.LmpressError as e:
+        return str(e)
+
+
+def test_corruption_matrix(archives, tiny):
+    """Every byte of every structural field damaged three ways, and cuts at every field boundary: each case
+    decodes exactly or fails with a one-line LmpressError (naming the segment, inside one); nothing else."""
+    cases = detected = 0
+    for name, (data, blob) in archives.items():
+        structure = fields(blob)
+        assert sum(end - start for _, start, end in structure) == len(blob)
+        for field, start, end in structure:
+            for position in range(start, end):
+                for mask in (0x01, 0x80, 0xFF):
+                    damaged = bytearray(blob)
+                    damaged[position] ^= mask
+                    result = outcome(bytes(damaged), tiny)
+                    cases += 1
+                    if result == data:
+                        continue
+                    assert isinstance(result, str), f"{name}, {field}, byte {position}: wrong output"
+                    assert "\n" not in result
+                    if field.startswith("segment"):
+                        assert field.split()[0] + " " + field.split()[1] in result, (field, result)
+                    detected += 1
+        cuts = {p for _, start, end in structure for p in (start, start + 1, end - 1)} - {len(blob)}
+        for cut in sorted(cuts):
+            result = outcome(blob[:cut], tiny)
+            assert isinstance(result, str) and "\n" not in result
+            cases += 1
+            detected += 1
+        for extra in (b"\x00", b"LMPZ", blob):  # trailing garbage; two archives concatenated
+            assert "trailing" in outcome(blob + extra, tiny)
+            cases += 1
+            detected += 1
+    print(f"corruption matrix: {cases} cases, {detected} detected, {cases - detected} harmless")
+    assert detected == cases  # every field is under a checksum: no damage goes unnoticed
+
+
+def test_every_segment_is_checked_on_its_own(archives, tiny):
+    """A segment moved, dropped or repeated is named, even though each frame checks out."""
+    _, blob = archives["segments"]
+    structure = fields(blob)
+    starts = [s for f, s, _ in structure if f.endswith("kind and length")] + [structure[-1][1]]
+    header, first, second = blob[: starts[0]], blob[starts[0] : starts[1]], blob[starts[1] : starts[2]]
+    rest = blob[starts[2] :]
+    for reordered in (header + second + first + rest, header + second + rest, header + first + first + second + rest):
+        with pytest.raises(lmpress.FormatError, match="missing or out of order"):
+            lmpress.decompress(reordered, model=tiny)
+
+
+def test_recover_returns_every_intact_segment(archives, tiny):
+    data, blob = archives["segments"]
+    structure = fields(blob)
+    assert sum(f.endswith("kind and length") for f, _, _ in structure) >= 3
+    pieces = list(lmpress.salvage(blob, model=tiny))
+    assert b"".join(pieces) == data
+    for damaged_field in ("segment 1 token stream", "segment 1 chunk table", "segment 1 kind and length"):
+        start, end = next((s, e) for f, s, e in structure if f == damaged_field)
+        damaged = bytearray(blob)
+        damaged[(start + end) // 2] ^= 0x40
+        out, lost = lmpress.recover(bytes(damaged), model=tiny)
+        lo, hi = len(pieces[0]), len(pieces[0]) + len(pieces[1])
+        assert [(d.start, d.end) for d in lost] == [(lo, hi)], (damaged_field, lost)
+        assert out == data[:lo] + data[hi:]
+    cut = blob[: structure[-2][1]]  # the last segment's frame crc and the end marker are gone
+    out, lost = lmpress.recover(cut, model=tiny)
+    lo = sum(map(len, pieces[:-1]))
+    assert out == data[:lo] and [(d.start, d.end) for d in lost] == [(lo, None)]
+
+
+def test_recover_command_writes_what_is_intact(archives, tiny, tiny_model_dir, tmp_path):
+    data, blob = archives["segments"]
+    start, end = next((s, e) for f, s, e in fields(blob) if f == "segment 0 payloads")
+    damaged = bytearray(blob)
+    damaged[start + 5] ^= 0x01
+    (tmp_path / "d.lmp").write_bytes(damaged)
+    run = [sys.executable, "-m", "lmpress", "decompress", "--model", str(tiny_model_dir), str(tmp_path / "d.lmp")]
+    plain = subprocess.run(run, capture_output=True, timeout=300)
+    assert plain.returncode == 1 and b"--recover" in plain.stderr and not (tmp_path / "d").exists()
+    r = subprocess.run([*run, "--recover"], capture_output=True, timeout=300)
+    lost = len(lmpress.decompress(blob, model=tiny)) - len((tmp_path / "d").read_bytes())
+    assert r.returncode == 3, r.stderr
+    assert b"original bytes 0 to" in r.stderr and b"Traceback" not in r.stderr
+    assert (tmp_path / "d").read_bytes() == data[lost:]
+
+
+def test_chunk_table_cannot_claim_more_tokens_than_the_stream_holds(tiny):
+    """A table whose checksums are right but whose token count is absurd (a crafted archive) is refused
+    before the model runs."""
+    data = TEXT[:200]
+    blob = lmpress.compress(data, model=tiny)
+    header, pos = fmt.parse_header(blob)
+    segment, n = fmt.parse_frame(blob[pos:])
+    assert segment.chunks[0].method == fmt.METHOD_LM
+    bloated = fmt.Segment(
+        0, fmt.MAX_SEGMENT_BYTES, segment.crc32, [fmt.Chunk(fmt.METHOD_LM, tokens=10**8)], [b""], segment.lm_stream
+    )
+    crafted = blob[:pos] + bloated.to_bytes() + fmt.End(fmt.MAX_SEGMENT_BYTES).to_bytes()
+    with pytest.raises(lmpress.FormatError, match="more tokens than its stream can hold"):
+        lmpress.decompress(crafted, model=tiny)
+
+
+def test_short_fuzz_pass(tmp_path):
+    """CI's share of the fuzzing (tests/fuzz_archive.py): 3,000 inputs grown from real archives, no crash."""
+    pytest.importorskip("atheris")
+    fuzzer = Path(__file__).with_name("fuzz_archive.py")
+    r = subprocess.run(
+        [sys.executable, str(fuzzer), str(tmp_path / "corpus"), "-atheris_runs=3000", f"-artifact_prefix={tmp_path}/"],
+        capture_output=True,
+        timeout=900,
+    )
+    assert r.returncode == 0 and b"Done 3000" in r.stderr, r.stderr[-3000:].decode(errors="replace")
+
+
+def test_fuzzer_findings(tiny):
+    """Inputs the fuzzer found crashing, as regression tests: each must be a clear LmpressError."""
+    header = fmt.Header(tiny.name, tiny.model_id, "int8-v1", start_token=3065, window=64, keep=8, group=2)
+    segment = lmpress.compress(TEXT[:100], model=tiny, window=64, keep=8, max_batch=2)[len(header.to_bytes()) :]
+    with pytest.raises(lmpress.FormatError, match="start token 3065 is outside"):
+        lmpress.decompress(header.to_bytes() + segment, model=tiny)
