@@ -120,6 +120,17 @@ def test_wrong_model_is_refused(tiny, other_model_dir):
         lmpress.decompress(blob, model=str(other_model_dir))
 
 
+def test_pickle_weights_are_never_loaded(tiny_model_dir, tmp_path):
+    """A folder whose weights are a pickle (pytorch_model.bin) is refused, with what to do instead."""
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    for name in ("config.json", "tokenizer.json"):
+        (folder / name).write_bytes((tiny_model_dir / name).read_bytes())
+    (folder / "pytorch_model.bin").write_bytes(b"not to be unpickled")
+    with pytest.raises(lmpress.ModelUnavailableError, match="no .safetensors weights.*pickle"):
+        load_model(str(folder))
+
+
 def test_truncated_and_trailing(tiny):
     blob = lmpress.compress(TRAINING_TEXT.encode()[:1000], model=tiny, **SMALL)
     for cut in (0, 3, 10, len(blob) // 2, len(blob) - 1):
