@@ -1,7 +1,9 @@
+#!/usr/bin/env python3
 """Coverage-guided fuzzing (atheris, libFuzzer) of everything that reads an archive, with the tiny test model.
 
-    python tests/fuzz_archive.py fuzz-corpus -atheris_runs=1000000    # the long run (seeds made on first use)
-    python tests/fuzz_archive.py fuzz-corpus -max_total_time=60       # CI's short pass runs ~3,000 inputs
+    python tests/fuzz_archive.py fuzz-corpus -atheris_runs=1000000    # a long run (seeds made on first use)
+    PATH=.venv/bin:$PATH tests/fuzz_archive.py fuzz-corpus -jobs=2 -workers=2   # one process a core; stop with ^C
+    python tests/fuzz_archive.py fuzz-corpus -atheris_runs=3000       # what the test suite runs
 
 The first byte of each input chooses how the rest is read: fed to ``Decompressor`` whole or in pieces; with
 its checksums left as they are (what damage looks like) or recomputed first, so that mutations get past the
