@@ -278,8 +278,12 @@ def _archive_bytes(path: Path | None) -> Iterator[bytes | mmap.mmap]:
         if os.fstat(f.fileno()).st_size == 0:
             yield b""
             return
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            yield m
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            yield mapped
+        finally:
+            with contextlib.suppress(BufferError):  # a view still held by an error's traceback: unmapped with it
+                mapped.close()
 
 
 def _target(args: argparse.Namespace, src: Path | None, rename: Callable[[Path], Path]) -> Path | None:

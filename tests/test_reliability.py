@@ -155,6 +155,17 @@ def test_recover_command_writes_what_is_intact(archives, tiny, tiny_model_dir, t
     assert (tmp_path / "d").read_bytes() == data[lost:]
 
 
+def test_list_and_recover_of_damaged_archives_are_one_line(archives, tiny_model_dir, tmp_path):
+    _, blob = archives["segments"]
+    cases = {"damaged": blob[:40] + bytes([blob[40] ^ 1]) + blob[41:], "short": blob[:20]}
+    for name, data in cases.items():
+        (tmp_path / f"{name}.lmp").write_bytes(data)
+        for args in (["list"], ["decompress", "--recover", "-c", "--model", str(tiny_model_dir)]):
+            command = [sys.executable, "-m", "lmpress", *args, str(tmp_path / f"{name}.lmp")]
+            r = subprocess.run(command, capture_output=True, timeout=300)
+            assert r.returncode in (1, 3) and b"Traceback" not in r.stderr, (name, args, r.stderr)
+
+
 def test_chunk_table_cannot_claim_more_tokens_than_the_stream_holds(tiny):
     """A table whose checksums are right but whose token count is absurd (a crafted archive) is refused
     before the model runs."""
