@@ -265,7 +265,8 @@ def _recover_one(args: argparse.Namespace, src_path: Path | None, target: Path |
     if lost:
         known = sum(d.end - d.start for d in lost if d.end is not None)
         tail = " and everything after the last intact segment" if any(d.end is None for d in lost) else ""
-        raise DataLost(f"recovered what was intact; {known:,} original bytes lost{tail} ({len(lost)} stretches)")
+        stretches = "1 stretch" if len(lost) == 1 else f"{len(lost)} stretches"
+        raise DataLost(f"recovered what was intact; {known:,} original bytes lost{tail} ({stretches})")
 
 
 @contextlib.contextmanager
