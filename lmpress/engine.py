@@ -1,6 +1,6 @@
 """Cutting data into chunks, and coding chunks of text with the integer model.
 
-A segment (up to ``chunk_size * 64`` bytes) is cut into chunks at line breaks. Chunks of text
+A segment (up to ``chunk_size * max(64, max_batch)`` bytes) is cut into chunks at line breaks. Chunks of text
 (valid UTF-8, at most 10% control characters) whose tokenization round-trips exactly are coded with the
 language model; other chunks go to LZMA2, or are stored when that does not help.
 
