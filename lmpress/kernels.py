@@ -279,60 +279,62 @@ def _rotate(x, cos, sin, out):  # pragma: no cover (compiled)
         out[half + j] = x[half + j] * cos[half + j] + x[j] * sin[half + j]
 
 
+@njit(inline="always", boundscheck=False)
+def _combine(c, m, count, n, out):  # pragma: no cover (compiled)
+    """out[:n] = Σ_{i < count} c[i] · m[i, :n], int8 operands, exact in int32: four rows of m a pass, so
+    that each pass over out does four products per element (vectorised along the contiguous n)."""
+    out[:n] = 0
+    fours = count - count % 4
+    for i in range(0, fours, 4):
+        m0, m1, m2, m3 = m[i], m[i + 1], m[i + 2], m[i + 3]
+        c0, c1, c2, c3 = _I(c[i]), _I(c[i + 1]), _I(c[i + 2]), _I(c[i + 3])
+        for j in range(n):
+            out[j] += c0 * _I(m0[j]) + c1 * _I(m1[j]) + c2 * _I(m2[j]) + c3 * _I(m3[j])
+    for i in range(fours, count):
+        ci, mi = _I(c[i]), m[i]
+        for j in range(n):
+            out[j] += ci * _I(mi[j])
+
+
 @njit(parallel=True, boundscheck=False, cache=True)
 def _attention_step(qkv, cos, sin, pos, keys, values, k_scale, v_scale, kappa, rep, out, params, shape):  # noqa: E501 # pragma: no cover
     """One new position per row: rotate and quantise its query, key and value heads, write the key and value
-    into the cache at ``pos``, and attend over positions 0 .. pos, into out [B, H·hd] (binary32)."""
-    rows, groups, length, hd = keys.shape
+    into the cache at ``pos``, and attend over positions 0 .. pos, into out [B, H·hd] (binary32). Keys are
+    stored transposed [B, G, hd, W], values [B, G, W, hd]; one job per (row, key head)."""
+    rows, groups, hd, length = keys.shape
     heads = groups * rep
     q_limit, tiny = params[6], params[7]
     width = pos + 1
     for job in prange(rows * groups):
         b, g = job // groups, job % groups
         head = np.empty(hd, np.float32)
+        key = np.empty(hd, np.int8)
         _rotate(qkv[b, (heads + g) * hd : (heads + g + 1) * hd], cos, sin, head)
-        k_scale[b, g, pos] = _quantize_head(head, q_limit, tiny, keys[b, g, pos])
-        v = np.empty(hd, np.int8)
+        k_scale[b, g, pos] = _quantize_head(head, q_limit, tiny, key)
+        keys[b, g, :, pos] = key
         v_scale[b, g, pos] = _quantize_head(
-            qkv[b, (heads + groups + g) * hd : (heads + groups + g + 1) * hd], q_limit, tiny, v
+            qkv[b, (heads + groups + g) * hd : (heads + groups + g + 1) * hd], q_limit, tiny, values[b, g, pos]
         )
-        for j in range(hd):
-            values[b, g, j, pos] = v[j]
-    for job in prange(rows * groups):
-        b, g = job // groups, job % groups
-        qq = np.empty((rep, hd), np.int8)
-        qd = np.empty(rep, np.float32)
-        head = np.empty(hd, np.float32)
-        for r in range(rep):
-            h = g * rep + r
-            _rotate(qkv[b, h * hd : (h + 1) * hd], cos, sin, head)
-            qd[r] = _quantize_head(head, q_limit, tiny, qq[r])
         key_factor = np.empty(width, np.float32)
         for s in range(width):
             key_factor[s] = k_scale[b, g, s] * kappa
-        dots = np.empty((rep, width), np.int32)
-        for s in range(width):
-            for r in range(rep):
-                acc = _I(0)
-                for j in range(hd):
-                    acc += _I(qq[r, j]) * _I(keys[b, g, s, j])
-                dots[r, s] = acc
-        wq = np.empty((rep, width), np.int8)
+        query, dots, acc = np.empty(hd, np.int8), np.empty(width, np.int32), np.empty(hd, np.int32)
+        wq = np.empty(width, np.int8)
         z, ints, w = np.empty(width, np.int32), np.empty(width, np.int32), np.empty(width, np.float32)
-        for r in range(rep):
-            wd, total = _weights_row(dots[r], key_factor, qd[r], v_scale[b, g], width, z, ints, w, wq[r], params, shape)
+        for h in range(g * rep, (g + 1) * rep):
+            _rotate(qkv[b, h * hd : (h + 1) * hd], cos, sin, head)
+            qd = _quantize_head(head, q_limit, tiny, query)
+            _combine(query, keys[b, g], hd, width, dots)
+            wd, total = _weights_row(dots, key_factor, qd, v_scale[b, g], width, z, ints, w, wq, params, shape)
+            _combine(wq, values[b, g], width, hd, acc)
             factor = _F(np.float64(wd) / np.float64(total))
-            h = g * rep + r
             for j in range(hd):
-                acc = _I(0)
-                for s in range(width):
-                    acc += _I(wq[r, s]) * _I(values[b, g, j, s])
-                out[b, h * hd + j] = _F(acc) * factor
+                out[b, h * hd + j] = _F(acc[j]) * factor
 
 
 def attention_step(qkv, cos, sin, pos, cache, layer, kappa, rep):
     """``ExactLlama``'s attention for one new position per row (decoding), fused: [B, H·hd] binary32."""
-    rows, groups, _, hd = cache.k[layer].shape
+    rows, groups, hd, _ = cache.k[layer].shape
     out = torch.empty((rows, groups * rep * hd), dtype=torch.float32)
     _attention_step(
         qkv.contiguous().numpy(),

@@ -232,14 +232,15 @@ class Linear:
 
 
 class KVCache:
-    """Keys and values of ``batch`` rows for up to ``length`` positions: int8 per (position, head), keys as
-    [..., position, head_dim] and values transposed, [..., head_dim, position], so that both products are
-    reductions along contiguous memory; and the binary32 factor of each (position, head)."""
+    """Keys and values of ``batch`` rows for up to ``length`` positions: int8 per (position, head), keys
+    transposed, [..., head_dim, position], and values as [..., position, head_dim], so that both products of
+    attention run along contiguous memory with the position (keys) or the head dimension (values) innermost;
+    and the binary32 factor of each (position, head)."""
 
     def __init__(self, cfg: LlamaConfig, batch: int, length: int, device: torch.device):
         shape = (cfg.num_hidden_layers, batch, cfg.num_key_value_heads)
-        self.k = torch.zeros((*shape, length, cfg.head_dim), dtype=torch.int8, device=device)
-        self.v = torch.zeros((*shape, cfg.head_dim, length), dtype=torch.int8, device=device)
+        self.k = torch.zeros((*shape, cfg.head_dim, length), dtype=torch.int8, device=device)
+        self.v = torch.zeros((*shape, length, cfg.head_dim), dtype=torch.int8, device=device)
         self.k_scale = torch.zeros((*shape, length), device=device)
         self.v_scale = torch.zeros((*shape, length), device=device)
         self.length = length
@@ -372,12 +373,12 @@ class ExactLlama:
         rep = heads // g
         kq, kd = quantize_rows(k, Q8)
         vq, vd = quantize_rows(v, Q8)
-        kq = kq.to(torch.int8).transpose(1, 2).contiguous()  # [B, G, T, hd]
-        vq = vq.to(torch.int8).permute(0, 2, 3, 1).contiguous()  # [B, G, hd, T]
+        kq = kq.to(torch.int8).permute(0, 2, 3, 1).contiguous()  # [B, G, hd, T]
+        vq = vq.to(torch.int8).transpose(1, 2).contiguous()  # [B, G, T, hd]
         kd, vd = kd[..., 0].transpose(1, 2), vd[..., 0].transpose(1, 2)  # [B, G, T]
         if cache is not None:
             end = pos + t
-            cache.k[i, :, :, pos:end], cache.v[i, ..., pos:end] = kq, vq
+            cache.k[i, ..., pos:end], cache.v[i, :, :, pos:end] = kq, vq
             cache.k_scale[i, ..., pos:end], cache.v_scale[i, ..., pos:end] = kd, vd
             kq, vq, kd, vd = cache.k[i], cache.v[i], cache.k_scale[i], cache.v_scale[i]
         key_factor = kd * self.key_constant  # 2**6 · log2(e) / √hd: scores in 1/64 bits
@@ -398,12 +399,12 @@ class ExactLlama:
             out[:, t0:t1] = y.view(b, g, rep, t1 - t0, hd).permute(0, 3, 1, 2, 4).reshape(b, t1 - t0, heads, hd)
 
     def attend(self, qq, q_factor, keys, key_factor, values, v_scale, visible, s) -> tuple[Tensor, Tensor, Tensor]:
-        """int8 queries [..., R, hd] on the first ``s`` positions of int8 keys [..., W, hd] and values stored
-        transposed [..., hd, W], with the keys' and values' factors [..., W]: the exact int32 sum of requantised
+        """int8 queries [..., R, hd] on the first ``s`` positions of int8 keys stored transposed [..., hd, W] and
+        values [..., W, hd], with the keys' and values' factors [..., W]: the exact int32 sum of requantised
         weights times values [..., R, hd], the weights' factor and their unscaled sum [..., R]."""
-        dots = self.gemm.bmm(qq, keys[..., :s, :].transpose(-1, -2))
+        dots = self.gemm.bmm(qq, keys[..., :s])
         wq, wd, total = self.attention_weights(dots, key_factor[..., :s], q_factor, visible, v_scale[..., :s])
-        return self.gemm.bmm(wq, values[..., :s].transpose(-1, -2)), wd, total
+        return self.gemm.bmm(wq, values[..., :s, :]), wd, total
 
     def _mlp(self, layer: Layer, x: Tensor) -> Tensor:
         gate_up = layer.gate_up(self.gemm, x, BITS["gate_up"], self.cfg.rms_norm_eps)

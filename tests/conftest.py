@@ -16,8 +16,8 @@ TRAINING_TEXT = (
 ) * 20
 
 
-def build_tiny_model(folder: Path, seed: int = 2, vocab: int = 320, train_steps: int = 300) -> Path:
-    """A 2-layer llama with a byte-level BPE tokenizer, written as a Hugging Face model folder."""
+def build_tiny_model(folder: Path, seed: int = 2, vocab: int = 320, train_steps: int = 300, layers: int = 2) -> Path:
+    """A small llama (2 layers unless told) with a byte-level BPE tokenizer, as a Hugging Face model folder."""
     folder.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -35,7 +35,7 @@ def build_tiny_model(folder: Path, seed: int = 2, vocab: int = 320, train_steps:
         "vocab_size": tok.get_vocab_size(),
         "hidden_size": 32,
         "intermediate_size": 64,
-        "num_hidden_layers": 2,
+        "num_hidden_layers": layers,
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
         "head_dim": 8,
