@@ -1,8 +1,9 @@
 """Compiled CPU kernels: the integer model's work between its matrix products, fused.
 
 Each function here is the compiled twin of a definition written in torch operations (which GPUs run):
-``llama.product_operand``, ``llama.product_result``, ``llama.swiglu``, ``llama.attention_weights``,
-``ExactLlama._attention`` for one new position per row, and ``coding.frequencies`` / ``coding.intervals``.
+``llama.product_operand``, ``llama.product_result``, ``llama.swiglu``, ``llama.attention_weights`` and
+``coding.frequencies`` / ``coding.intervals``; and, for a decoding step (``ExactLlama._step``), of all the
+work between two products of ``ExactLlama.forward`` for one new position per row, each chain in one call.
 A torch operation is a full pass over memory and a call costing microseconds; here a row's whole chain
 runs in one pass while it is in cache, which is most of lmpress's speed on a CPU. The twins must give the
 same bits, and the tests check that they do.
@@ -18,7 +19,19 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from .llama import EXP2_POLY, LIMIT, LOGIT_FRAC, LOGIT_ONE, Q8, SCORE_FRAC, SCORE_ONE, SIGMOID_FRAC, SIGMOID_SPAN, TINY
+from .llama import (
+    EXP2_POLY,
+    LIMIT,
+    LOGIT_FRAC,
+    LOGIT_ONE,
+    Q8,
+    Q16,
+    SCORE_FRAC,
+    SCORE_ONE,
+    SIGMOID_FRAC,
+    SIGMOID_SPAN,
+    TINY,
+)
 
 _F = np.float32
 _I = np.int32
@@ -179,55 +192,97 @@ def intervals(logits, tokens):
     return left, width
 
 
+@njit(inline="always", boundscheck=False)
+def _operand_row(x, m, rows, q, two, normed, eps, tiny, out):  # pragma: no cover (compiled)
+    """Row m (of ``rows``) of ``llama.product_operand``: x [K] into out (the his at m, the los at rows + m);
+    returns the row's factor."""
+    k = x.shape[0]
+    amax = _F(0)
+    for j in range(k):
+        amax = max(amax, abs(x[j]))
+    amax = max(amax, tiny)
+    f = q / amax
+    sum_squares = np.int64(0)
+    for j in range(k):
+        v = _I((x[j] * f + _MAGIC) - _MAGIC)  # |v| ≤ q ≤ 2**15
+        sum_squares += np.int64(v) * v
+        if two:
+            hi = _I(_I(v + 128) >> 8)
+            out[m, j] = hi
+            out[rows + m, j] = v - (hi << 8)
+        else:
+            out[m, j] = v
+    if normed:
+        f64 = np.float64(f)
+        return _F(1.0 / np.sqrt(np.float64(sum_squares) / np.float64(k) + f64 * f64 * eps))
+    return amax / q
+
+
+@njit(inline="always", boundscheck=False)
+def _result_row(acc, m, rows, two, scale, factor, out):  # pragma: no cover (compiled)
+    """Row m of ``llama.product_result`` into out [N]."""
+    if two:
+        for j in range(out.shape[0]):
+            out[j] = ((_F(acc[m, j]) * _F(256.0) + _F(acc[rows + m, j])) * scale[j]) * factor
+    else:
+        for j in range(out.shape[0]):
+            out[j] = (_F(acc[m, j]) * scale[j]) * factor
+
+
+@njit(inline="always", boundscheck=False)
+def _swiglu_row(gate_up, table, frac, span, out):  # pragma: no cover (compiled)
+    """One row of ``llama.swiglu``: gate_up [2W] into out [W]."""
+    width = out.shape[0]
+    n = span << frac
+    unit, limit = _F(1 << frac), _F(n)
+    for j in range(width):
+        g = gate_up[j]
+        index = _I((min(max(g * unit, -limit), limit) + _MAGIC) - _MAGIC) + n
+        out[j] = (g * table[index]) * gate_up[width + j]
+
+
 @njit(parallel=True, boundscheck=False, cache=True)
 def _operand(x, q, two, normed, eps, tiny, out, factor):  # pragma: no cover (compiled)
-    rows, k = x.shape
+    rows = x.shape[0]
     for m in prange(rows):
-        amax = _F(0)
-        for j in range(k):
-            amax = max(amax, abs(x[m, j]))
-        amax = max(amax, tiny)
-        f = q / amax
-        sum_squares = np.int64(0)
-        for j in range(k):
-            v = _I((x[m, j] * f + _MAGIC) - _MAGIC)  # |v| ≤ q ≤ 2**15
-            sum_squares += np.int64(v) * v
-            if two:
-                hi = _I(_I(v + 128) >> 8)
-                out[m, j] = hi
-                out[rows + m, j] = v - (hi << 8)
-            else:
-                out[m, j] = v
-        if normed:
-            f64 = np.float64(f)
-            factor[m] = _F(1.0 / np.sqrt(np.float64(sum_squares) / np.float64(k) + f64 * f64 * eps))
-        else:
-            factor[m] = amax / q
+        factor[m] = _operand_row(x[m], m, rows, q, two, normed, eps, tiny, out)
 
 
 @njit(parallel=True, boundscheck=False, cache=True)
 def _result(acc, two, scale, factor, out):  # pragma: no cover (compiled)
-    rows, n = out.shape
-    if two:
-        for m in prange(rows):
-            for j in range(n):
-                out[m, j] = ((_F(acc[m, j]) * _F(256.0) + _F(acc[rows + m, j])) * scale[j]) * factor[m]
-    else:
-        for m in prange(rows):
-            for j in range(n):
-                out[m, j] = (_F(acc[m, j]) * scale[j]) * factor[m]
+    rows = out.shape[0]
+    for m in prange(rows):
+        _result_row(acc, m, rows, two, scale, factor[m], out[m])
 
 
 @njit(parallel=True, boundscheck=False, cache=True)
 def _swiglu(gate_up, table, frac, span, out):  # pragma: no cover (compiled)
-    rows, width = out.shape
-    n = span << frac
-    unit, limit = _F(1 << frac), _F(n)
+    for m in prange(out.shape[0]):
+        _swiglu_row(gate_up[m], table, frac, span, out[m])
+
+
+@njit(parallel=True, boundscheck=False, cache=True)
+def _residual_operand(x, acc, two, scale, factor, q, two_out, eps, tiny, h, out, out_factor):  # pragma: no cover
+    """h = x + product_result(acc), and h's RMS-normalised operand: a residual connection and the next
+    product's input in one pass."""
+    rows = x.shape[0]
     for m in prange(rows):
-        for j in range(width):
-            g = gate_up[m, j]
-            index = _I((min(max(g * unit, -limit), limit) + _MAGIC) - _MAGIC) + n
-            out[m, j] = (g * table[index]) * gate_up[m, width + j]
+        _result_row(acc, m, rows, two, scale, factor[m], h[m])
+        for j in range(h.shape[1]):
+            h[m, j] = x[m, j] + h[m, j]
+        out_factor[m] = _operand_row(h[m], m, rows, q, two_out, True, eps, tiny, out)
+
+
+@njit(parallel=True, boundscheck=False, cache=True)
+def _swiglu_operand(acc, two, scale, factor, table, frac, span, q, two_out, tiny, out, out_factor):  # pragma: no cover
+    """The gate and up product's result, swiglu, and the down product's operand, a row at a time."""
+    rows = factor.shape[0]
+    for m in prange(rows):
+        gate_up = np.empty(scale.shape[0], np.float32)
+        y = np.empty(scale.shape[0] // 2, np.float32)
+        _result_row(acc, m, rows, two, scale, factor[m], gate_up)
+        _swiglu_row(gate_up, table, frac, span, y)
+        out_factor[m] = _operand_row(y, m, rows, q, two_out, False, 0.0, tiny, out)
 
 
 def product_operand(x, q, two, eps):
@@ -297,14 +352,39 @@ def _combine(c, m, count, n, out):  # pragma: no cover (compiled)
 
 
 @njit(parallel=True, boundscheck=False, cache=True)
-def _attention_step(qkv, cos, sin, pos, keys, values, k_scale, v_scale, kappa, rep, out, params, shape):  # noqa: E501 # pragma: no cover
-    """One new position per row: rotate and quantise its query, key and value heads, write the key and value
-    into the cache at ``pos``, and attend over positions 0 .. pos, into out [B, H·hd] (binary32). Keys are
-    stored transposed [B, G, hd, W], values [B, G, W, hd]; one job per (row, key head)."""
+def _attention_step(
+    acc,
+    two,
+    scale,
+    factor,
+    cos,
+    sin,
+    pos,
+    keys,
+    values,
+    k_scale,
+    v_scale,
+    kappa,
+    rep,
+    q,
+    two_out,
+    out,
+    out_factor,
+    params,
+    shape,
+):  # noqa: E501 # pragma: no cover
+    """Attention for one new position per row, from the query, key and value product ``acc`` to the operand
+    of the output product (out [B, H·hd], its factors out_factor [B]): rotate and quantise
+    each row's heads, write its key and value into the cache at ``pos``, attend over positions 0 .. pos.
+    Keys are stored transposed [B, G, hd, W], values [B, G, W, hd]; one job per (row, key head)."""
     rows, groups, hd, length = keys.shape
     heads = groups * rep
     q_limit, tiny = params[6], params[7]
     width = pos + 1
+    qkv = np.empty((rows, scale.shape[0]), np.float32)
+    y = np.empty((rows, heads * hd), np.float32)
+    for m in prange(rows):
+        _result_row(acc, m, rows, two, scale, factor[m], qkv[m])
     for job in prange(rows * groups):
         b, g = job // groups, job % groups
         head = np.empty(hd, np.float32)
@@ -318,7 +398,7 @@ def _attention_step(qkv, cos, sin, pos, keys, values, k_scale, v_scale, kappa, r
         key_factor = np.empty(width, np.float32)
         for s in range(width):
             key_factor[s] = k_scale[b, g, s] * kappa
-        query, dots, acc = np.empty(hd, np.int8), np.empty(width, np.int32), np.empty(hd, np.int32)
+        query, dots, total_wv = np.empty(hd, np.int8), np.empty(width, np.int32), np.empty(hd, np.int32)
         wq = np.empty(width, np.int8)
         z, ints, w = np.empty(width, np.int32), np.empty(width, np.int32), np.empty(width, np.float32)
         for h in range(g * rep, (g + 1) * rep):
@@ -326,18 +406,27 @@ def _attention_step(qkv, cos, sin, pos, keys, values, k_scale, v_scale, kappa, r
             qd = _quantize_head(head, q_limit, tiny, query)
             _combine(query, keys[b, g], hd, width, dots)
             wd, total = _weights_row(dots, key_factor, qd, v_scale[b, g], width, z, ints, w, wq, params, shape)
-            _combine(wq, values[b, g], width, hd, acc)
-            factor = _F(np.float64(wd) / np.float64(total))
+            _combine(wq, values[b, g], width, hd, total_wv)
+            f = _F(np.float64(wd) / np.float64(total))
             for j in range(hd):
-                out[b, h * hd + j] = _F(acc[j]) * factor
+                y[b, h * hd + j] = _F(total_wv[j]) * f
+    for m in prange(rows):
+        out_factor[m] = _operand_row(y[m], m, rows, q, two_out, False, 0.0, tiny, out)
 
 
-def attention_step(qkv, cos, sin, pos, cache, layer, kappa, rep):
-    """``ExactLlama``'s attention for one new position per row (decoding), fused: [B, H·hd] binary32."""
+def attention_step(acc, bits, scale, factor, cos, sin, pos, cache, layer, kappa, rep, out_bits):
+    """``ExactLlama``'s attention for one new position per row (decoding), fused with the products around it:
+    from the query, key and value product ``acc`` (of ``bits``-bit operands) to the output product's operand
+    (``out_bits``), as ``llama.product_result``, rotate, attend, ``llama.product_operand``: (operand, factors [B])."""
     rows, groups, hd, _ = cache.k[layer].shape
-    out = torch.empty((rows, groups * rep * hd), dtype=torch.float32)
+    two_out = out_bits == 16
+    out = np.empty((2 * rows if two_out else rows, groups * rep * hd), np.int8)
+    out_factor = np.empty(rows, np.float32)
     _attention_step(
-        qkv.contiguous().numpy(),
+        acc.numpy(),
+        bits == 16,
+        scale.numpy(),
+        factor.numpy(),
         cos.numpy(),
         sin.numpy(),
         pos,
@@ -347,8 +436,34 @@ def attention_step(qkv, cos, sin, pos, cache, layer, kappa, rep):
         cache.v_scale[layer].numpy(),
         _F(kappa),
         rep,
-        out.numpy(),
+        _F(Q16 if two_out else Q8),
+        two_out,
+        out,
+        out_factor,
         _PARAMS,
         _SHAPE,
     )
-    return out
+    return torch.from_numpy(out), torch.from_numpy(out_factor)
+
+
+def residual_operand(x, acc, bits, scale, factor, out_bits, eps):
+    """h = x + ``llama.product_result``(acc, bits, ...) and ``llama.product_operand``(h, out_bits, eps):
+    (h, operand, factors [B])."""
+    rows, two_out = x.shape[0], out_bits == 16
+    h = np.empty(x.shape, np.float32)
+    out = np.empty((2 * rows if two_out else rows, x.shape[1]), np.int8)
+    out_factor = np.empty(rows, np.float32)
+    args = (_F(Q16 if two_out else Q8), two_out, eps, _F(TINY), h, out, out_factor)
+    _residual_operand(x.numpy(), acc.numpy(), bits == 16, scale.numpy(), factor.numpy(), *args)
+    return torch.from_numpy(h), torch.from_numpy(out), torch.from_numpy(out_factor)
+
+
+def swiglu_operand(acc, bits, scale, factor, table, out_bits):
+    """``llama.product_operand``(``llama.swiglu``(``llama.product_result``(acc, bits, ...)), out_bits):
+    (operand, factors [B])."""
+    rows, two_out = factor.shape[0], out_bits == 16
+    out = np.empty((2 * rows if two_out else rows, scale.shape[0] // 2), np.int8)
+    out_factor = np.empty(rows, np.float32)
+    args = (SIGMOID_FRAC, SIGMOID_SPAN, _F(Q16 if two_out else Q8), two_out, _F(TINY), out, out_factor)
+    _swiglu_operand(acc.numpy(), bits == 16, scale.numpy(), factor.numpy(), table.numpy(), *args)
+    return torch.from_numpy(out), torch.from_numpy(out_factor)

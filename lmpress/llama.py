@@ -333,6 +333,8 @@ class ExactLlama:
         (with a cache) the cached positions before ``pos``, into which it writes its keys and values."""
         c = self.cfg
         b, t = tokens.shape
+        if t == 1 and cache is not None and self.device.type == "cpu":
+            return self._step(tokens, cache, pos)
         heads, kv, hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         x = self._embed(tokens.reshape(-1))
         cos, sin = self._rope(pos + t)
@@ -342,17 +344,36 @@ class ExactLlama:
         for i, layer in enumerate(self.layers):
             for rows in _blocks(b * t):
                 qkv[rows] = layer.qkv(self.gemm, x[rows], BITS["qkv"], c.rms_norm_eps)
-            if t == 1 and cache is not None and self.device.type == "cpu":  # a decoding step: one fused kernel
-                y = _kernels().attention_step(qkv, cos[0, 0], sin[0, 0], pos, cache, i, self.key_constant, heads // kv)
-            else:
-                q = rotate(qkv[:, : heads * hd].view(-1, heads, hd), cos, sin).view(b, t, heads, hd)
-                k = rotate(qkv[:, heads * hd : (heads + kv) * hd].view(-1, kv, hd), cos, sin).view(b, t, kv, hd)
-                v = qkv[:, (heads + kv) * hd :].view(b, t, kv, hd)
-                self._attention(i, q, k, v, cache, pos, y.view(b, t, heads, hd))
+            q = rotate(qkv[:, : heads * hd].view(-1, heads, hd), cos, sin).view(b, t, heads, hd)
+            k = rotate(qkv[:, heads * hd : (heads + kv) * hd].view(-1, kv, hd), cos, sin).view(b, t, kv, hd)
+            v = qkv[:, (heads + kv) * hd :].view(b, t, kv, hd)
+            self._attention(i, q, k, v, cache, pos, y.view(b, t, heads, hd))
             for rows in _blocks(b * t):
                 h = x[rows] + layer.o(self.gemm, y[rows], BITS["o"])
                 x[rows] = h + self._mlp(layer, h)
         return x.view(b, t, -1)
+
+    def _step(self, tokens: Tensor, cache: KVCache, pos: int) -> Tensor:
+        """``forward`` for one new position per row (a decoding step) on a CPU: the same arithmetic, with all
+        the work between two products fused into one compiled kernel (``kernels.py``), four a layer."""
+        k, eps, rep = _kernels(), self.cfg.rms_norm_eps, self.cfg.num_attention_heads // self.cfg.num_key_value_heads
+        cos, sin = self._rope(pos + 1)
+        x = self._embed(tokens.reshape(-1))
+        operand, factor = product_operand(x, BITS["qkv"], eps)
+        factor = factor.view(-1)
+        for i, layer in enumerate(self.layers):
+            acc = self.gemm.mm(operand, layer.qkv.wq.t())
+            attention = (cos[pos], sin[pos], pos, cache, i, self.key_constant, rep, BITS["o"])
+            operand, factor = k.attention_step(acc, BITS["qkv"], layer.qkv.scale, factor, *attention)
+            acc = self.gemm.mm(operand, layer.o.wq.t())
+            h, operand, factor = k.residual_operand(x, acc, BITS["o"], layer.o.scale, factor, BITS["gate_up"], eps)
+            acc = self.gemm.mm(operand, layer.gate_up.wq.t())
+            operand, factor = k.swiglu_operand(
+                acc, BITS["gate_up"], layer.gate_up.scale, factor, self.sigmoid, BITS["down"]
+            )
+            acc = self.gemm.mm(operand, layer.down.wq.t())
+            x, operand, factor = k.residual_operand(h, acc, BITS["down"], layer.down.scale, factor, BITS["qkv"], eps)
+        return x.view(len(x), 1, -1)
 
     def _rope(self, length: int) -> tuple[Tensor, Tensor]:
         n = max(ROPE_LENGTH, 1 << (length - 1).bit_length())
