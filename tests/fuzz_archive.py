@@ -30,8 +30,11 @@ import atheris  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import TRAINING_TEXT, build_tiny_model  # noqa: E402
 
+# Every module that reads archive bytes is imported here, so that its branches guide the fuzzer (lmpress imports
+# them lazily, which would be after instrumentation); not kernels.py, whose compiled code cannot be traced.
 with atheris.instrument_imports(include=["lmpress"]):
     import lmpress
+    from lmpress import api, coding, engine  # noqa: F401
     from lmpress import format as fmt
     from lmpress.models import load_model
 
