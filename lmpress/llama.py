@@ -394,7 +394,7 @@ class ExactLlama:
         rep = heads // g
         kq, kd = quantize_rows(k, Q8)
         vq, vd = quantize_rows(v, Q8)
-        kq = kq.to(torch.int8).permute(0, 2, 3, 1).contiguous()  # [B, G, hd, T]
+        kq = kq.to(torch.int8).transpose(1, 2).contiguous().transpose(2, 3)  # [B, G, hd, T], a view of [B, G, T, hd]
         vq = vq.to(torch.int8).transpose(1, 2).contiguous()  # [B, G, T, hd]
         kd, vd = kd[..., 0].transpose(1, 2), vd[..., 0].transpose(1, 2)  # [B, G, T]
         if cache is not None:
