@@ -372,10 +372,10 @@ def _attention_step(
     out_factor,
     params,
     shape,
-):  # noqa: E501 # pragma: no cover
+):  # pragma: no cover
     """Attention for one new position per row, from the query, key and value product ``acc`` to the operand
-    of the output product (out [B, H·hd], its factors out_factor [B]): rotate and quantise
-    each row's heads, write its key and value into the cache at ``pos``, attend over positions 0 .. pos.
+    of the output product (out [B, H·hd], its factors out_factor [B]): rotate and quantise each row's heads,
+    write its key and value into the cache at ``pos``, attend over positions 0 .. pos.
     Keys are stored transposed [B, G, hd, W], values [B, G, W, hd]; one job per (row, key head)."""
     rows, groups, hd, length = keys.shape
     heads = groups * rep
@@ -414,14 +414,19 @@ def _attention_step(
         out_factor[m] = _operand_row(y[m], m, rows, q, two_out, False, 0.0, tiny, out)
 
 
+def _operand_buffers(rows, k, bits):
+    """An empty ``bits``-bit operand for ``rows`` rows of k (two int8 halves for 16 bits), its row factors, and
+    the (q, two) of ``llama.product_operand`` that fill them."""
+    two = bits == 16
+    return np.empty((2 * rows if two else rows, k), np.int8), np.empty(rows, np.float32), _F(Q16 if two else Q8), two
+
+
 def attention_step(acc, bits, scale, factor, cos, sin, pos, cache, layer, kappa, rep, out_bits):
     """``ExactLlama``'s attention for one new position per row (decoding), fused with the products around it:
     from the query, key and value product ``acc`` (of ``bits``-bit operands) to the output product's operand
     (``out_bits``), as ``llama.product_result``, rotate, attend, ``llama.product_operand``: (operand, factors [B])."""
     rows, groups, hd, _ = cache.k[layer].shape
-    two_out = out_bits == 16
-    out = np.empty((2 * rows if two_out else rows, groups * rep * hd), np.int8)
-    out_factor = np.empty(rows, np.float32)
+    out, out_factor, q, two_out = _operand_buffers(rows, groups * rep * hd, out_bits)
     _attention_step(
         acc.numpy(),
         bits == 16,
@@ -436,7 +441,7 @@ def attention_step(acc, bits, scale, factor, cos, sin, pos, cache, layer, kappa,
         cache.v_scale[layer].numpy(),
         _F(kappa),
         rep,
-        _F(Q16 if two_out else Q8),
+        q,
         two_out,
         out,
         out_factor,
@@ -449,11 +454,9 @@ def attention_step(acc, bits, scale, factor, cos, sin, pos, cache, layer, kappa,
 def residual_operand(x, acc, bits, scale, factor, out_bits, eps):
     """h = x + ``llama.product_result``(acc, bits, ...) and ``llama.product_operand``(h, out_bits, eps):
     (h, operand, factors [B])."""
-    rows, two_out = x.shape[0], out_bits == 16
     h = np.empty(x.shape, np.float32)
-    out = np.empty((2 * rows if two_out else rows, x.shape[1]), np.int8)
-    out_factor = np.empty(rows, np.float32)
-    args = (_F(Q16 if two_out else Q8), two_out, eps, _F(TINY), h, out, out_factor)
+    out, out_factor, q, two_out = _operand_buffers(x.shape[0], x.shape[1], out_bits)
+    args = (q, two_out, eps, _F(TINY), h, out, out_factor)
     _residual_operand(x.numpy(), acc.numpy(), bits == 16, scale.numpy(), factor.numpy(), *args)
     return torch.from_numpy(h), torch.from_numpy(out), torch.from_numpy(out_factor)
 
@@ -461,9 +464,7 @@ def residual_operand(x, acc, bits, scale, factor, out_bits, eps):
 def swiglu_operand(acc, bits, scale, factor, table, out_bits):
     """``llama.product_operand``(``llama.swiglu``(``llama.product_result``(acc, bits, ...)), out_bits):
     (operand, factors [B])."""
-    rows, two_out = factor.shape[0], out_bits == 16
-    out = np.empty((2 * rows if two_out else rows, scale.shape[0] // 2), np.int8)
-    out_factor = np.empty(rows, np.float32)
-    args = (SIGMOID_FRAC, SIGMOID_SPAN, _F(Q16 if two_out else Q8), two_out, _F(TINY), out, out_factor)
+    out, out_factor, q, two_out = _operand_buffers(factor.shape[0], scale.shape[0] // 2, out_bits)
+    args = (SIGMOID_FRAC, SIGMOID_SPAN, q, two_out, _F(TINY), out, out_factor)
     _swiglu_operand(acc.numpy(), bits == 16, scale.numpy(), factor.numpy(), table.numpy(), *args)
     return torch.from_numpy(out), torch.from_numpy(out_factor)
