@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from .errors import (
     ChecksumError,
+    DictionaryMismatchError,
     FormatError,
     LmpressError,
     ModelMismatchError,
@@ -24,12 +25,14 @@ __version__ = "0.2.0"
 
 if TYPE_CHECKING:
     from .api import Compressor, Damage, Decompressor, LmpFile, compress, decompress, open, recover, salvage
+    from .dictionary import Dictionary, train
     from .models import load_model
 
 # Loaded on first use: they import torch (seconds), and the command must be able to answer Ctrl-C meanwhile.
 _API = ("Compressor", "Damage", "Decompressor", "LmpFile", "compress", "decompress", "open", "recover", "salvage")
 _LAZY = dict.fromkeys(_API, "api")
 _LAZY["load_model"] = "models"
+_LAZY["Dictionary"] = _LAZY["train"] = "dictionary"
 
 
 def __getattr__(name: str) -> object:
@@ -49,6 +52,8 @@ __all__ = [
     "Compressor",
     "Damage",
     "Decompressor",
+    "Dictionary",
+    "DictionaryMismatchError",
     "FormatError",
     "LmpFile",
     "LmpressError",
@@ -61,4 +66,5 @@ __all__ = [
     "open",
     "recover",
     "salvage",
+    "train",
 ]

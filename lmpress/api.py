@@ -10,12 +10,14 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from . import format as fmt
+from .dictionary import Dictionary
 from .engine import Progress, Settings, Stats, decode_segment, encode_segment, segment_length, torch_threads
-from .errors import FormatError, ModelMismatchError
+from .errors import DictionaryMismatchError, FormatError, ModelMismatchError
 from .llama import ENGINE
-from .models import LanguageModel, load_model
+from .models import LanguageModel, adapted, load_model
 
 ModelSpec = str | os.PathLike | LanguageModel | None
+DictionarySpec = str | os.PathLike | Dictionary | None
 _READ_SIZE = 1 << 16
 
 
@@ -23,28 +25,63 @@ def _model(model: ModelSpec) -> LanguageModel:
     return model if isinstance(model, LanguageModel) else load_model(None if model is None else str(model))
 
 
+def _dictionary(spec: DictionarySpec) -> Dictionary | None:
+    return spec if spec is None or isinstance(spec, Dictionary) else Dictionary.read(spec)
+
+
+_ADAPTED: dict[tuple[str, str, str], LanguageModel] = {}  # the last adapted model: building one takes seconds
+
+
+def _coding_model(base: LanguageModel, dictionary: Dictionary | None) -> LanguageModel:
+    """The model that codes with ``dictionary``: ``base``, or ``base`` with the dictionary's adapter merged in."""
+    if dictionary is None or not dictionary.adapter:
+        return base
+    key = (base.model_id, str(base.net.device), dictionary.id)
+    if key not in _ADAPTED:
+        try:
+            model = adapted(base, dictionary.factors(), f"dictionary {dictionary.id}")
+        except ValueError as e:
+            raise FormatError(f"corrupted dictionary {dictionary.id} ({e})") from None
+        _ADAPTED.clear()
+        _ADAPTED[key] = model
+    return _ADAPTED[key]
+
+
 class Compressor:
     """Incremental compressor: ``compress()`` pieces, then ``flush()`` once, as ``lzma.LZMACompressor``.
 
     Settings (``window``, ``keep``, ``chunk_size``, ``max_batch``, ``threads``, ``start_token``) are those of
     ``engine.Settings``. The archive decodes the same on any machine, whatever the threads or device.
+    ``dictionary``: a ``Dictionary`` or the path of a ``.lmpd`` file (``lmpress train``); decoding needs it too.
     """
 
-    def __init__(self, model: ModelSpec = None, *, progress: Progress | None = None, **settings: Any):
-        self.settings = Settings(**settings)
-        self.model = _model(model)
+    def __init__(
+        self,
+        model: ModelSpec = None,
+        *,
+        dictionary: DictionarySpec = None,
+        progress: Progress | None = None,
+        **settings: Any,
+    ):
+        self.dictionary = _dictionary(dictionary)
+        self.settings = Settings(**settings, primer=self.dictionary.tokens if self.dictionary else ())
+        base = _model(model)
+        if self.dictionary is not None:
+            self.dictionary.for_model(base)
+        self.model = _coding_model(base, self.dictionary)
         self.stats = Stats()
         self._progress = progress
         self._buffer = bytearray()
         self._finished = False
         self.header = fmt.Header(
-            model_name=self.model.name,
-            model_id=self.model.model_id,
+            model_name=base.name,
+            model_id=base.model_id,
             engine=ENGINE,
             start_token=self.settings.start(self.model),
             window=self.settings.window,
             keep=self.settings.keep,
             group=self.settings.max_batch,
+            dictionary=self.dictionary.id if self.dictionary else "",
         )
         self._pending = self.header.to_bytes()
 
@@ -82,9 +119,15 @@ class Compressor:
         return b"".join(out)
 
 
-def _settings(header: fmt.Header) -> Settings:
+def _settings(header: fmt.Header, dictionary: Dictionary | None) -> Settings:
     """What the decoder must reproduce of the encoder's settings."""
-    return Settings(window=header.window, keep=header.keep, max_batch=header.group, start_token=header.start_token)
+    primer = dictionary.tokens if dictionary else ()
+    try:
+        return Settings(
+            header.window, header.keep, max_batch=header.group, start_token=header.start_token, primer=primer
+        )
+    except ValueError as e:
+        raise FormatError(f"corrupted archive header ({e})") from None
 
 
 def _where(index: int, segment: fmt.Segment) -> str:
@@ -92,8 +135,9 @@ def _where(index: int, segment: fmt.Segment) -> str:
 
 
 def _checked_model(spec: ModelSpec, header: fmt.Header) -> LanguageModel:
+    """The model to decode with; an archive made with a dictionary names it through the dictionary."""
     model = _model(spec)
-    if model.model_id != header.model_id:
+    if header.model_id and model.model_id != header.model_id:
         raise ModelMismatchError(
             f"archive was made with model {header.model_name!r} (id {header.model_id}), but the loaded model "
             f"{model.name!r} has id {model.model_id}; pass the archive's model with --model"
@@ -106,16 +150,49 @@ def _checked_model(spec: ModelSpec, header: fmt.Header) -> LanguageModel:
     return model
 
 
+def _checked_dictionary(spec: DictionarySpec, header: fmt.Header, model: LanguageModel) -> Dictionary | None:
+    """The dictionary the archive was made with (None if it needs none), or an error naming the one it needs."""
+    if not header.dictionary:
+        return None
+    dictionary = _dictionary(spec)
+    if dictionary is None:
+        raise DictionaryMismatchError(
+            f"archive was made with dictionary {header.dictionary}; pass its .lmpd file with -D (dictionary=)"
+        )
+    if dictionary.id != header.dictionary:
+        raise DictionaryMismatchError(
+            f"archive was made with dictionary {header.dictionary}, but the one given is {dictionary.id}"
+        )
+    return dictionary.for_model(model)
+
+
+def _decoding(model: ModelSpec, dictionary: DictionarySpec, header: fmt.Header) -> tuple[LanguageModel, Settings]:
+    """The model and settings that decode an archive with this header."""
+    lm = _checked_model(model, header)
+    chosen = _checked_dictionary(dictionary, header, lm)
+    return _coding_model(lm, chosen), _settings(header, chosen)
+
+
 class Decompressor:
     """Incremental decompressor, as ``lzma.LZMADecompressor``: feed it bytes, get bytes; ``eof`` at the end.
-    ``threads``: compute threads (0: torch's default), for speed only.
+    ``threads``: compute threads (0: torch's default), for speed only; ``dictionary``: as for ``Compressor``,
+    needed when the archive was made with one.
 
     As with lzma, ``max_length`` caps what one call returns (a few KB of archive can hold gigabytes of
     zeros); while ``needs_input`` is False, call again with b"" for the rest. Memory stays within one segment.
     """
 
-    def __init__(self, model: ModelSpec = None, *, progress: Progress | None = None, threads: int = 0):
+    def __init__(
+        self,
+        model: ModelSpec = None,
+        *,
+        dictionary: DictionarySpec = None,
+        progress: Progress | None = None,
+        threads: int = 0,
+    ):
         self._model_spec = model
+        self._dictionary_spec = dictionary
+        self._decode_settings: Settings | None = None
         self._progress = progress
         self._threads = threads
         self.model: LanguageModel | None = None
@@ -147,11 +224,11 @@ class Decompressor:
             if parsed is None:
                 return b""
             header, n = parsed
-            self.model = _checked_model(self._model_spec, header)
+            self.model, self._decode_settings = _decoding(self._model_spec, self._dictionary_spec, header)
             self.header = header
             del self._buffer[:n]
             self._position += n
-        settings = _settings(self.header)
+        settings = self._decode_settings
         while not self._ended and not 0 <= max_length <= len(self._out) and (parsed := self._frame()) is not None:
             frame, n = parsed
             del self._buffer[:n]
@@ -223,6 +300,7 @@ def salvage(
     archive: bytes | bytearray | memoryview,
     model: ModelSpec = None,
     *,
+    dictionary: DictionarySpec = None,
     progress: Progress | None = None,
     threads: int = 0,
 ) -> Iterator[bytes | Damage]:
@@ -237,7 +315,7 @@ def salvage(
     if parsed is None:
         raise FormatError("truncated archive header: nothing can be recovered")
     header, position = parsed
-    lm, settings = _checked_model(model, header), _settings(header)
+    lm, settings = _decoding(model, dictionary, header)
     size, index = 0, 0  # original bytes accounted for; segments seen
     while True:
         try:
@@ -271,23 +349,25 @@ def salvage(
         size, index = frame.offset + frame.raw_size, index + 1
 
 
-def recover(archive: bytes, model: ModelSpec = None) -> tuple[bytes, list[Damage]]:
+def recover(
+    archive: bytes, model: ModelSpec = None, *, dictionary: DictionarySpec = None
+) -> tuple[bytes, list[Damage]]:
     """Every intact segment's bytes of a damaged archive, concatenated, and what was lost (see ``salvage``)."""
     pieces, damage = [], []
-    for piece in salvage(archive, model):
+    for piece in salvage(archive, model, dictionary=dictionary):
         (damage if isinstance(piece, Damage) else pieces).append(piece)
     return b"".join(pieces), damage
 
 
-def compress(data: bytes, model: ModelSpec = None, **settings: Any) -> bytes:
+def compress(data: bytes, model: ModelSpec = None, *, dictionary: DictionarySpec = None, **settings: Any) -> bytes:
     """Compress ``data`` into a complete .lmp archive."""
-    c = Compressor(model, **settings)
+    c = Compressor(model, dictionary=dictionary, **settings)
     return c.compress(data) + c.flush()
 
 
-def decompress(data: bytes, model: ModelSpec = None) -> bytes:
+def decompress(data: bytes, model: ModelSpec = None, *, dictionary: DictionarySpec = None) -> bytes:
     """Decompress a complete .lmp archive; errors unless it is whole and nothing follows it."""
-    d = Decompressor(model)
+    d = Decompressor(model, dictionary=dictionary)
     out = d.decompress(data)
     if not d.eof:
         raise d.truncated()
@@ -300,7 +380,13 @@ class LmpFile(io.BufferedIOBase):
     """A file object over an .lmp archive: read plain bytes from it, or write plain bytes into it."""
 
     def __init__(
-        self, filename: str | os.PathLike | IO[bytes], mode: str = "rb", *, model: ModelSpec = None, **settings: Any
+        self,
+        filename: str | os.PathLike | IO[bytes],
+        mode: str = "rb",
+        *,
+        model: ModelSpec = None,
+        dictionary: DictionarySpec = None,
+        **settings: Any,
     ):
         if mode in ("r", "rb"):
             self._mode = "r"
@@ -316,10 +402,10 @@ class LmpFile(io.BufferedIOBase):
         else:
             raise TypeError("filename must be a path or a file object")
         if self._mode == "r":
-            self._decoder = Decompressor(model)
+            self._decoder = Decompressor(model, dictionary=dictionary)
             self._out = bytearray()
         else:
-            self._encoder = Compressor(model, **settings)
+            self._encoder = Compressor(model, dictionary=dictionary, **settings)
 
     def readable(self) -> bool:
         return self._mode == "r" and not self.closed
@@ -384,6 +470,7 @@ def open(
     mode: str = "rb",
     *,
     model: ModelSpec = None,
+    dictionary: DictionarySpec = None,
     encoding: str | None = None,
     errors: str | None = None,
     newline: str | None = None,
@@ -391,8 +478,8 @@ def open(
 ):
     """Open an .lmp archive in binary ('rb', 'wb', 'xb') or text ('rt', 'wt', 'xt') mode, like ``lzma.open``."""
     if "t" in mode:
-        binary = LmpFile(filename, mode.replace("t", ""), model=model, **settings)
+        binary = LmpFile(filename, mode.replace("t", ""), model=model, dictionary=dictionary, **settings)
         return io.TextIOWrapper(binary, encoding, errors, newline)
     if encoding is not None or errors is not None or newline is not None:
         raise ValueError("encoding, errors and newline apply to text mode only")
-    return LmpFile(filename, mode, model=model, **settings)
+    return LmpFile(filename, mode, model=model, dictionary=dictionary, **settings)

@@ -25,8 +25,9 @@ from tqdm import tqdm
 from . import __version__, api
 from . import format as fmt
 from .analysis import LOCAL_WINDOW, audit_document, local_settings, score_document
+from .dictionary import ADAPTER_RANK, ADAPTER_STEPS, DEFAULT_TOKENS, Dictionary, train, train_adapter
 from .engine import Settings, torch_threads
-from .errors import LmpressError
+from .errors import DictionaryMismatchError, LmpressError, ModelMismatchError, ModelUnavailableError
 from .llama import ENGINE
 from .models import DEFAULT_MODEL, cache_dir, fetch_default, load_model
 from .report import render
@@ -139,9 +140,14 @@ def _show_progress(args: argparse.Namespace) -> bool:
 
 
 def _decode_stream(
-    src: IO[bytes], sink: Callable[[bytes], None], model: str | None, progress, threads: int = 0
+    src: IO[bytes],
+    sink: Callable[[bytes], None],
+    model: str | None,
+    progress,
+    threads: int = 0,
+    dictionary: str | None = None,
 ) -> None:
-    dec = api.Decompressor(model, progress=progress, threads=threads)
+    dec = api.Decompressor(model, dictionary=dictionary, progress=progress, threads=threads)
     for block in _blocks(src):
         if dec.eof:
             raise LmpressError("trailing data after the archive")
@@ -168,14 +174,14 @@ def _compress_one(args: argparse.Namespace, name: str) -> None:
     if args.verify and target is None:
         raise UserError("--verify needs an output file (not standard output)")
     with _open_input(src_path) as src, atomic_output(target, args.force) as (out, tmp), bar:
-        comp = api.Compressor(args.model, progress=progress, **_settings(args))
+        comp = api.Compressor(args.model, dictionary=args.dictionary, progress=progress, **_settings(args))
         for block in _blocks(src):
             digest.update(block)
             out.write(comp.compress(block))
         out.write(comp.flush())
         out.flush()
         if args.verify:
-            _verify(target, tmp, args.model, digest.hexdigest())
+            _verify(target, tmp, args.model, digest.hexdigest(), args.dictionary)
         if src_path is not None:
             with contextlib.suppress(OSError):
                 os.chmod(out.fileno(), src_path.stat().st_mode & 0o777)
@@ -201,10 +207,10 @@ def _compress_one(args: argparse.Namespace, name: str) -> None:
         src_path.unlink()
 
 
-def _verify(target: Path, written: str, model: str | None, expected: str) -> None:
+def _verify(target: Path, written: str, model: str | None, expected: str, dictionary: str | None) -> None:
     digest = hashlib.sha256()
     with open(written, "rb") as f:
-        _decode_stream(f, digest.update, model, None)
+        _decode_stream(f, digest.update, model, None, dictionary=dictionary)
     if digest.hexdigest() != expected:
         raise LmpressError(f"{target}: verification failed: decompressing does not give back the input")
 
@@ -226,7 +232,7 @@ def _decompress_one(args: argparse.Namespace, name: str, test: bool = False) -> 
         return
     with _open_input(src_path) as src, bar:
         if test:
-            _decode_stream(src, lambda b: None, args.model, progress, args.threads)
+            _decode_stream(src, lambda b: None, args.model, progress, args.threads, args.dictionary)
         else:
             with atomic_output(target, args.force) as (out, _):
 
@@ -235,7 +241,7 @@ def _decompress_one(args: argparse.Namespace, name: str, test: bool = False) -> 
                     size += len(b)
                     out.write(b)
 
-                _decode_stream(src, sink, args.model, progress, args.threads)
+                _decode_stream(src, sink, args.model, progress, args.threads, args.dictionary)
                 if src_path is not None and target is not None:
                     with contextlib.suppress(OSError):
                         os.chmod(out.fileno(), src_path.stat().st_mode & 0o777)
@@ -254,7 +260,9 @@ def _recover_one(args: argparse.Namespace, src_path: Path | None, target: Path |
         _archive_bytes(src_path) as archive,
         atomic_output(target, args.force) as (out, _),
         bar,
-        contextlib.closing(api.salvage(archive, args.model, progress=progress, threads=args.threads)) as pieces,
+        contextlib.closing(
+            api.salvage(archive, args.model, dictionary=args.dictionary, progress=progress, threads=args.threads)
+        ) as pieces,
     ):
         for piece in pieces:
             if isinstance(piece, api.Damage):
@@ -318,11 +326,14 @@ def _list_one(name: str, data: memoryview) -> None:
     if parsed is None:
         raise LmpressError(f"{name}: truncated archive header")
     h, offset = parsed
-    print(f"{name}: model {h.model_name} (id {h.model_id})")
+    model = f"id {h.model_id}" if h.model_id else f"the one dictionary {h.dictionary} was built for"
+    print(f"{name}: model {h.model_name} ({model})")
     print(
         f"  engine {h.engine}, window {h.window}, keep {h.keep}, {h.group} chunks decoded side by side, "
-        f"start token {h.start_token}, format version {fmt.VERSION}"
+        f"start token {h.start_token}, format version {h.version}"
     )
+    if h.dictionary:
+        print(f"  dictionary {h.dictionary} (decoding needs it: -D FILE)")
     segment = 0
     while True:
         try:
@@ -391,8 +402,44 @@ def _record(path: Path, n: int, line: bytes, field: str) -> bytes:
     return str(value).encode("utf-8")
 
 
-def _analysis_settings(args: argparse.Namespace) -> Settings:
-    return Settings(window=args.window, keep=args.keep_tokens, chunk_size=args.chunk_size)
+def _analysis_settings(args: argparse.Namespace, lm=None) -> Settings:
+    primer = ()
+    if getattr(args, "dictionary", None):
+        primer = Dictionary.read(args.dictionary).for_model(lm).tokens
+    return Settings(window=args.window, keep=args.keep_tokens, chunk_size=args.chunk_size, primer=primer)
+
+
+def _train(args: argparse.Namespace) -> None:
+    """Build a dictionary from samples and write it, atomically, to the output file."""
+    target = Path(args.output)
+    if target.suffix != ".lmpd":
+        raise UserError(f"{target}: a dictionary file is named NAME.lmpd")
+    if target.exists() and not args.force:  # before minutes of training, not after
+        raise UserError(f"output {target} already exists; use -f to overwrite")
+    lm = load_model(args.model)
+    docs = list(_documents(args.paths, args.field, args.max_bytes))
+    total = sum(len(d) for _, d in docs)
+    adapter = args.kind in ("adapter", "both")
+    unit = {"total": args.steps, "unit": "step"} if adapter else {"total": total, "unit": "B", "unit_scale": True}
+    with tqdm(**unit, desc="training", disable=not _show_progress(args), leave=False, file=sys.stderr) as bar:
+        try:
+            if adapter:
+                primer = args.size if args.kind == "both" else 0
+                dictionary = train_adapter(lm, (d for _, d in docs), args.steps, args.rank, primer, bar.update)
+            else:
+                dictionary = train(lm, (d for _, d in docs), args.size, bar.update)
+        except (ValueError, ImportError) as e:
+            raise UserError(str(e)) from None
+    with atomic_output(target, args.force) as (out, _):
+        out.write(dictionary.to_bytes())
+    if not args.quiet:
+        parts = [f"{len(dictionary.tokens):,} tokens of primed context"] if dictionary.tokens else []
+        parts += [f"an adapter of rank {args.rank} ({len(dictionary.adapter):,} bytes)"] if dictionary.adapter else []
+        print(
+            f"wrote {target}: dictionary {dictionary.id}, {' and '.join(parts)}, from {len(docs):,} samples "
+            f"({total:,} bytes), for model {lm.name} (id {lm.model_id})",
+            file=sys.stderr,
+        )
 
 
 def _scored(args: argparse.Namespace, model_specs: list[str | None], detail: int = 0, local: int = 0):
@@ -400,7 +447,6 @@ def _scored(args: argparse.Namespace, model_specs: list[str | None], detail: int
     with a progress bar; ``local``: also score with that short context window (for the audit)."""
     models = [load_model(spec) for spec in model_specs]
     docs = list(_documents(args.paths, args.field, args.max_bytes))
-    settings = _analysis_settings(args)
     passes = 2 if local else 1
     with tqdm(
         total=sum(len(d) for _, d in docs) * len(models) * passes,
@@ -411,13 +457,14 @@ def _scored(args: argparse.Namespace, model_specs: list[str | None], detail: int
         file=sys.stderr,
         desc="scoring",
     ) as bar:
+        settings = {lm.name: _analysis_settings(args, lm) for lm in models}
         for name, data in docs:
             for lm in models:
-                scores = score_document(lm, data, settings, detail)
+                scores = score_document(lm, data, settings[lm.name], detail)
                 bar.update(len(data))
                 short = None
                 if local:
-                    short = score_document(lm, data, local_settings(settings, local))
+                    short = score_document(lm, data, local_settings(settings[lm.name], local))
                     bar.update(len(data))
                 yield name, data, lm, scores, short
 
@@ -572,6 +619,12 @@ def build_parser() -> argparse.ArgumentParser:
     io_opts.add_argument("-f", "--force", action="store_true", help="overwrite existing output files")
     io_opts.add_argument("-k", "--keep", dest="keep_input", action="store_true", help="keep inputs (the default)")
     io_opts.add_argument("--rm", action="store_true", help="remove each input after success")
+    io_opts.add_argument(
+        "-D",
+        "--dictionary",
+        metavar="FILE",
+        help="dictionary (.lmpd, from `lmpress train`); decompressing needs it too",
+    )
 
     defaults = Settings()
     c = sub.add_parser("compress", parents=[common, compute, io_opts], help="compress files to FILE.lmp", epilog=EPILOG)
@@ -588,7 +641,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="from a damaged archive, write every intact segment, skip the rest and name the lost byte ranges",
     )
-    sub.add_parser("test", parents=[common, compute], help="check that archives decompress", epilog=EPILOG)
+    t = sub.add_parser("test", parents=[common, compute], help="check that archives decompress", epilog=EPILOG)
+    t.add_argument("-D", "--dictionary", metavar="FILE", help="the dictionary the archives were made with")
     ls = sub.add_parser("list", help="show an archive's header and chunks (no model needed)")
     ls.add_argument("files", nargs="+", metavar="FILE")
     lens = argparse.ArgumentParser(add_help=False)
@@ -605,6 +659,9 @@ def build_parser() -> argparse.ArgumentParser:
     out_fmt.add_argument("--csv", action="store_true", help="CSV output")
     ms = sub.add_parser("measure", parents=[lens, compute, out_fmt], help="bits per byte of documents under models")
     ms.add_argument("--model", action="append", help="a model to measure (repeat to compare; default: the default)")
+    ms.add_argument(
+        "-D", "--dictionary", metavar="FILE", help="measure with this dictionary (as compress -D would code)"
+    )
     au = sub.add_parser("audit", parents=[lens, compute, out_fmt], help="rank documents from known to new to the model")
     au.add_argument("--model", help="model (default: the default model)")
     au.add_argument(
@@ -617,6 +674,30 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--model", help="model (default: the default model)")
     sh.add_argument("--vs", metavar="MODEL_B", help="a second model to compare token by token")
     sh.add_argument("-o", "--output", help="HTML file to write (default: DOCUMENT.html here)")
+    tr = sub.add_parser(
+        "train",
+        parents=[compute],
+        help="build a dictionary from samples of your data (as zstd --train)",
+        description="Choose the text that every context starts from when compressing files like the samples.",
+    )
+    tr.add_argument("paths", nargs="+", metavar="SAMPLE", help="files, folders, glob patterns, or .jsonl files")
+    tr.add_argument("-o", "--output", required=True, help="the dictionary file to write, NAME.lmpd")
+    tr.add_argument(
+        "--kind",
+        choices=["primed", "adapter", "both"],
+        default="primed",
+        help="primed: text every context starts from (default; seconds to build); adapter: a LoRA fine-tune of the "
+        "model (minutes; needs lmpress[adapter]); both",
+    )
+    tr.add_argument("--size", type=int, default=DEFAULT_TOKENS, help=f"primed tokens (default {DEFAULT_TOKENS})")
+    tr.add_argument("--steps", type=int, default=ADAPTER_STEPS, help=f"adapter steps (default {ADAPTER_STEPS})")
+    tr.add_argument("--rank", type=int, default=ADAPTER_RANK, help=f"adapter rank (default {ADAPTER_RANK})")
+    tr.add_argument("--model", help="model (default: the default model); the dictionary works with this model only")
+    tr.add_argument("--field", default="text", help="JSONL field holding each sample (default: text)")
+    tr.add_argument("--max-bytes", type=int, default=0, help="read only the first N bytes of each sample")
+    tr.add_argument("-f", "--force", action="store_true", help="overwrite an existing dictionary file")
+    tr.add_argument("-v", "--verbose", action="store_true", help="progress bar even when not on a terminal")
+    tr.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     m = sub.add_parser("models", parents=[compute], help="fetch the default model, or describe a model")
     m.add_argument("action", choices=["fetch", "info"])
     m.add_argument("--model", help="model to describe (info)")
@@ -661,8 +742,8 @@ def main(argv: list[str] | None = None) -> int:
             except (UserError, LmpressError, OSError) as e:
                 status = EXIT_ERROR
                 print(f"lmpress: {_message(name, e)}", file=sys.stderr)
-                if isinstance(e, LmpressError) and "model" in type(e).__name__.lower():
-                    break  # the same model problem would repeat for every file
+                if isinstance(e, (ModelMismatchError, ModelUnavailableError, DictionaryMismatchError)):
+                    break  # the same model or dictionary problem would repeat for every file
         _Interrupt.check()
         return status
     except (UserError, LmpressError, OSError, ValueError) as e:
@@ -678,4 +759,4 @@ def _message(name: str | None, e: BaseException) -> str:
     return text if name is None or name == "-" or text.startswith(name) else f"{name}: {text}"
 
 
-ANALYSES = {"models": _models, "measure": _measure, "audit": _audit, "show": _show}
+ANALYSES = {"models": _models, "measure": _measure, "audit": _audit, "show": _show, "train": _train}

@@ -16,8 +16,9 @@ The stream holds the LM chunks in groups of ``max_batch`` consecutive chunks, on
 group's tokens step by step: at step t, every chunk of the group with more than t tokens, in table order. The
 decoder so holds at most ``max_batch`` contexts, whatever the segment's size.
 
-Context policy: a row sees the start token plus its chunk's tokens so far; when ``window`` positions are
-full, the context restarts as the start token plus the last ``keep`` tokens.
+Context policy: a row sees its prefix (the start token, then a dictionary's tokens if there is one) and its
+chunk's tokens so far; when ``window`` positions are full, the context restarts as the prefix plus the last
+``keep`` tokens.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from .coding import (
     token_intervals,
 )
 from .errors import ChecksumError, FormatError
+from .llama import KVCache
 from .models import LanguageModel
 
 # Raw LZMA2 (no container) at xz's strongest preset; FORMAT.md names these exact filters.
@@ -53,13 +55,15 @@ _LINE_SEARCH = 512  # bytes to look ahead for a line break when cutting
 PASS_TOKENS = 4096  # positions per full-sequence pass: bounds activation memory
 SEGMENT_CHUNKS = 64  # chunks per segment (or max_batch, if more): a segment's classical chunks share LZMA2's context
 HEAD_ROWS = 64  # positions per slice of the output head: bounds the [rows, vocab] tensors
+PREFIXES = 4  # computed context prefixes remembered per loaded model
 
 Progress = Callable[[float, float], None]  # (bytes done, bits spent) since the last call
 
 
 @dataclass(frozen=True)
 class Settings:
-    """How to cut and code. ``window``, ``keep`` and ``start_token`` are recorded in the archive."""
+    """How to cut and code. ``window``, ``keep`` and ``start_token`` are recorded in the archive, and so is the
+    dictionary whose tokens ``primer`` holds."""
 
     window: int = 2048
     keep: int = 512
@@ -67,10 +71,15 @@ class Settings:
     max_batch: int = 24  # chunks decoded side by side (recorded): the decoder's contexts; 24 keep it within 1.5 GB
     threads: int = 0  # compute threads, for speed only (0: torch's default for this machine)
     start_token: int | None = None  # None: the model's own choice
+    primer: tuple[int, ...] = ()  # a dictionary's tokens: every context starts with them, after the start token
 
     def __post_init__(self) -> None:
-        if self.window < 2 or not 0 <= self.keep <= self.window - 2:
-            raise ValueError(f"need window >= 2 and 0 <= keep <= window - 2 (window={self.window}, keep={self.keep})")
+        room = self.window - len(self.primer)
+        if self.window < 2 or not 0 <= self.keep <= room - 2:
+            dictionary = f" - {len(self.primer)} dictionary tokens" if self.primer else ""
+            raise ValueError(
+                f"need window >= 2 and 0 <= keep <= window{dictionary} - 2 (window={self.window}, keep={self.keep})"
+            )
         if self.window > fmt.MAX_WINDOW:
             raise ValueError(f"window must be at most {fmt.MAX_WINDOW}")
         if self.chunk_size < 1 or not 1 <= self.max_batch <= fmt.MAX_CHUNKS or self.threads < 0:
@@ -86,6 +95,10 @@ class Settings:
 
     def start(self, lm: LanguageModel) -> int:
         return lm.start_token if self.start_token is None else self.start_token
+
+    def prefix(self, lm: LanguageModel) -> list[int]:
+        """What every context starts with: the start token and the dictionary's tokens."""
+        return [self.start(lm), *self.primer]
 
 
 @dataclass
@@ -193,6 +206,48 @@ def windows(n: int, window: int, keep: int) -> Iterator[tuple[int, int, int]]:
 Visit = Callable[[int, int, Tensor, Tensor], None]  # (row, first position, logits [n, V], tokens [n])
 
 
+@dataclass
+class Prefix:
+    """The start every context shares (start token, dictionary), computed once: its keys and values for one row,
+    the last hidden state and the frequencies it predicts."""
+
+    tokens: tuple[int, ...]
+    cache: KVCache
+    hidden: Tensor  # [1, 1, hidden]
+    freqs: Tensor  # [1, V]
+
+    def copy_into(self, cache: KVCache) -> None:
+        """Make positions 0 .. len(tokens) − 1 of every row of ``cache`` this prefix."""
+        n = len(self.tokens)
+        cache.k[..., :n], cache.v[..., :n, :] = self.cache.k[..., :n], self.cache.v[..., :n, :]
+        cache.k_scale[..., :n], cache.v_scale[..., :n] = self.cache.k_scale[..., :n], self.cache.v_scale[..., :n]
+
+    def extend(self, lm: LanguageModel, tails: Tensor) -> Tensor:
+        """Hidden states [B, T + 1, hidden] of rows that continue the prefix with ``tails`` [B, T]: the prefix's
+        last one, then those of the tails, computed over the prefix's keys and values."""
+        last = self.hidden.expand(len(tails), 1, -1)
+        if not tails.shape[1]:
+            return last
+        cache = lm.net.new_cache(len(tails), len(self.tokens) + tails.shape[1])
+        self.copy_into(cache)
+        return torch.cat([last, lm.net.forward(tails.to(lm.net.device), cache, len(self.tokens))], dim=1)
+
+
+def prefix_state(lm: LanguageModel, prefix: list[int]) -> Prefix:
+    """``prefix`` computed by ``lm``, remembered while the model is loaded (the last ``PREFIXES``; ~12 KB a
+    position with the default model)."""
+    key = tuple(prefix)
+    if key not in lm.prefixes:
+        one = lm.net.new_cache(1, len(key))
+        with torch.inference_mode():
+            hidden = lm.net.forward(torch.tensor([key], device=lm.net.device), one, 0)[:, -1:]
+            freqs = frequencies(lm.net.logits(hidden[:, 0]))
+        while len(lm.prefixes) >= PREFIXES:
+            del lm.prefixes[next(iter(lm.prefixes))]
+        lm.prefixes[key] = Prefix(key, one, hidden, freqs)
+    return lm.prefixes[key]
+
+
 def score_rows(
     lm: LanguageModel,
     rows: list[list[int]],
@@ -205,22 +260,28 @@ def score_rows(
     Windows of equal length are batched (up to ``PASS_TOKENS`` positions a pass); ``visit`` receives slices
     of at most ``HEAD_ROWS`` consecutive positions of a row; ``progress`` the number of tokens scored.
     """
-    net, start = lm.net, settings.start(lm)
+    net, prefix = lm.net, settings.prefix(lm)
+    primed = len(prefix) - 1  # a dictionary's tokens: computed once, then each window's own on top of them
+    state = prefix_state(lm, prefix) if primed else None
     by_length: dict[int, list[tuple[int, int, int, int]]] = defaultdict(list)
     for row, ids in enumerate(rows):
-        for ctx, first, end in windows(len(ids), settings.window, settings.keep):
+        for ctx, first, end in windows(len(ids), settings.window - primed, settings.keep):
             by_length[end - ctx].append((row, ctx, first, end))
     for length, spans in sorted(by_length.items()):
-        per_pass = max(1, PASS_TOKENS // length)
+        per_pass = max(1, PASS_TOKENS // (length + primed))  # a dictionary's positions are in each row's cache
         for group in (spans[i : i + per_pass] for i in range(0, len(spans), per_pass)):
-            inputs = torch.tensor([[start, *rows[row][ctx : end - 1]] for row, ctx, _, end in group], device=net.device)
+            tails = torch.tensor([rows[row][ctx : end - 1] for row, ctx, _, end in group], dtype=torch.long)
             with torch.inference_mode():
-                hidden = net.forward(inputs)
+                if state is None:
+                    hidden = net.forward(torch.cat([torch.full((len(tails), 1), prefix[0]), tails], 1).to(net.device))
+                else:
+                    hidden = state.extend(lm, tails)
                 for b, (row, ctx, first, end) in enumerate(group):
                     targets = torch.tensor(rows[row][first:end])
+                    at = first - ctx  # hidden[at] predicts token `first`
                     for a in range(0, end - first, HEAD_ROWS):
                         z = min(end - first, a + HEAD_ROWS)
-                        visit(row, first + a, net.logits(hidden[b, first - ctx + a : first - ctx + z]), targets[a:z])
+                        visit(row, first + a, net.logits(hidden[b, at + a : at + z]), targets[a:z])
                     if progress is not None:
                         progress(end - first)
 
@@ -233,14 +294,21 @@ class Lockstep:
     batch when its last token has been read (rows do not affect each other's numbers)."""
 
     def __init__(self, lm: LanguageModel, lengths: list[int], settings: Settings):
-        self.net, self.start = lm.net, settings.start(lm)
+        self.lm, self.net, self.prefix = lm, lm.net, settings.prefix(lm)
         self.window, self.keep = settings.window, settings.keep
         self.lengths = np.asarray(lengths)
         self.rows = np.arange(len(lengths))  # still active, in table order
-        self.history = torch.full((len(lengths), int(self.lengths.max())), self.start, dtype=torch.long)
+        self.history = torch.zeros((len(lengths), int(self.lengths.max())), dtype=torch.long)
         self.cache = self.net.new_cache(len(lengths), self.window)
         self.step = 0
-        self._forward(torch.full((len(lengths), 1), self.start, dtype=torch.long), 0)
+        self._start()
+
+    def _start(self) -> None:
+        """The prefix is the same in every row: computed once (``prefix_state``), copied into each row."""
+        state = prefix_state(self.lm, self.prefix)
+        state.copy_into(self.cache)
+        self.prefix_freqs = state.freqs
+        self.freqs, self.pos = self.prefix_freqs.expand(len(self.rows), -1), len(self.prefix)
 
     def _forward(self, tokens: Tensor, pos: int) -> None:
         with torch.inference_mode():
@@ -262,9 +330,10 @@ class Lockstep:
                 setattr(self.cache, name, getattr(self.cache, name).index_select(1, keep))
         if self.pos < self.window:
             self._forward(self.history[self.rows, self.step - 1 : self.step], self.pos)
-        else:  # context full: restart from the start token and the last `keep` tokens
-            kept = self.history[self.rows, self.step - self.keep : self.step]
-            self._forward(torch.cat([torch.full((len(kept), 1), self.start), kept], dim=1), 0)
+        elif self.keep:  # context full: restart from the prefix (still in the cache) and the last `keep` tokens
+            self._forward(self.history[self.rows, self.step - self.keep : self.step], len(self.prefix))
+        else:
+            self.freqs, self.pos = self.prefix_freqs.expand(len(self.rows), -1), len(self.prefix)
 
 
 # --- Segments -----------------------------------------------------------------------------------------

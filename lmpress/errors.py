@@ -23,3 +23,7 @@ class ModelMismatchError(LmpressError):
 
 class ModelUnavailableError(LmpressError):
     """A model could not be found, fetched or loaded."""
+
+
+class DictionaryMismatchError(LmpressError):
+    """The archive needs a dictionary that was not given, or another one; or a dictionary is for another model."""

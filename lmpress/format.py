@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from .errors import FormatError, UnsupportedVersionError
 
 MAGIC = b"LMPZ"
-VERSION = 3
+VERSION = 4  # the newest this lmpress reads and writes; an archive without a dictionary is written as version 3
+VERSIONS = (3, 4)  # 4: made with a dictionary, which the header names instead of the model
 DEFAULT_MODEL = "smollm2-135m"  # what an empty model name in a header means
 ENGINES = {1: "int8-v1"}  # the arithmetic of docs/FORMAT.md, by the number a header stores
 
@@ -31,6 +32,7 @@ MAX_PARAMS_BYTES = 1024
 MAX_CHUNKS = 0xFFFF
 MAX_WINDOW = 8192  # context positions: bounds the decoder's cache whatever a header says
 MODEL_ID_BYTES = 8
+DICTIONARY_ID_BYTES = 4
 
 _PREFIX = struct.Struct("<4sB")  # magic, version
 _CRC = struct.Struct("<I")
@@ -80,7 +82,9 @@ class Header:
     """Everything the decoder must reproduce: which model, which arithmetic, which context policy.
 
     ``model_id`` (hex) names the quantised model and tokenizer together; ``model_name`` is informative, and
-    is stored empty for the default model.
+    is stored empty for the default model. An archive made with a dictionary (version 4) names the dictionary
+    instead (``dictionary``, hex): a dictionary holds the id of its model, so it names the model too, and the
+    parsed header's ``model_id`` is empty.
     """
 
     model_name: str
@@ -90,22 +94,30 @@ class Header:
     window: int
     keep: int
     group: int  # LM chunks decoded side by side: the decoder holds this many contexts at most
+    dictionary: str = ""  # id (hex) of the dictionary every context starts from; "" for none
+
+    @property
+    def version(self) -> int:
+        return 4 if self.dictionary else 3
 
     def to_bytes(self) -> bytes:
         name = "" if self.model_name == DEFAULT_MODEL else self.model_name
         engine = {v: k for k, v in ENGINES.items()}[self.engine]
         params = b"".join(
             [
-                bytes.fromhex(self.model_id),
+                bytes.fromhex(self.dictionary or self.model_id),
                 *(uvarint(n) for n in (engine, self.start_token, self.window, self.keep, self.group)),
                 name.encode("utf-8"),
             ]
         )
-        return _sealed(_PREFIX.pack(MAGIC, VERSION) + uvarint(len(params)) + params)
+        return _sealed(_PREFIX.pack(MAGIC, self.version) + uvarint(len(params)) + params)
 
     @classmethod
-    def from_params(cls, params: bytes) -> Header:
-        offset = MODEL_ID_BYTES
+    def from_params(cls, params: bytes, version: int = 3) -> Header:
+        offset = DICTIONARY_ID_BYTES if version == 4 else MODEL_ID_BYTES
+        if len(params) < offset:
+            raise ValueError("parameters cut short")
+        named = params[:offset].hex()
         engine, offset = read_uvarint(params, offset)
         start, offset = read_uvarint(params, offset)
         window, offset = read_uvarint(params, offset)
@@ -120,7 +132,8 @@ class Header:
         if not 1 <= group <= MAX_CHUNKS:
             raise ValueError(f"group of {group} chunks")
         name = params[offset:].decode("utf-8") or DEFAULT_MODEL
-        return cls(name, params[:MODEL_ID_BYTES].hex(), ENGINES[engine], start, window, keep, group)
+        model_id, dictionary = ("", named) if version == 4 else (named, "")
+        return cls(name, model_id, ENGINES[engine], start, window, keep, group, dictionary)
 
 
 @dataclass(frozen=True)
@@ -191,10 +204,10 @@ def parse_header(buf: bytes | bytearray) -> tuple[Header, int] | None:
         raise UnsupportedVersionError(
             f"archive format version {version} is newer than this lmpress reads ({VERSION}); upgrade lmpress"
         )
-    if version != VERSION:
+    if version not in VERSIONS:
         raise UnsupportedVersionError(
             f"archive format version {version} was written by lmpress 0.1, whose float arithmetic only the "
-            f"machine that wrote it can reproduce; this lmpress reads version {VERSION}. Decompress it with "
+            f"machine that wrote it can reproduce; this lmpress reads versions 3 and 4. Decompress it with "
             f"lmpress 0.1 on that machine"
             if version == 2
             else f"archive format version {version} was written by a pre-release lmpress and is no longer read"
@@ -214,7 +227,7 @@ def parse_header(buf: bytes | bytearray) -> tuple[Header, int] | None:
     if crc != zlib.crc32(buf[: end - 4]):
         raise FormatError("corrupted archive header (checksum mismatch)")
     try:
-        header = Header.from_params(bytes(buf[offset : end - 4]))
+        header = Header.from_params(bytes(buf[offset : end - 4]), version)
     except UnsupportedVersionError:
         raise
     except (ValueError, IndexError, _NeedMore) as e:

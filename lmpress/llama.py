@@ -201,6 +201,18 @@ def attention_weights(
     return wq.to(torch.int8), wd[..., 0], e.sum(-1)
 
 
+def merge_low_rank(w: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """w + b·a (a [r, K], b [N, r]: an adapter's factors) in binary32, the same on every machine: the rank-r
+    product summed in binary64 one term at a time (k = 0 .. r−1; each term b[:, k]·a[k, :] one rounded
+    multiplication, each sum one rounded addition), then added to w in binary64 and rounded once to binary32.
+    Never a matrix product, whose summation order would depend on the library."""
+    w64, a64, b64 = w.double(), a.double(), b.double()
+    acc = torch.zeros_like(w64)
+    for k in range(a64.shape[0]):
+        acc += b64[:, k : k + 1] * a64[k : k + 1, :]
+    return (w64 + acc).float()
+
+
 @dataclass
 class Linear:
     """int8 weights [N, K], one binary32 scale per output channel (row): W ≈ wq · scale."""

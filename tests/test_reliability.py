@@ -33,8 +33,16 @@ def tiny(tiny_model_dir):
 
 
 @pytest.fixture(scope="module")
-def archives(tiny):
-    return {name: (data, lmpress.compress(data, model=tiny, **SEGMENTED)) for name, data in ARCHIVES.items()}
+def dictionary(tiny):
+    return lmpress.train(tiny, [TEXT[i : i + 120] for i in range(0, 2400, 60)], size=32)
+
+
+@pytest.fixture(scope="module")
+def archives(tiny, dictionary):
+    out = {name: (data, lmpress.compress(data, model=tiny, **SEGMENTED)) for name, data in ARCHIVES.items()}
+    # Made with a dictionary: a version 4 header, which names the dictionary instead of the model.
+    out["dictionary"] = (TEXT[:700], lmpress.compress(TEXT[:700], model=tiny, dictionary=dictionary, **SEGMENTED))
+    return out
 
 
 def fields(blob: bytes) -> list[tuple[str, int, int]]:
@@ -65,14 +73,14 @@ def fields(blob: bytes) -> list[tuple[str, int, int]]:
         pos, index = pos + n, index + 1
 
 
-def outcome(blob: bytes, tiny) -> bytes | str:
+def outcome(blob: bytes, tiny, dictionary) -> bytes | str:
     try:
-        return lmpress.decompress(blob, model=tiny)
+        return lmpress.decompress(blob, model=tiny, dictionary=dictionary)  # archives that need none ignore it
     except lmpress.LmpressError as e:
         return str(e)
 
 
-def test_corruption_matrix(archives, tiny):
+def test_corruption_matrix(archives, tiny, dictionary):
     """Every byte of every structural field damaged three ways, and cuts at every field boundary: each case
     decodes exactly or fails with a one-line LmpressError (naming the segment, inside one); nothing else."""
     cases = detected = 0
@@ -84,7 +92,7 @@ def test_corruption_matrix(archives, tiny):
                 for mask in (0x01, 0x80, 0xFF):
                     damaged = bytearray(blob)
                     damaged[position] ^= mask
-                    result = outcome(bytes(damaged), tiny)
+                    result = outcome(bytes(damaged), tiny, dictionary)
                     cases += 1
                     if result == data:
                         continue
@@ -95,12 +103,12 @@ def test_corruption_matrix(archives, tiny):
                     detected += 1
         cuts = {p for _, start, end in structure for p in (start, start + 1, end - 1)} - {len(blob)}
         for cut in sorted(cuts):
-            result = outcome(blob[:cut], tiny)
+            result = outcome(blob[:cut], tiny, dictionary)
             assert isinstance(result, str) and "\n" not in result
             cases += 1
             detected += 1
         for extra in (b"\x00", b"LMPZ", blob):  # trailing garbage; two archives concatenated
-            assert "trailing" in outcome(blob + extra, tiny)
+            assert "trailing" in outcome(blob + extra, tiny, dictionary)
             cases += 1
             detected += 1
     print(f"corruption matrix: {cases} cases, {detected} detected, {cases - detected} harmless")

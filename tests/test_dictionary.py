@@ -1,0 +1,252 @@
+"""Dictionaries: choosing the text, the .lmpd file, the archives made with one, and the errors around them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import TRAINING_TEXT
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import lmpress
+from lmpress import format as fmt
+from lmpress.dictionary import SEGMENT, Dictionary, select, train_adapter
+from lmpress.engine import Settings, score_rows
+from lmpress.errors import DictionaryMismatchError, FormatError
+from lmpress.llama import merge_low_rank
+from lmpress.models import adapted, load_model
+
+SAMPLES = [TRAINING_TEXT.encode()[i : i + 160] for i in range(0, 3000, 80)]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return load_model(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="module")
+def dictionary(tiny):
+    return lmpress.train(tiny, SAMPLES, size=48)
+
+
+def test_select_covers_shared_text_first_and_keeps_whole_samples():
+    common = [7, 8, 9, 10, 11]
+    samples = [[1, *common, 2], [3, *common, 4], [5, 6, 7], [1, *common, 4]]
+    chosen = select(samples, size=100)
+    assert chosen[-7:] in samples  # the best segment is last, whole
+    assert sorted(chosen) == sorted(t for s in samples if s != [5, 6, 7] for t in s)  # then others that share
+    assert select(samples, size=5) == chosen[-5:]
+    assert select([[1, 2, 3], [4, 5, 6]], size=10) == []  # nothing shared: nothing to learn
+    long = list(range(3 * SEGMENT))
+    assert len(select([long, long], size=10_000)) == 2 * len(long)  # long samples are cut into segments
+
+
+def test_training_is_deterministic_and_sized(tiny, dictionary):
+    assert 0 < len(dictionary.tokens) <= 48
+    assert lmpress.train(tiny, reversed(SAMPLES[::-1]), size=48) == dictionary
+    assert dictionary.model_id == tiny.model_id
+    with pytest.raises(ValueError, match="share no text"):
+        lmpress.train(tiny, [b"abc"], size=48)
+
+
+def test_file_round_trip_and_damage(dictionary, tmp_path):
+    raw = dictionary.to_bytes()
+    assert Dictionary.from_bytes(raw) == dictionary and len(dictionary.id) == 2 * fmt.DICTIONARY_ID_BYTES
+    for position in range(len(raw)):
+        damaged = bytearray(raw)
+        damaged[position] ^= 0x41
+        with pytest.raises(FormatError):
+            Dictionary.from_bytes(bytes(damaged))
+    for cut in range(len(raw)):
+        with pytest.raises(FormatError):
+            Dictionary.from_bytes(raw[:cut])
+    (tmp_path / "long.lmpd").write_bytes(raw + bytes(2000))
+    with pytest.raises(FormatError, match="long.lmpd: corrupted dictionary"):
+        Dictionary.read(tmp_path / "long.lmpd")
+
+
+CASES = {
+    "one chunk": {},
+    "chunks and groups": {"chunk_size": 150, "max_batch": 2},
+    "restarts": {"window": 80, "keep": 8, "chunk_size": 2000},
+    "restarts, nothing kept": {"window": 60, "keep": 0},
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_round_trip_with_dictionary(tiny, dictionary, case):
+    data = TRAINING_TEXT.encode()[:1500] + bytes(range(40)) + "naïve café 東京\n".encode() * 5
+    blob = lmpress.compress(data, model=tiny, dictionary=dictionary, **CASES[case])
+    assert blob[4] == 4 and fmt.parse_header(blob)[0].dictionary == dictionary.id
+    assert lmpress.decompress(blob, model=tiny, dictionary=dictionary) == data
+    d = lmpress.Decompressor(tiny, dictionary=dictionary)  # in pieces
+    assert b"".join(d.decompress(blob[i : i + 7]) for i in range(0, len(blob), 7)) == data and d.eof
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=400) | st.text(max_size=300).map(str.encode), st.integers(0, 30))
+def test_round_trip_property(tiny, dictionary, data, keep):
+    blob = lmpress.compress(data, model=tiny, dictionary=dictionary, window=90, keep=keep, chunk_size=120)
+    assert lmpress.decompress(blob, model=tiny, dictionary=dictionary) == data
+
+
+def test_scoring_over_the_computed_prefix_equals_a_whole_pass(tiny, dictionary):
+    """The encoder computes the dictionary once and each window on top of it: the same logits, bit for bit, as
+    one pass over the prefix and the window together (and the decoder's steps, by the round trips)."""
+    rows = [tiny.tokenize(TRAINING_TEXT.encode()[:400]), tiny.tokenize(TRAINING_TEXT.encode()[500:650])]
+    s = Settings(window=100, keep=10, primer=dictionary.tokens)
+    prefix = s.prefix(tiny)
+    got = {}
+    score_rows(tiny, rows, s, lambda row, first, logits, _: got.__setitem__((row, first), logits))
+    checked = 0
+    with torch.inference_mode():
+        for (row, first), logits in got.items():
+            ctx = 0 if first < s.window - len(dictionary.tokens) else first - s.keep
+            hidden = tiny.net.forward(torch.tensor([[*prefix, *rows[row][ctx:first]]]))[0, -1:]
+            assert torch.equal(tiny.net.logits(hidden), logits[:1])
+            checked += 1
+    assert checked >= 4
+
+
+def test_archive_needs_its_dictionary(tiny, dictionary, other_model_dir):
+    data = TRAINING_TEXT.encode()[:600]
+    blob = lmpress.compress(data, model=tiny, dictionary=dictionary)
+    with pytest.raises(DictionaryMismatchError, match=f"dictionary {dictionary.id}; pass"):
+        lmpress.decompress(blob, model=tiny)
+    other = lmpress.train(tiny, SAMPLES[::2], size=20)
+    with pytest.raises(DictionaryMismatchError, match=f"{dictionary.id}, but the one given is {other.id}"):
+        lmpress.decompress(blob, model=tiny, dictionary=other)
+    with pytest.raises(DictionaryMismatchError, match="was built for the model"):
+        lmpress.decompress(blob, model=load_model(str(other_model_dir)), dictionary=dictionary)
+    with pytest.raises(ValueError, match="dictionary tokens"):
+        lmpress.compress(data, model=tiny, dictionary=dictionary, window=50)
+    plain = lmpress.compress(data, model=tiny)
+    assert plain[4] == 3 and lmpress.decompress(plain, model=tiny, dictionary=dictionary) == data  # not needed
+
+
+def test_file_objects_and_recover_take_a_dictionary(tiny, dictionary, tmp_path):
+    path = tmp_path / "notes.lmp"
+    with lmpress.open(path, "wt", model=tiny, dictionary=dictionary, encoding="utf-8", newline="") as f:
+        f.write(TRAINING_TEXT[:500])
+    with lmpress.open(path, "rt", model=tiny, dictionary=dictionary, encoding="utf-8", newline="") as f:
+        assert f.read() == TRAINING_TEXT[:500]
+    data, damage = lmpress.recover(path.read_bytes(), tiny, dictionary=dictionary)
+    assert data == TRAINING_TEXT[:500].encode() and damage == []
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "lmpress", *map(str, args)], capture_output=True, timeout=300)
+
+
+def test_command_line(tiny_model_dir, tmp_path):
+    model = ["--model", tiny_model_dir]
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    for i, s in enumerate(SAMPLES):
+        (samples / f"{i}.txt").write_bytes(s)
+    r = run("train", samples, "-o", tmp_path / "notes.lmpd", "--size", 48, *model)
+    assert r.returncode == 0, r.stderr
+    assert b"wrote" in r.stderr and b"tokens" in r.stderr
+    assert Dictionary.read(tmp_path / "notes.lmpd").id.encode() in r.stderr
+    assert run("train", samples, "-o", tmp_path / "notes.lmpd", *model).returncode == 1  # exists: needs -f
+    r = run("train", samples, "-o", tmp_path / "notes.dict", *model)
+    assert r.returncode == 1 and b"NAME.lmpd" in r.stderr
+
+    (tmp_path / "a.txt").write_bytes(TRAINING_TEXT.encode()[:900])
+    r = run("compress", "--verify", "-D", tmp_path / "notes.lmpd", *model, tmp_path / "a.txt")
+    assert r.returncode == 0, r.stderr
+    listing = run("list", tmp_path / "a.txt.lmp")
+    assert b"dictionary " + Dictionary.read(tmp_path / "notes.lmpd").id.encode() in listing.stdout
+    r = run("decompress", *model, "-c", tmp_path / "a.txt.lmp")
+    assert r.returncode == 1 and r.stderr.count(b"\n") == 1 and b"pass its .lmpd file with -D" in r.stderr
+    r = run("decompress", "-D", tmp_path / "notes.lmpd", *model, "-c", tmp_path / "a.txt.lmp")
+    assert r.returncode == 0 and r.stdout == TRAINING_TEXT.encode()[:900]
+    assert run("test", "-D", tmp_path / "notes.lmpd", *model, tmp_path / "a.txt.lmp").returncode == 0
+
+    bits = {}
+    for extra in ([], ["-D", tmp_path / "notes.lmpd"]):
+        r = run("measure", "--json", *model, *extra, tmp_path / "a.txt")
+        assert r.returncode == 0, r.stderr
+        bits[bool(extra)] = json.loads(r.stdout)[-1]["bits"]
+    assert bits[True] != bits[False]
+
+
+@pytest.mark.slow
+def test_a_dictionary_makes_small_similar_files_smaller():
+    """With the default model, on records of one kind: the archives of held-out records are much smaller."""
+    records = [
+        json.dumps({"id": 1000 + i, "level": ["info", "warn", "error"][i % 3], "service": f"api-{i % 4}",
+                    "message": f"request {i} handled in {17 * i % 250} ms", "user": f"u{(i * 37) % 91:03}"}).encode()
+        for i in range(60)
+    ]  # fmt: skip
+    lm = load_model()
+    d = lmpress.train(lm, records[:50], size=256)
+    plain = with_dictionary = 0
+    for r in records[50:]:
+        blob = lmpress.compress(r, model=lm, dictionary=d)
+        assert lmpress.decompress(blob, model=lm, dictionary=d) == r
+        with_dictionary += len(blob)
+        plain += len(lmpress.compress(r, model=lm))
+    assert with_dictionary < 0.85 * plain, (with_dictionary, plain)
+
+
+def test_low_rank_merge_is_exact_arithmetic():
+    """The merge is defined operation by operation (binary64, a term of the rank at a time): any thread count
+    gives the same bits, and so does the same sequence of operations in numpy."""
+    g = torch.Generator().manual_seed(5)
+    w, a, b = torch.randn(70, 90, generator=g), torch.randn(4, 90, generator=g) * 1e-2, torch.randn(70, 4, generator=g)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = merge_low_rank(w, a, b)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, merge_low_rank(w, a, b))
+    acc = np.zeros((70, 90))
+    for k in range(4):
+        acc += b.double().numpy()[:, k : k + 1] * a.double().numpy()[k : k + 1, :]
+    assert np.array_equal(one.numpy(), (w.double().numpy() + acc).astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny):
+    pytest.importorskip("peft")
+    return train_adapter(tiny, SAMPLES, steps=12, primer=24)
+
+
+def test_adapter_round_trip_and_file(tiny, adapter, tmp_path):
+    assert adapter.kind == 3 and len(adapter.tokens) == 24 and adapter.factors()
+    path = tmp_path / "a.lmpd"
+    path.write_bytes(adapter.to_bytes())
+    assert Dictionary.read(path) == adapter
+    data = TRAINING_TEXT.encode()[:900] + bytes(range(30))
+    blob = lmpress.compress(data, model=tiny, dictionary=path, chunk_size=300, max_batch=2)
+    assert lmpress.decompress(blob, model=tiny, dictionary=adapter) == data
+    c = lmpress.Compressor(tiny, dictionary=adapter)
+    assert c.model.model_id != tiny.model_id  # the coding model is the adapted one ...
+    assert fmt.parse_header(c.compress(b""))[0].model_name == tiny.name  # ... the archive names the base
+    rebuilt = adapted(tiny, adapter.factors(), "again")  # the merge and quantisation are deterministic
+    assert rebuilt.model_id == c.model.model_id
+    damaged = Dictionary(adapter.model_id, adapter.tokens, adapter.adapter[:-9])  # cut short, past its own crc
+    with pytest.raises(FormatError, match="corrupted dictionary"):
+        lmpress.compress(data, model=tiny, dictionary=damaged)
+
+
+def test_adapter_from_the_command_line(tiny_model_dir, tmp_path):
+    pytest.importorskip("peft")
+    model = ["--model", tiny_model_dir]
+    (tmp_path / "samples.jsonl").write_text(
+        "".join(json.dumps({"text": s.decode(errors="ignore")}) + "\n" for s in SAMPLES)
+    )
+    r = run("train", "--kind", "adapter", "--steps", 3, tmp_path / "samples.jsonl", "-o", tmp_path / "a.lmpd", *model)
+    assert r.returncode == 0, r.stderr
+    assert b"an adapter of rank 8" in r.stderr
+    (tmp_path / "a.txt").write_bytes(TRAINING_TEXT.encode()[:400])
+    assert run("compress", "-D", tmp_path / "a.lmpd", *model, tmp_path / "a.txt").returncode == 0
+    r = run("decompress", "-c", "-D", tmp_path / "a.lmpd", *model, tmp_path / "a.txt.lmp")
+    assert r.returncode == 0 and r.stdout == TRAINING_TEXT.encode()[:400]
