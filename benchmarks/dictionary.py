@@ -8,15 +8,17 @@ rest are the training samples):
   object per file, as ``json.dumps({name: value}, indent=2)``.
 
 Each held-out file is compressed on its own (one archive per file) by every compressor and decompressed again by
-the same compressor to check it. lmpress trains its dictionary with ``lmpress.train`` on the training samples,
-zstd with ``zstd --train`` on the same samples (written as files).
+the same compressor to check it. lmpress builds its dictionaries on the training samples, each kind in turn: a
+primed context (``lmpress.train``), an adapter (``train_adapter``, ``--adapter-steps``), and both together (the
+same adapter and primed context); zstd trains with ``zstd --train`` on the same samples (written as files).
 
-    python benchmarks/dictionary.py --out benchmarks/dictionary            # a few minutes a corpus on 2 cores
+    python benchmarks/dictionary.py --out benchmarks/dictionary    # ~15 minutes a corpus on 2 cores (adapters)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import lzma
 import platform
@@ -31,7 +33,7 @@ from pathlib import Path
 import torch
 
 import lmpress
-from lmpress.dictionary import DEFAULT_TOKENS
+from lmpress.dictionary import DEFAULT_TOKENS, train_adapter
 
 BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "bench"
 
@@ -51,15 +53,44 @@ def zstd(args: list[str], data: bytes) -> bytes:
     return subprocess.run(["zstd", "-q", *args], input=data, capture_output=True, check=True).stdout
 
 
-def run_corpus(name: str, every: int, limit: int, size: int, lm) -> dict:
+def run_corpus(name: str, every: int, limit: int, size: int, steps: int, kinds: list[str], lm) -> dict:
     records = corpus(name)
     held = [r for i, r in enumerate(records) if i % every == every - 1][:limit]
     train = [r for i, r in enumerate(records) if i % every != every - 1]
     print(f"{name}: {len(records)} records, {len(train)} to train on, {len(held)} held out", file=sys.stderr)
 
+    dictionaries, build_s = {"none": None}, {}
     started = time.perf_counter()
-    dictionary = lmpress.train(lm, train, size)
-    lm_train_s = time.perf_counter() - started
+    primed = lmpress.train(lm, train, size)
+    build_s["primed"] = time.perf_counter() - started
+    if "primed" in kinds:
+        dictionaries["primed"] = primed
+    if "adapter" in kinds or "both" in kinds:
+        started = time.perf_counter()
+        adapter = train_adapter(lm, train, steps)
+        build_s["adapter"] = time.perf_counter() - started
+        build_s["both"] = build_s["primed"] + build_s["adapter"]
+        if "adapter" in kinds:
+            dictionaries["adapter"] = adapter
+        if "both" in kinds:
+            dictionaries["both"] = dataclasses.replace(adapter, tokens=primed.tokens)
+
+    sizes, seconds, once = {}, {}, {}
+    for kind, d in dictionaries.items():  # one kind at a time: an adapted model is built once, not per file
+        label = "lmpress" if d is None else f"lmpress -D {kind}"
+        sizes[label], seconds[label] = 0, [0.0, 0.0]
+        started = time.perf_counter()  # once a process: the adapted model, the prefix's keys and values
+        assert lmpress.decompress(lmpress.compress(b"warm up\n", model=lm, dictionary=d), lm, dictionary=d)
+        once[label] = time.perf_counter() - started
+        for i, r in enumerate(held):
+            t0 = time.perf_counter()
+            blob = lmpress.compress(r, model=lm, dictionary=d)
+            t1 = time.perf_counter()
+            assert lmpress.decompress(blob, model=lm, dictionary=d) == r, (name, i, label)
+            seconds[label][0] += t1 - t0
+            seconds[label][1] += time.perf_counter() - t1
+            sizes[label] += len(blob)
+        print(f"  {label}: {sizes[label]:,} bytes", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         files = []
         for i, r in enumerate(train):
@@ -69,20 +100,10 @@ def run_corpus(name: str, every: int, limit: int, size: int, lm) -> dict:
         zdict = Path(tmp) / "zstd.dict"
         started = time.perf_counter()
         subprocess.run(["zstd", "-q", "--train", *files, "-o", str(zdict)], check=True, capture_output=True)
-        zstd_train_s = time.perf_counter() - started
-        zdict_bytes = zdict.read_bytes()
-
-        sizes = {k: 0 for k in ("lmpress", "lmpress -D", "zstd -19", "zstd -19 -D", "xz -9e")}
-        seconds = {k: [0.0, 0.0] for k in ("lmpress", "lmpress -D")}
-        for i, r in enumerate(held):
-            for label, d in (("lmpress", None), ("lmpress -D", dictionary)):
-                t0 = time.perf_counter()
-                blob = lmpress.compress(r, model=lm, dictionary=d)
-                t1 = time.perf_counter()
-                assert lmpress.decompress(blob, model=lm, dictionary=d) == r, (name, i, label)
-                seconds[label][0] += t1 - t0
-                seconds[label][1] += time.perf_counter() - t1
-                sizes[label] += len(blob)
+        build_s["zstd"] = time.perf_counter() - started
+        zdict_bytes = zdict.stat().st_size
+        sizes.update({"zstd -19": 0, "zstd -19 -D": 0, "xz -9e": 0})
+        for r in held:
             for label, extra in (("zstd -19", []), ("zstd -19 -D", ["-D", str(zdict)])):
                 blob = zstd(["-19", *extra], r)
                 assert zstd(["-d", *extra], blob) == r
@@ -90,7 +111,6 @@ def run_corpus(name: str, every: int, limit: int, size: int, lm) -> dict:
             blob = lzma.compress(r, preset=9 | lzma.PRESET_EXTREME)
             assert lzma.decompress(blob) == r
             sizes["xz -9e"] += len(blob)
-            print(f"  {i + 1}/{len(held)}: {len(r)} bytes", file=sys.stderr)
     n = len(held)
     return {
         "corpus": name,
@@ -100,40 +120,49 @@ def run_corpus(name: str, every: int, limit: int, size: int, lm) -> dict:
         "held_out_bytes": sum(map(len, held)),
         "sizes": sizes,
         "seconds_per_file": {k: [c / n, d / n] for k, (c, d) in seconds.items()},
-        "lmpress_dictionary": {
-            "tokens": len(dictionary.tokens),
-            "bytes": len(dictionary.to_bytes()),
-            "id": dictionary.id,
-        },
-        "lmpress_train_s": lm_train_s,
-        "zstd_dictionary_bytes": len(zdict_bytes),
-        "zstd_train_s": zstd_train_s,
+        "seconds_once": once,
+        "dictionary_bytes": {k: len(d.to_bytes()) for k, d in dictionaries.items() if d} | {"zstd": zdict_bytes},
+        "primed_tokens": len(primed.tokens),
+        "adapter_steps": steps,
+        "build_s": build_s,
     }
 
 
 def table(results: list[dict]) -> str:
+    labels = [k for k in results[0]["sizes"] if k.startswith("lmpress")] + ["zstd -19", "zstd -19 -D", "xz -9e"]
     lines = [
-        "| corpus | held-out files | bytes | lmpress | lmpress -D | zstd -19 | zstd -19 -D | xz -9e | gain of -D |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| corpus | held-out files | bytes | " + " | ".join(labels) + " |",
+        "|---|---:|---:|" + "---:|" * len(labels),
     ]
     for r in results:
         s = r["sizes"]
-        gain = 1 - s["lmpress -D"] / s["lmpress"]
-        cells = [f"{s[k]:,}" for k in ("lmpress", "lmpress -D", "zstd -19", "zstd -19 -D", "xz -9e")]
-        head = f"| {r['corpus']} | {r['held_out']} | {r['held_out_bytes']:,} | "
-        lines.append(head + " | ".join(cells) + f" | {gain:.1%} |")
+        best = min(s[k] for k in labels)
+        cells = [f"**{s[k]:,}**" if s[k] == best else f"{s[k]:,}" for k in labels]
+        lines.append(f"| {r['corpus']} | {r['held_out']} | {r['held_out_bytes']:,} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "| corpus | dictionary | build time | compress s/file (without → with) | decompress s/file (without → with) |",
-        "|---|---|---:|---:|---:|",
+        "| corpus | dictionary | its size | build time | gain | once a process | compress s/file | decompress s/file |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        d, t = r["lmpress_dictionary"], r["seconds_per_file"]
-        lines.append(
-            f"| {r['corpus']} | lmpress: {d['tokens']:,} tokens ({d['bytes']:,} B) | {r['lmpress_train_s']:.1f} s | "
-            f"{t['lmpress'][0]:.2f} → {t['lmpress -D'][0]:.2f} | {t['lmpress'][1]:.2f} → {t['lmpress -D'][1]:.2f} |"
-        )
-        lines.append(f"| {r['corpus']} | zstd: {r['zstd_dictionary_bytes']:,} B | {r['zstd_train_s']:.1f} s | | |")
+        s, t = r["sizes"], r["seconds_per_file"]
+        for label in labels[:-3]:
+            kind = label.removeprefix("lmpress -D ") if label != "lmpress" else None
+            size = f"{r['dictionary_bytes'][kind]:,} B" if kind else "–"
+            build = f"{r['build_s'][kind]:.1f} s" if kind else "–"
+            gain = f"{1 - s[label] / s['lmpress']:.1%}" if kind else "–"
+            what = {
+                None: "none",
+                "primed": f"primed context, {r['primed_tokens']:,} tokens",
+                "adapter": f"adapter, {r['adapter_steps']} steps",
+                "both": "adapter and primed context",
+            }[kind]
+            lines.append(
+                f"| {r['corpus']} | {what} | {size} | {build} | {gain} | {r['seconds_once'][label]:.1f} s | "
+                f"{t[label][0]:.2f} | {t[label][1]:.2f} |"
+            )
+        zstd_size, zstd_s = r["dictionary_bytes"]["zstd"], r["build_s"]["zstd"]
+        lines.append(f"| {r['corpus']} | zstd --train | {zstd_size:,} B | {zstd_s:.1f} s | | | | |")
     return "\n".join(lines)
 
 
@@ -142,11 +171,15 @@ def main() -> None:
     p.add_argument("--corpus", nargs="+", default=["bib", "swagger"])
     p.add_argument("--every", type=int, default=5, help="hold out every N-th record (default 5)")
     p.add_argument("--limit", type=int, default=40, help="held-out files per corpus at most (default 40)")
-    p.add_argument("--size", type=int, default=DEFAULT_TOKENS, help="lmpress dictionary tokens")
+    p.add_argument("--size", type=int, default=DEFAULT_TOKENS, help="primed context tokens")
+    p.add_argument("--kinds", nargs="+", default=["primed", "adapter", "both"], choices=["primed", "adapter", "both"])
+    p.add_argument("--adapter-steps", type=int, default=60, help="adapter training steps (default 60: ~5 minutes)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/out/dictionary"))
     args = p.parse_args()
     lm = lmpress.load_model()
-    results = [run_corpus(name, args.every, args.limit, args.size, lm) for name in args.corpus]
+    results = [
+        run_corpus(name, args.every, args.limit, args.size, args.adapter_steps, args.kinds, lm) for name in args.corpus
+    ]
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/dictionary.py " + " ".join(sys.argv[1:])
     meta = {

@@ -32,7 +32,7 @@ def _dictionary(spec: DictionarySpec) -> Dictionary | None:
 _ADAPTED: dict[tuple[str, str, str], LanguageModel] = {}  # the last adapted model: building one takes seconds
 
 
-def _coding_model(base: LanguageModel, dictionary: Dictionary | None) -> LanguageModel:
+def coding_model(base: LanguageModel, dictionary: Dictionary | None) -> LanguageModel:
     """The model that codes with ``dictionary``: ``base``, or ``base`` with the dictionary's adapter merged in."""
     if dictionary is None or not dictionary.adapter:
         return base
@@ -42,6 +42,12 @@ def _coding_model(base: LanguageModel, dictionary: Dictionary | None) -> Languag
             model = adapted(base, dictionary.factors(), f"dictionary {dictionary.id}")
         except ValueError as e:
             raise FormatError(f"corrupted dictionary {dictionary.id} ({e})") from None
+        if model.model_id != dictionary.adapted_id:
+            raise ModelMismatchError(
+                f"{base.name!r} adapted with dictionary {dictionary.id} is model {model.model_id} here, but was "
+                f"{dictionary.adapted_id} where the dictionary was made: this machine's float weights of the model "
+                f"differ from those (re-fetch or convert the model again)"
+            )
         _ADAPTED.clear()
         _ADAPTED[key] = model
     return _ADAPTED[key]
@@ -68,7 +74,7 @@ class Compressor:
         base = _model(model)
         if self.dictionary is not None:
             self.dictionary.for_model(base)
-        self.model = _coding_model(base, self.dictionary)
+        self.model = coding_model(base, self.dictionary)
         self.stats = Stats()
         self._progress = progress
         self._buffer = bytearray()
@@ -170,7 +176,7 @@ def _decoding(model: ModelSpec, dictionary: DictionarySpec, header: fmt.Header) 
     """The model and settings that decode an archive with this header."""
     lm = _checked_model(model, header)
     chosen = _checked_dictionary(dictionary, header, lm)
-    return _coding_model(lm, chosen), _settings(header, chosen)
+    return coding_model(lm, chosen), _settings(header, chosen)
 
 
 class Decompressor:

@@ -29,7 +29,7 @@ from .dictionary import ADAPTER_RANK, ADAPTER_STEPS, DEFAULT_TOKENS, Dictionary,
 from .engine import Settings, torch_threads
 from .errors import DictionaryMismatchError, LmpressError, ModelMismatchError, ModelUnavailableError
 from .llama import ENGINE
-from .models import DEFAULT_MODEL, cache_dir, fetch_default, load_model
+from .models import DEFAULT_MODEL, LanguageModel, cache_dir, fetch_default, load_model
 from .report import render
 
 SUFFIX = ".lmp"
@@ -402,11 +402,12 @@ def _record(path: Path, n: int, line: bytes, field: str) -> bytes:
     return str(value).encode("utf-8")
 
 
-def _analysis_settings(args: argparse.Namespace, lm=None) -> Settings:
-    primer = ()
-    if getattr(args, "dictionary", None):
-        primer = Dictionary.read(args.dictionary).for_model(lm).tokens
-    return Settings(window=args.window, keep=args.keep_tokens, chunk_size=args.chunk_size, primer=primer)
+def _analysis_setup(args: argparse.Namespace, lm: LanguageModel) -> tuple[LanguageModel, Settings]:
+    """The model and settings that score as ``compress`` (with ``-D``, its dictionary) would code."""
+    dictionary = Dictionary.read(args.dictionary).for_model(lm) if getattr(args, "dictionary", None) else None
+    primer = dictionary.tokens if dictionary else ()
+    settings = Settings(window=args.window, keep=args.keep_tokens, chunk_size=args.chunk_size, primer=primer)
+    return api.coding_model(lm, dictionary), settings
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -457,14 +458,14 @@ def _scored(args: argparse.Namespace, model_specs: list[str | None], detail: int
         file=sys.stderr,
         desc="scoring",
     ) as bar:
-        settings = {lm.name: _analysis_settings(args, lm) for lm in models}
+        setups = [_analysis_setup(args, lm) for lm in models]
         for name, data in docs:
-            for lm in models:
-                scores = score_document(lm, data, settings[lm.name], detail)
+            for lm, settings in setups:
+                scores = score_document(lm, data, settings, detail)
                 bar.update(len(data))
                 short = None
                 if local:
-                    short = score_document(lm, data, local_settings(settings[lm.name], local))
+                    short = score_document(lm, data, local_settings(settings, local))
                     bar.update(len(data))
                 yield name, data, lm, scores, short
 

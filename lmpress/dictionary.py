@@ -21,15 +21,18 @@ of it, not from one. The first segment chosen ends up last, nearest the data.
 File layout (``.lmpd``, little-endian, varints as in docs/FORMAT.md): magic ``LMPD``, u8 version (1), u8 kind
 (flags: 1 primed context, 2 adapter), 8 bytes model id, varint n, n varint token ids; with the adapter flag a
 varint length and that many bytes of safetensors (``{weight name}.lora_a`` [r, K] and ``.lora_b`` [N, r], binary32,
-the LoRA scale folded into b); then u32 crc32 of every byte before it.
+the LoRA scale folded into b), then the 8-byte id of the adapted model; then u32 crc32 of every byte before it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import heapq
 import os
 import struct
+import warnings
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -41,12 +44,13 @@ from safetensors.torch import save as save_tensors
 
 from . import format as fmt
 from .errors import DictionaryMismatchError, FormatError
+from .models import adapted
 
 MAGIC = b"LMPD"
 VERSION = 1
 KIND_PRIMED, KIND_ADAPTER = 1, 2  # flags
 DEFAULT_TOKENS = 1024  # a dictionary's default size: half the default context window
-ADAPTER_RANK, ADAPTER_STEPS, ADAPTER_BLOCK, ADAPTER_BATCH = 8, 200, 256, 4  # LoRA rank, steps, tokens, blocks a step
+ADAPTER_RANK, ADAPTER_STEPS, ADAPTER_BLOCK, ADAPTER_BATCH = 8, 100, 256, 4  # LoRA rank, steps, tokens, blocks a step
 ADAPTER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 GRAM = 3  # tokens per n-gram that the selection counts
 SEGMENT = 128  # tokens per candidate segment
@@ -62,6 +66,7 @@ class Dictionary:
     model_id: str
     tokens: tuple[int, ...] = ()
     adapter: bytes = b""
+    adapted_id: str = ""  # the id of the model with the adapter merged in, where the dictionary was made
 
     @property
     def kind(self) -> int:
@@ -74,9 +79,7 @@ class Dictionary:
         except Exception as e:  # safetensors reports malformed bytes with its own exception types
             raise FormatError(f"corrupted dictionary {self.id} (its adapter: {e})") from None
         names = sorted({k.rsplit(".", 1)[0] for k in tensors})
-        if any(f"{n}.lora_a" not in tensors or f"{n}.lora_b" not in tensors for n in names) or 2 * len(names) != len(
-            tensors
-        ):
+        if set(tensors) != {f"{n}.{part}" for n in names for part in ("lora_a", "lora_b")}:
             raise FormatError(f"corrupted dictionary {self.id} (its adapter's tensors do not pair up)")
         return {n: (tensors[f"{n}.lora_a"], tensors[f"{n}.lora_b"]) for n in names}
 
@@ -84,12 +87,12 @@ class Dictionary:
         body = _HEAD.pack(MAGIC, VERSION, self.kind) + bytes.fromhex(self.model_id)
         body += fmt.uvarint(len(self.tokens)) + b"".join(fmt.uvarint(t) for t in self.tokens)
         if self.adapter:
-            body += fmt.uvarint(len(self.adapter)) + self.adapter
+            body += fmt.uvarint(len(self.adapter)) + self.adapter + bytes.fromhex(self.adapted_id)
         return body + struct.pack("<I", zlib.crc32(body))
 
-    @property
+    @functools.cached_property
     def id(self) -> str:
-        """What an archive names the dictionary by: 8 bytes of the sha256 of its file (hex)."""
+        """What an archive names the dictionary by: the first 4 bytes of the sha256 of its file (hex)."""
         return hashlib.sha256(self.to_bytes()).hexdigest()[: 2 * fmt.DICTIONARY_ID_BYTES]
 
     def for_model(self, lm) -> Dictionary:
@@ -121,10 +124,11 @@ class Dictionary:
             for _ in range(min(n, fmt.MAX_WINDOW)):
                 token, offset = fmt.read_uvarint(body, offset)
                 tokens.append(token)
-            adapter = b""
+            adapter, adapted_id = b"", ""
             if kind & KIND_ADAPTER:
                 size, offset = fmt.read_uvarint(body, offset)
                 adapter, offset = bytes(body[offset : offset + size]), offset + size
+                adapted_id, offset = body[offset : offset + fmt.MODEL_ID_BYTES].hex(), offset + fmt.MODEL_ID_BYTES
         except fmt._NeedMore:
             raise FormatError("corrupted dictionary (cut short)") from None
         if (
@@ -134,16 +138,17 @@ class Dictionary:
             or not (adapter or not kind & KIND_ADAPTER)
         ):
             raise FormatError("corrupted dictionary (its fields do not match its size and kind)")
-        return cls(body[_HEAD.size : _HEAD.size + fmt.MODEL_ID_BYTES].hex(), tuple(tokens), adapter)
+        return cls(body[_HEAD.size : _HEAD.size + fmt.MODEL_ID_BYTES].hex(), tuple(tokens), adapter, adapted_id)
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> Dictionary:
-        with open(path, "rb") as f:
-            data = f.read(_MAX_FILE + 1)
         try:
-            if len(data) > _MAX_FILE:
-                raise FormatError("not an lmpress dictionary (too large)")
-            return cls.from_bytes(data)
+            with open(path, "rb") as f:
+                if f.read(4) != MAGIC:
+                    raise FormatError("not an lmpress dictionary (bad magic bytes)")
+                if os.fstat(f.fileno()).st_size > _MAX_FILE:
+                    raise FormatError("not an lmpress dictionary (too large)")
+                return cls.from_bytes(MAGIC + f.read())
         except FormatError as e:
             raise FormatError(f"{os.fspath(path)}: {e}") from None
 
@@ -236,9 +241,10 @@ def train_adapter(
         raise ValueError("the samples hold no text to train an adapter on")
     block = min(ADAPTER_BLOCK, len(stream))
     data = torch.tensor(stream)
-    model = LlamaForCausalLM.from_pretrained(lm.source, dtype=torch.float32)
     config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=list(ADAPTER_TARGETS))
-    model = get_peft_model(model, config)
+    with warnings.catch_warnings():  # transformers' deprecation notices are not the user's business
+        warnings.simplefilter("ignore", FutureWarning)
+        model = get_peft_model(LlamaForCausalLM.from_pretrained(lm.source, dtype=torch.float32), config)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.0)
     generator = torch.Generator().manual_seed(0)
@@ -253,10 +259,12 @@ def train_adapter(
             progress(1)
     factors = {}
     for name, module in model.named_modules():
-        if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
+        if "default" in getattr(module, "lora_A", {}):  # a layer peft wrapped
             weight = name.removeprefix("base_model.model.") + ".weight"
             a = module.lora_A["default"].weight.detach().float().contiguous()
             b = (module.lora_B["default"].weight.detach().float() * module.scaling["default"]).contiguous()
             factors[f"{weight}.lora_a"], factors[f"{weight}.lora_b"] = a, b
     tokens = tuple(select(tokenized, primer)) if primer else ()
-    return Dictionary(lm.model_id, tokens, save_tensors(factors))
+    dictionary = Dictionary(lm.model_id, tokens, save_tensors(factors))
+    merged = adapted(lm, dictionary.factors(), "adapter")
+    return dataclasses.replace(dictionary, adapted_id=merged.model_id)

@@ -171,21 +171,21 @@ def adapted(lm: LanguageModel, factors: Mapping[str, torch.Tensor], label: str) 
         shape = state[name].shape
         if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1] or (b.shape[0], a.shape[1]) != shape:
             raise ValueError(f"the adapter's factors for {name} do not fit its shape {tuple(shape)}")
-    merged = {name: merge_low_rank(state[name], *factors[name]) for name in factors}
-    out = _build(f"{lm.name}+{label}", config, _Overlay(state, merged), lm.tokenizer, lm.net.device)
+    out = _build(f"{lm.name}+{label}", config, _Merged(state, factors), lm.tokenizer, lm.net.device)
     out.source = lm.source
     return_freed_memory()
     return out
 
 
-class _Overlay(Mapping):
-    """Tensors of ``base``, some replaced by ``changed``."""
+class _Merged(Mapping):
+    """Tensors of ``base`` with the adapter's factors merged in, each when asked for (one in memory at a time)."""
 
-    def __init__(self, base: Mapping[str, torch.Tensor], changed: dict[str, torch.Tensor]):
-        self._base, self._changed = base, changed
+    def __init__(self, base: Mapping[str, torch.Tensor], factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]]):
+        self._base, self._factors = base, factors
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        return self._changed[name] if name in self._changed else self._base[name]
+        w = self._base[name]
+        return merge_low_rank(w, *self._factors[name]) if name in self._factors else w
 
     def __iter__(self):
         return iter(self._base)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import lmpress
 from lmpress import format as fmt
 from lmpress.dictionary import SEGMENT, Dictionary, select, train_adapter
 from lmpress.engine import Settings, score_rows
-from lmpress.errors import DictionaryMismatchError, FormatError
+from lmpress.errors import DictionaryMismatchError, FormatError, ModelMismatchError
 from lmpress.llama import merge_low_rank
 from lmpress.models import adapted, load_model
 
@@ -235,6 +236,9 @@ def test_adapter_round_trip_and_file(tiny, adapter, tmp_path):
     damaged = Dictionary(adapter.model_id, adapter.tokens, adapter.adapter[:-9])  # cut short, past its own crc
     with pytest.raises(FormatError, match="corrupted dictionary"):
         lmpress.compress(data, model=tiny, dictionary=damaged)
+    elsewhere = dataclasses.replace(adapter, adapted_id="00" * 8)  # as if made from other float weights
+    with pytest.raises(ModelMismatchError, match="float weights of the model differ"):
+        lmpress.compress(data, model=tiny, dictionary=elsewhere)
 
 
 def test_adapter_from_the_command_line(tiny_model_dir, tmp_path):
@@ -250,3 +254,5 @@ def test_adapter_from_the_command_line(tiny_model_dir, tmp_path):
     assert run("compress", "-D", tmp_path / "a.lmpd", *model, tmp_path / "a.txt").returncode == 0
     r = run("decompress", "-c", "-D", tmp_path / "a.lmpd", *model, tmp_path / "a.txt.lmp")
     assert r.returncode == 0 and r.stdout == TRAINING_TEXT.encode()[:400]
+    r = run("measure", "--json", "-D", tmp_path / "a.lmpd", *model, tmp_path / "a.txt")
+    assert r.returncode == 0 and "+dictionary" in json.loads(r.stdout)[0]["model"]  # scored by the adapted model
