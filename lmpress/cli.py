@@ -417,6 +417,8 @@ def _train(args: argparse.Namespace) -> None:
         raise UserError(f"{target}: a dictionary file is named NAME.lmpd")
     if target.exists() and not args.force:  # before minutes of training, not after
         raise UserError(f"output {target} already exists; use -f to overwrite")
+    if args.steps < 1 or args.rank < 1 or args.size < 1:
+        raise UserError("--size, --steps and --rank must be at least 1")
     lm = load_model(args.model)
     docs = list(_documents(args.paths, args.field, args.max_bytes))
     total = sum(len(d) for _, d in docs)
@@ -679,7 +681,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         parents=[compute],
         help="build a dictionary from samples of your data (as zstd --train)",
-        description="Choose the text that every context starts from when compressing files like the samples.",
+        description="Build a dictionary for files like the samples: text every context starts from (primed), a "
+        "fine-tune of the model (adapter), or both. Archives made with it need it to decompress.",
     )
     tr.add_argument("paths", nargs="+", metavar="SAMPLE", help="files, folders, glob patterns, or .jsonl files")
     tr.add_argument("-o", "--output", required=True, help="the dictionary file to write, NAME.lmpd")

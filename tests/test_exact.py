@@ -18,6 +18,7 @@ from conftest import TRAINING_TEXT
 import lmpress
 from lmpress import coding, gemm, kernels
 from lmpress import llama as L
+from lmpress.dictionary import train_adapter
 from lmpress.engine import Lockstep, Settings, score_rows
 from lmpress.models import load_model
 from lmpress.tables import rope_tables, sigmoid_table
@@ -210,6 +211,22 @@ def test_tiny_model_archives_are_identical_on_every_configuration(tiny_model_dir
     blob = next(iter(archives.values()))
     for config in CONFIGS:
         assert _lmpress(config, "decompress", "--model", str(tiny_model_dir), stdin=blob) == text, _name(config)
+
+
+def test_dictionary_archives_are_identical_on_every_configuration(tiny, tiny_model_dir, tmp_path):
+    """A dictionary with an adapter and a primed context: the merge, the prefix and the archive are the same
+    under every kernel, ISA, backend and thread count (a merge that differed would fail the adapted model's id)."""
+    pytest.importorskip("peft")
+    samples = [TRAINING_TEXT.encode()[i : i + 150] for i in range(0, 2400, 75)]
+    dictionary = train_adapter(tiny, samples, steps=4, primer=20)
+    (tmp_path / "d.lmpd").write_bytes(dictionary.to_bytes())
+    text = TRAINING_TEXT.encode()[:1200]
+    model = ["--model", str(tiny_model_dir), "-D", str(tmp_path / "d.lmpd"), "--window", "64", "--keep-tokens", "8"]
+    archives = {_name(c): _lmpress(c, "compress", *model, stdin=text) for c in CONFIGS}
+    assert len(set(archives.values())) == 1, {k: hashlib.sha256(v).hexdigest()[:12] for k, v in archives.items()}
+    blob = next(iter(archives.values()))
+    for config in CONFIGS:
+        assert _lmpress(config, "decompress", *model[:4], stdin=blob) == text, _name(config)
 
 
 @pytest.mark.slow
