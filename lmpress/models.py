@@ -157,7 +157,7 @@ def _load_folder(path: Path, name: str, device: torch.device) -> LanguageModel:
     return lm
 
 
-def adapted(lm: LanguageModel, factors: Mapping[str, torch.Tensor], label: str) -> LanguageModel:
+def adapted(lm: LanguageModel, factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]], label: str) -> LanguageModel:
     """``lm`` with an adapter merged into its float weights and quantised again: ``factors`` maps a weight's name
     to its low-rank pair (a [r, K], b [N, r]), merged by ``llama.merge_low_rank`` (exact, so every machine builds
     the same integer model)."""
