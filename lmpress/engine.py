@@ -294,21 +294,20 @@ class Lockstep:
     batch when its last token has been read (rows do not affect each other's numbers)."""
 
     def __init__(self, lm: LanguageModel, lengths: list[int], settings: Settings):
-        self.lm, self.net, self.prefix = lm, lm.net, settings.prefix(lm)
+        self.net = lm.net
         self.window, self.keep = settings.window, settings.keep
         self.lengths = np.asarray(lengths)
         self.rows = np.arange(len(lengths))  # still active, in table order
         self.history = torch.zeros((len(lengths), int(self.lengths.max())), dtype=torch.long)
         self.cache = self.net.new_cache(len(lengths), self.window)
         self.step = 0
-        self._start()
+        self.start = prefix_state(lm, settings.prefix(lm))  # the same in every row: computed once, copied in
+        self.start.copy_into(self.cache)
+        self._after_prefix()
 
-    def _start(self) -> None:
-        """The prefix is the same in every row: computed once (``prefix_state``), copied into each row."""
-        state = prefix_state(self.lm, self.prefix)
-        state.copy_into(self.cache)
-        self.prefix_freqs = state.freqs
-        self.freqs, self.pos = self.prefix_freqs.expand(len(self.rows), -1), len(self.prefix)
+    def _after_prefix(self) -> None:
+        """Every active row's prediction from the prefix alone (which stays in the cache)."""
+        self.freqs, self.pos = self.start.freqs.expand(len(self.rows), -1), len(self.start.tokens)
 
     def _forward(self, tokens: Tensor, pos: int) -> None:
         with torch.inference_mode():
@@ -331,9 +330,9 @@ class Lockstep:
         if self.pos < self.window:
             self._forward(self.history[self.rows, self.step - 1 : self.step], self.pos)
         elif self.keep:  # context full: restart from the prefix (still in the cache) and the last `keep` tokens
-            self._forward(self.history[self.rows, self.step - self.keep : self.step], len(self.prefix))
+            self._forward(self.history[self.rows, self.step - self.keep : self.step], len(self.start.tokens))
         else:
-            self.freqs, self.pos = self.prefix_freqs.expand(len(self.rows), -1), len(self.prefix)
+            self._after_prefix()
 
 
 # --- Segments -----------------------------------------------------------------------------------------
