@@ -12,7 +12,7 @@ from typing import IO, Any
 from . import format as fmt
 from .dictionary import Dictionary
 from .engine import Progress, Settings, Stats, decode_segment, encode_segment, segment_length, torch_threads
-from .errors import DictionaryMismatchError, FormatError, ModelMismatchError
+from .errors import DictionaryMismatchError, FormatError, LmpressError, ModelMismatchError
 from .llama import ENGINE
 from .models import LanguageModel, adapted, load_model
 
@@ -91,11 +91,17 @@ class Compressor:
         )
         self._pending = self.header.to_bytes()
 
-    def _segment(self, data: bytes) -> bytes:
+    def segment(self, data: bytes, offset: int) -> tuple[bytes, Stats]:
+        """One segment frame of ``data``, found at ``offset`` in the input, and what it cost. A segment depends on
+        nothing else, so segments may be coded anywhere, in any order (``parallel.py`` does)."""
         with torch_threads(self.settings.threads):
-            segment, stats = encode_segment(self.model, data, self.settings, self.stats.bytes_in, self._progress)
+            segment, stats = encode_segment(self.model, data, self.settings, offset, self._progress)
         raw = segment.to_bytes()
         stats.bytes_out = len(raw)
+        return raw, stats
+
+    def _segment(self, data: bytes) -> bytes:
+        raw, stats = self.segment(data, self.stats.bytes_in)
         self.stats.add(stats)
         return raw
 
@@ -105,9 +111,7 @@ class Compressor:
             raise ValueError("compressor has already been flushed")
         self._buffer += data
         out, self._pending = [self._pending], b""
-        while cut := segment_length(self._buffer, self.settings, final=False):
-            out.append(self._segment(bytes(self._buffer[:cut])))
-            del self._buffer[:cut]
+        out += [self._segment(piece) for piece in take_segments(self._buffer, self.settings, final=False)]
         return b"".join(out)
 
     def flush(self) -> bytes:
@@ -115,14 +119,31 @@ class Compressor:
         if self._finished:
             raise ValueError("compressor has already been flushed")
         out = [self.compress(b"")]
-        while cut := segment_length(self._buffer, self.settings, final=True):
-            out.append(self._segment(bytes(self._buffer[:cut])))
-            del self._buffer[:cut]
+        out += [self._segment(piece) for piece in take_segments(self._buffer, self.settings, final=True)]
         end = fmt.End(self.stats.bytes_in).to_bytes()
         out.append(end)
         self._finished = True
         self.stats.bytes_out += len(self.header.to_bytes()) + len(end)
         return b"".join(out)
+
+
+def take_segments(buffer: bytearray, settings: Settings, final: bool) -> Iterator[bytes]:
+    """Cut the segments that are ready off the front of ``buffer`` (all of it when ``final``), in order."""
+    while cut := segment_length(buffer, settings, final):
+        piece = bytes(buffer[:cut])
+        del buffer[:cut]
+        yield piece
+
+
+def scoring_setup(
+    lm: LanguageModel, dictionary: DictionarySpec = None, **settings: Any
+) -> tuple[LanguageModel, Settings]:
+    """The model and settings that score documents as ``compress`` codes them (with ``dictionary``, as it codes
+    with that dictionary): what ``measure``, ``audit`` and ``show`` use."""
+    chosen = _dictionary(dictionary)
+    if chosen is not None:
+        chosen.for_model(lm)
+    return coding_model(lm, chosen), Settings(**settings, primer=chosen.tokens if chosen else ())
 
 
 def _settings(header: fmt.Header, dictionary: Dictionary | None) -> Settings:
@@ -136,7 +157,8 @@ def _settings(header: fmt.Header, dictionary: Dictionary | None) -> Settings:
         raise FormatError(f"corrupted archive header ({e})") from None
 
 
-def _where(index: int, segment: fmt.Segment) -> str:
+def segment_name(index: int, segment: fmt.Segment) -> str:
+    """How errors name a segment: its index and the original bytes it holds."""
     return f"segment {index} (original bytes {segment.offset:,} to {segment.offset + segment.raw_size:,})"
 
 
@@ -172,7 +194,7 @@ def _checked_dictionary(spec: DictionarySpec, header: fmt.Header, model: Languag
     return dictionary.for_model(model)
 
 
-def _decoding(model: ModelSpec, dictionary: DictionarySpec, header: fmt.Header) -> tuple[LanguageModel, Settings]:
+def decoding(model: ModelSpec, dictionary: DictionarySpec, header: fmt.Header) -> tuple[LanguageModel, Settings]:
     """The model and settings that decode an archive with this header."""
     lm = _checked_model(model, header)
     chosen = _checked_dictionary(dictionary, header, lm)
@@ -221,6 +243,11 @@ class Decompressor:
     def needs_input(self) -> bool:
         return not self._ended and not self._out and not self._limited
 
+    @property
+    def position(self) -> int:
+        """Archive bytes consumed so far (after the end marker: the member's length)."""
+        return self._position
+
     def decompress(self, data: bytes, max_length: int = -1) -> bytes:
         if self.eof:
             raise EOFError("already at the end of the archive")
@@ -230,7 +257,7 @@ class Decompressor:
             if parsed is None:
                 return b""
             header, n = parsed
-            self.model, self._decode_settings = _decoding(self._model_spec, self._dictionary_spec, header)
+            self.model, self._decode_settings = decoding(self._model_spec, self._dictionary_spec, header)
             self.header = header
             del self._buffer[:n]
             self._position += n
@@ -247,7 +274,7 @@ class Decompressor:
                 self._ended = True
                 self.unused_data = bytes(self._buffer)
                 break
-            where = _where(self._segments, frame)
+            where = segment_name(self._segments, frame)
             if frame.offset != self._size:
                 raise FormatError(
                     f"corrupted archive ({where} follows original byte {self._size:,}: a segment is missing "
@@ -313,46 +340,56 @@ def salvage(
     """The intact segments of a damaged archive, in order, with a ``Damage`` for each stretch of lost bytes.
 
     Every frame carries its own checksum, so after damage the next intact frame is found by trying each later
-    position; each segment's bytes are checked against its crc32 and are never returned otherwise. The header
-    must be intact: it says how the model was run.
+    position; each segment's bytes are checked against its crc32 and are never returned otherwise. A member's
+    header must be intact: it says how the model was run. A member that follows an intact end marker is read on.
     """
     view = memoryview(archive)
     parsed = fmt.parse_header(view)
     if parsed is None:
         raise FormatError("truncated archive header: nothing can be recovered")
-    header, position = parsed
-    lm, settings = _decoding(model, dictionary, header)
-    size, index = 0, 0  # original bytes accounted for; segments seen
-    while True:
-        try:
-            parsed = fmt.parse_frame(view[position:])
+    base, position = 0, 0  # original bytes before this member; archive byte of its header
+    while parsed is not None:
+        header, n = parsed
+        lm, settings = decoding(model, dictionary, header)
+        size, index, position = base, 0, position + n  # original bytes accounted for; segments seen
+        while True:
+            try:
+                parsed = fmt.parse_frame(view[position:])
+            except FormatError:
+                parsed = None
+            if parsed is None:
+                found = fmt.find_frame(view, position + 1)
+                if found is None:
+                    yield Damage(size, None, f"the archive is damaged or cut short from its byte {position:,} on")
+                    return
+                position = found
+                continue
+            frame, n = parsed
+            position += n
+            if isinstance(frame, fmt.End):
+                if base + frame.total_size > size:
+                    yield Damage(size, base + frame.total_size, "damaged segments before the end marker")
+                base += frame.total_size
+                break
+            if base + frame.offset < size:
+                continue  # a frame that checks out but is not where it claims to be: not this member's
+            if base + frame.offset > size:
+                yield Damage(size, base + frame.offset, "damaged or missing segments")
+            try:
+                with torch_threads(threads):
+                    piece = decode_segment(lm, frame, settings, segment_name(index, frame), progress)
+            except FormatError as e:
+                yield Damage(base + frame.offset, base + frame.offset + frame.raw_size, str(e))
+            else:
+                yield piece
+            size, index = base + frame.offset + frame.raw_size, index + 1
+        try:  # another member after this one's end marker
+            parsed = fmt.parse_header(view[position:]) if position < len(view) else None
         except FormatError:
             parsed = None
-        if parsed is None:
-            found = fmt.find_frame(view, position + 1)
-            if found is None:
-                yield Damage(size, None, f"the archive is damaged or cut short from its byte {position:,} on")
-                return
-            position = found
-            continue
-        frame, n = parsed
-        position += n
-        if isinstance(frame, fmt.End):
-            if frame.total_size > size:
-                yield Damage(size, frame.total_size, "damaged segments before the end marker")
+        if parsed is None and position < len(view):
+            yield Damage(base, None, f"{len(view) - position:,} bytes after an end marker are not a readable member")
             return
-        if frame.offset < size:
-            continue  # a frame that checks out but is not where it claims to be: not this archive's
-        if frame.offset > size:
-            yield Damage(size, frame.offset, "damaged or missing segments")
-        try:
-            with torch_threads(threads):
-                piece = decode_segment(lm, frame, settings, _where(index, frame), progress)
-        except FormatError as e:
-            yield Damage(frame.offset, frame.offset + frame.raw_size, str(e))
-        else:
-            yield piece
-        size, index = frame.offset + frame.raw_size, index + 1
 
 
 def recover(
@@ -372,18 +409,19 @@ def compress(data: bytes, model: ModelSpec = None, *, dictionary: DictionarySpec
 
 
 def decompress(data: bytes, model: ModelSpec = None, *, dictionary: DictionarySpec = None) -> bytes:
-    """Decompress a complete .lmp archive; errors unless it is whole and nothing follows it."""
-    d = Decompressor(model, dictionary=dictionary)
-    out = d.decompress(data)
-    if not d.eof:
-        raise d.truncated()
-    if d.unused_data:
-        raise FormatError(f"{len(d.unused_data)} bytes of trailing data after the archive")
-    return out
+    """Decompress a complete .lmp archive, or several concatenated (members, as ``cat a.lmp b.lmp`` makes);
+    errors unless each is whole and nothing else follows."""
+    with LmpFile(io.BytesIO(data), model=model, dictionary=dictionary) as f:
+        return f.read()
 
 
 class LmpFile(io.BufferedIOBase):
-    """A file object over an .lmp archive: read plain bytes from it, or write plain bytes into it."""
+    """A file object over an .lmp archive: read plain bytes from it, or write plain bytes into it.
+
+    Reading goes on through every member of an archive made by concatenating archives, as gzip, xz and zstd
+    readers do; anything else after a member is an error. ``progress`` (reading) is called as the decoder's is;
+    ``settings`` are the Compressor's (writing), or ``threads`` (reading).
+    """
 
     def __init__(
         self,
@@ -392,6 +430,7 @@ class LmpFile(io.BufferedIOBase):
         *,
         model: ModelSpec = None,
         dictionary: DictionarySpec = None,
+        progress: Progress | None = None,
         **settings: Any,
     ):
         if mode in ("r", "rb"):
@@ -408,10 +447,12 @@ class LmpFile(io.BufferedIOBase):
         else:
             raise TypeError("filename must be a path or a file object")
         if self._mode == "r":
-            self._decoder = Decompressor(model, dictionary=dictionary)
+            self._decoding = {"model": model, "dictionary": dictionary, "progress": progress, **settings}
+            self._decoder = Decompressor(**self._decoding)
+            self._member, self._member_start = 1, 0  # which member is being read, and its first archive byte
             self._out = bytearray()
         else:
-            self._encoder = Compressor(model, dictionary=dictionary, **settings)
+            self._encoder = Compressor(model, dictionary=dictionary, progress=progress, **settings)
 
     def readable(self) -> bool:
         return self._mode == "r" and not self.closed
@@ -420,17 +461,33 @@ class LmpFile(io.BufferedIOBase):
         return self._mode == "w" and not self.closed
 
     def _fill(self) -> bool:
-        if self._decoder.eof:
-            return False
         data = b""
-        if self._decoder.needs_input:
+        if self._decoder.eof:  # the end of a member: the end of the archive, or another member
+            data = self._decoder.unused_data
+            while len(data) < len(fmt.MAGIC) and (more := self._fp.read(_READ_SIZE)):
+                data += more
+            if not data:
+                return False
+            if data[: len(fmt.MAGIC)] != fmt.MAGIC[: len(data)]:
+                raise FormatError("trailing data after the archive")
+            self._member_start += self._decoder.position
+            self._member += 1
+            self._decoder = Decompressor(**self._decoding)
+        elif self._decoder.needs_input:
             data = self._fp.read(_READ_SIZE)
             if not data:
-                raise self._decoder.truncated()
-        self._out += self._decoder.decompress(data, _READ_SIZE)
-        if self._decoder.eof and (self._decoder.unused_data or self._fp.read(1)):
-            raise FormatError("trailing data after the archive")
+                raise self._in_member(self._decoder.truncated())
+        try:
+            self._out += self._decoder.decompress(data, _READ_SIZE)
+        except LmpressError as e:
+            raise self._in_member(e) from None
         return True
+
+    def _in_member(self, e: LmpressError) -> LmpressError:
+        """``e``, saying which member it is about when the archive has several."""
+        if self._member == 1:
+            return e
+        return type(e)(f"member {self._member} (from archive byte {self._member_start:,}): {e}")
 
     def read(self, size: int | None = -1) -> bytes:
         if not self.readable():

@@ -22,14 +22,14 @@ from typing import IO
 
 from tqdm import tqdm
 
-from . import __version__, api
+from . import __version__, api, parallel
 from . import format as fmt
 from .analysis import LOCAL_WINDOW, audit_document, local_settings, score_document
 from .dictionary import ADAPTER_RANK, ADAPTER_STEPS, DEFAULT_TOKENS, Dictionary, train, train_adapter
-from .engine import Settings, torch_threads
+from .engine import Settings, Stats, torch_threads
 from .errors import DictionaryMismatchError, LmpressError, ModelMismatchError, ModelUnavailableError
 from .llama import ENGINE
-from .models import DEFAULT_MODEL, LanguageModel, cache_dir, fetch_default, load_model
+from .models import DEFAULT_MODEL, cache_dir, fetch_default, load_model
 from .report import render
 
 SUFFIX = ".lmp"
@@ -39,6 +39,12 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DAMAGED = 0, 1, 2, 3  # 130, interrupted: 
 EPILOG = """exit status: 0 success, 1 an error (named on stderr), 2 bad usage, 3 --recover saved only part
 of the data (what was lost is named on stderr), 130 interrupted.
 Without FILE, or with '-', read standard input and write standard output."""
+
+
+JOURNAL_HELP = (
+    "keep each document's result in DIR as it is made; the same command started again (killed, interrupted) takes "
+    "them instead of scoring those documents again"
+)
 
 
 class UserError(Exception):
@@ -91,19 +97,26 @@ class _Interrupt:
             raise KeyboardInterrupt
 
 
+def _refuse_existing(target: Path | None, force: bool) -> None:
+    if target is not None and target.exists() and not force:
+        raise UserError(f"output {target} already exists; use -f to overwrite")
+
+
 @contextlib.contextmanager
-def atomic_output(target: Path | None, force: bool) -> Iterator[tuple[IO[bytes], str | None]]:
+def atomic_output(
+    target: Path | None, force: bool, folder: Path | None = None
+) -> Iterator[tuple[IO[bytes], str | None]]:
     """A file that appears at ``target`` only when the block succeeds (stdout when ``target`` is None).
 
-    Yields the open file and its temporary path.
+    Yields the open file and its temporary path, made in ``folder`` (default: the target's own; a resumable
+    run's journal, so that a killed run leaves nothing beside the target).
     """
     if target is None:
         yield sys.stdout.buffer, None
         sys.stdout.buffer.flush()
         return
-    if target.exists() and not force:
-        raise UserError(f"output {target} already exists; use -f to overwrite")
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    _refuse_existing(target, force)
+    fd, tmp = tempfile.mkstemp(dir=folder or target.parent, prefix=f".{target.name}.", suffix=".tmp")
     umask = os.umask(0)
     os.umask(umask)
     try:
@@ -139,25 +152,13 @@ def _show_progress(args: argparse.Namespace) -> bool:
     return not args.quiet and (args.verbose or sys.stderr.isatty())
 
 
-def _decode_stream(
-    src: IO[bytes],
-    sink: Callable[[bytes], None],
-    model: str | None,
-    progress,
-    threads: int = 0,
-    dictionary: str | None = None,
-) -> None:
-    dec = api.Decompressor(model, dictionary=dictionary, progress=progress, threads=threads)
-    for block in _blocks(src):
-        if dec.eof:
-            raise LmpressError("trailing data after the archive")
-        sink(dec.decompress(block, BLOCK))
-        while not dec.needs_input and not dec.eof:  # output held back by the limit: memory stays bounded
-            sink(dec.decompress(b"", BLOCK))
-        if dec.eof and dec.unused_data:
-            raise LmpressError("trailing data after the archive")
-    if not dec.eof:
-        raise dec.truncated()
+def _decoded(
+    src: IO[bytes], model: str | None, progress, threads: int = 0, dictionary: str | None = None
+) -> Iterator[bytes]:
+    """The original bytes of the archive read from ``src``, a block at a time: memory stays bounded."""
+    with api.LmpFile(src, model=model, dictionary=dictionary, progress=progress, threads=threads) as archive:
+        while block := archive.read(BLOCK):
+            yield block
 
 
 def _compress_one(args: argparse.Namespace, name: str) -> None:
@@ -173,32 +174,48 @@ def _compress_one(args: argparse.Namespace, name: str) -> None:
     digest = hashlib.sha256()
     if args.verify and target is None:
         raise UserError("--verify needs an output file (not standard output)")
-    with _open_input(src_path) as src, atomic_output(target, args.force) as (out, tmp), bar:
-        comp = api.Compressor(args.model, dictionary=args.dictionary, progress=progress, **_settings(args))
-        for block in _blocks(src):
+    _refuse_existing(target, args.force)
+    journal = _journal(args, name, "compress", src_path, target) if args.pool else None
+    s = Stats()
+
+    def blocks(f: IO[bytes]) -> Iterator[bytes]:
+        for block in _blocks(f):
             digest.update(block)
-            out.write(comp.compress(block))
-        out.write(comp.flush())
+            s.bytes_in += len(block)
+            yield block
+
+    with _open_input(src_path) as src, atomic_output(target, args.force, journal and journal.folder) as (out, tmp), bar:
+        if args.pool is None:
+            comp = api.Compressor(args.model, dictionary=args.dictionary, progress=progress, **_settings(args))
+            for block in blocks(src):
+                out.write(comp.compress(block))
+            out.write(comp.flush())
+            s = comp.stats
+        else:  # segments on the workers: the same archive
+            for piece in parallel.compress(args.pool, blocks(src), Settings(**_settings(args)), journal, progress):
+                out.write(piece)
+                s.bytes_out += len(piece)
         out.flush()
         if args.verify:
-            _verify(target, tmp, args.model, digest.hexdigest(), args.dictionary)
+            _verify(args, target, tmp, digest.hexdigest())
         if src_path is not None:
             with contextlib.suppress(OSError):
                 os.chmod(out.fileno(), src_path.stat().st_mode & 0o777)
+    if journal is not None:
+        journal.remove()
     elapsed = time.perf_counter() - started
-    s = comp.stats
     if args.verbose:
         bpb = 8 * s.bytes_out / s.bytes_in if s.bytes_in else 0.0
         ideal = (
             f"; model-coded text: {s.lm_bytes_in:,} bytes, ideal {s.ideal_bits:,.0f} bits "
             f"({s.ideal_bits / s.lm_bytes_in:.4f} bits/byte), coded {s.lm_bytes_out * 8:,} bits "
-            f"(overhead {100 * s.overhead:.2f}%)"
+            f"(overhead {100 * s.overhead:.2f}%), {s.tokens:,} tokens"
             if s.lm_bytes_in
             else ""
         )
         print(
             f"{name}: {s.bytes_in:,} -> {s.bytes_out:,} bytes, {bpb:.3f} bits/byte{ideal}, "
-            f"{s.tokens:,} tokens, {s.bytes_in / 1024 / max(elapsed, 1e-9):.2f} KiB/s"
+            f"{s.bytes_in / 1024 / max(elapsed, 1e-9):.2f} KiB/s{_on_workers(args)}"
             + (", verified" if args.verify else ""),
             file=sys.stderr,
         )
@@ -207,12 +224,53 @@ def _compress_one(args: argparse.Namespace, name: str) -> None:
         src_path.unlink()
 
 
-def _verify(target: Path, written: str, model: str | None, expected: str, dictionary: str | None) -> None:
+def _on_workers(args: argparse.Namespace) -> str:
+    return f" on {args.pool.workers} workers" if args.pool else ""
+
+
+def _journal(
+    args: argparse.Namespace, name: str, command: str, src: Path | None, target: Path | None
+) -> parallel.Journal | None:
+    """The journal of a run from a file to a file (beside the output, ``.NAME.parts``), resumed if the same
+    command on the same input left one; None for standard input or output."""
+    if src is None or target is None:
+        return None
+    stat = src.stat()
+    identity = {
+        "lmpress": __version__,
+        "command": command,
+        "input": [str(src.resolve()), stat.st_size, stat.st_mtime_ns],
+        "model": args.model,
+        "dictionary": args.dictionary and Dictionary.read(args.dictionary).id,
+        "settings": _settings(args) | {"threads": 0} if command == "compress" else {},
+    }
+    journal = parallel.Journal(target.with_name(f".{target.name}.parts"), identity)
+    if journal.kept and not args.quiet:
+        print(f"lmpress: {name}: resuming: {len(journal.kept):,} segments were done by an earlier run", file=sys.stderr)
+    return journal
+
+
+def _verify(args: argparse.Namespace, target: Path, written: str, expected: str) -> None:
     digest = hashlib.sha256()
-    with open(written, "rb") as f:
-        _decode_stream(f, digest.update, model, None, dictionary=dictionary)
+    with contextlib.ExitStack() as stack:
+        for piece in _decoding(args, stack, Path(written)):
+            digest.update(piece)
     if digest.hexdigest() != expected:
         raise LmpressError(f"{target}: verification failed: decompressing does not give back the input")
+
+
+def _decoding(
+    args: argparse.Namespace, stack: contextlib.ExitStack, src: Path | None, bar=None, progress=None, journal=None
+):
+    """The original bytes of the archive at ``src`` (None: standard input), piece by piece: streamed through this
+    process, or, with workers, mapped whole and split among them (then ``bar`` learns the total); ``stack``
+    holds what they read from."""
+    if args.pool is None:
+        return _decoded(stack.enter_context(_open_input(src)), args.model, progress, args.threads, args.dictionary)
+    archive = stack.enter_context(_archive_bytes(src))
+    if bar is not None:
+        bar.total = parallel.original_size(archive)
+    return stack.enter_context(contextlib.closing(parallel.decompress(args.pool, archive, journal, progress)))
 
 
 def _decompress_one(args: argparse.Namespace, name: str, test: bool = False) -> None:
@@ -230,24 +288,28 @@ def _decompress_one(args: argparse.Namespace, name: str, test: bool = False) -> 
     if not test and args.recover:
         _recover_one(args, src_path, target, progress, bar)
         return
-    with _open_input(src_path) as src, bar:
+    if not test:
+        _refuse_existing(target, args.force)
+    journal = _journal(args, name, "decompress", src_path, target) if args.pool and not test else None
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(bar)
+        pieces = _decoding(args, stack, src_path, bar, progress, journal)
         if test:
-            _decode_stream(src, lambda b: None, args.model, progress, args.threads, args.dictionary)
+            for piece in pieces:
+                size += len(piece)
         else:
-            with atomic_output(target, args.force) as (out, _):
-
-                def sink(b: bytes) -> None:
-                    nonlocal size
-                    size += len(b)
-                    out.write(b)
-
-                _decode_stream(src, sink, args.model, progress, args.threads, args.dictionary)
+            with atomic_output(target, args.force, journal and journal.folder) as (out, _):
+                for piece in pieces:
+                    out.write(piece)
+                    size += len(piece)
                 if src_path is not None and target is not None:
                     with contextlib.suppress(OSError):
                         os.chmod(out.fileno(), src_path.stat().st_mode & 0o777)
+    if journal is not None:
+        journal.remove()
     if args.verbose:
         what = "OK" if test else f"{size:,} bytes"
-        print(f"{name}: {what} ({time.perf_counter() - started:.1f} s)", file=sys.stderr)
+        print(f"{name}: {what} ({time.perf_counter() - started:.1f} s{_on_workers(args)})", file=sys.stderr)
     if not test and args.rm and src_path is not None and target is not None:
         _Interrupt.check()
         src_path.unlink()
@@ -322,32 +384,35 @@ def _list(args: argparse.Namespace) -> None:
 
 
 def _list_one(name: str, data: memoryview) -> None:
-    parsed = fmt.parse_header(data)
-    if parsed is None:
-        raise LmpressError(f"{name}: truncated archive header")
-    h, offset = parsed
+    try:
+        layout = list(fmt.members(data))
+    except LmpressError as e:
+        raise LmpressError(f"{name}: {e}") from None
+    if len(layout) > 1:
+        print(f"{name}: {len(layout)} members (archives concatenated), decoded one after another")
+    for number, member in enumerate(layout, 1):
+        where = f"archive bytes {member.header[0]:,} to {member.end[1]:,}"
+        label = name if len(layout) == 1 else f"  member {number} ({where})"
+        _list_member(label, data, member)
+
+
+def _list_member(label: str, data: memoryview, member: fmt.MemberLayout) -> None:
+    h, _ = fmt.parse_header(data[slice(*member.header)])
     model = f"id {h.model_id}" if h.model_id else f"the one dictionary {h.dictionary} was built for"
-    print(f"{name}: model {h.model_name} ({model})")
+    print(f"{label}: model {h.model_name} ({model})")
     print(
         f"  engine {h.engine}, window {h.window}, keep {h.keep}, {h.group} chunks decoded side by side, "
         f"start token {h.start_token}, format version {h.version}"
     )
     if h.dictionary:
         print(f"  dictionary {h.dictionary} (decoding needs it: -D FILE)")
-    segment = 0
-    while True:
+    for segment, (start, end) in enumerate([*member.segments, member.end]):
         try:
-            parsed = fmt.parse_frame(data[offset:])
+            frame, _ = fmt.parse_frame(data[start:end])
         except LmpressError as e:
-            raise LmpressError(f"{name}: {e} in segment {segment} at archive byte {offset:,}") from None
-        if parsed is None:
-            raise LmpressError(f"{name}: truncated archive")
-        frame, n = parsed
-        offset += n
+            raise LmpressError(f"{label.strip()}: {e} in segment {segment} at archive byte {start:,}") from None
         if isinstance(frame, fmt.End):
-            print(f"  total {frame.total_size:,} bytes -> {len(data):,} bytes")
-            if offset < len(data):
-                raise LmpressError(f"{name}: {len(data) - offset:,} bytes of trailing data after the archive")
+            print(f"  total {frame.total_size:,} bytes -> {member.end[1] - member.header[0]:,} bytes")
             return
         print(
             f"  segment {segment}: original bytes {frame.offset:,} to {frame.offset + frame.raw_size:,} in "
@@ -357,7 +422,6 @@ def _list_one(name: str, data: memoryview) -> None:
             lm = c.method == fmt.METHOD_LM
             size = f"{c.tokens:>9,} tokens" if lm else f"{c.raw_size:>9,} -> {c.coded_size:,} bytes"
             print(f"    chunk {i}: {fmt.METHOD_NAMES[c.method]:6} {size}")
-        segment += 1
 
 
 def _models(args: argparse.Namespace) -> None:
@@ -389,9 +453,32 @@ def _documents(paths: list[str], field: str, max_bytes: int) -> Iterator[tuple[s
                         for n, line in enumerate(lines, 1):
                             if line.strip():
                                 yield f"{f}:{n}", _record(f, n, line, field)[: max_bytes or None]
+                elif f.suffix == ".parquet":
+                    for n, value in enumerate(_parquet_column(f, field), 1):
+                        if value is not None:
+                            data = value if isinstance(value, bytes) else str(value).encode("utf-8")
+                            yield f"{f}:{n}", data[: max_bytes or None]
                 else:
                     with f.open("rb") as src:
                         yield str(f), src.read(max_bytes or -1)
+
+
+def _parquet_column(path: Path, field: str) -> Iterator[object]:
+    """The values of one column of a Parquet file, row by row, a batch of rows in memory at a time."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UserError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
+    try:
+        table = pq.ParquetFile(path)
+        if field not in table.schema_arrow.names:
+            raise UserError(f"{path}: no column {field!r} (it has {', '.join(table.schema_arrow.names)}); use --field")
+        for batch in table.iter_batches(columns=[field], batch_size=1024):
+            yield from batch.column(0).to_pylist()
+    except UserError:
+        raise
+    except Exception as e:  # pyarrow reports unreadable files with its own exception types
+        raise UserError(f"{path}: not a readable Parquet file ({e})") from None
 
 
 def _record(path: Path, n: int, line: bytes, field: str) -> bytes:
@@ -400,14 +487,6 @@ def _record(path: Path, n: int, line: bytes, field: str) -> bytes:
     except (ValueError, KeyError, TypeError):
         raise UserError(f"{path}:{n}: not a JSON object with a {field!r} field") from None
     return str(value).encode("utf-8")
-
-
-def _analysis_setup(args: argparse.Namespace, lm: LanguageModel) -> tuple[LanguageModel, Settings]:
-    """The model and settings that score as ``compress`` (with ``-D``, its dictionary) would code."""
-    dictionary = Dictionary.read(args.dictionary).for_model(lm) if getattr(args, "dictionary", None) else None
-    primer = dictionary.tokens if dictionary else ()
-    settings = Settings(window=args.window, keep=args.keep_tokens, chunk_size=args.chunk_size, primer=primer)
-    return api.coding_model(lm, dictionary), settings
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -445,14 +524,54 @@ def _train(args: argparse.Namespace) -> None:
         )
 
 
-def _scored(args: argparse.Namespace, model_specs: list[str | None], detail: int = 0, local: int = 0):
-    """Yield (document name, data, model, scores, local scores or None) for every document under every model,
-    with a progress bar; ``local``: also score with that short context window (for the audit)."""
-    models = [load_model(spec) for spec in model_specs]
+def _rows(args: argparse.Namespace, model_specs: list[str | None], row, local: int = 0) -> Iterator[dict]:
+    """``row(name, data, model name, scores, local scores)`` of every document under every model, in order.
+
+    With ``--journal DIR``, each document's rows are kept in DIR as they are made, and the same command on the
+    same documents started again takes them instead of scoring those documents again.
+    """
     docs = list(_documents(args.paths, args.field, args.max_bytes))
+    journal = None
+    if args.journal:
+        digest = hashlib.blake2b(digest_size=16)
+        for name, data in docs:
+            digest.update(f"{name}\0{len(data)}\0".encode() + data)
+        identity = {
+            "lmpress": __version__,
+            "command": args.command,
+            "documents": digest.hexdigest(),
+            "models": model_specs,
+            "dictionary": getattr(args, "dictionary", None) and Dictionary.read(args.dictionary).id,
+            "options": _scoring(args) | {"local": local},
+        }
+        journal = parallel.Journal(Path(args.journal), identity)
+        if journal.kept and not args.quiet:
+            print(f"lmpress: resuming: {len(journal.kept):,} documents were scored by an earlier run", file=sys.stderr)
+    kept = journal.kept if journal else {}
+    scored = _scored(args, model_specs, [d for i, d in enumerate(docs) if i not in kept], local=local)
+    for i in range(len(docs)):
+        if i in kept:
+            yield from json.loads(journal.get(i))
+            continue
+        rows = [row(*next(scored)) for _ in model_specs]
+        if journal is not None:
+            journal.put(i, json.dumps(rows).encode())
+        yield from rows
+
+
+def _scored(
+    args: argparse.Namespace,
+    model_specs: list[str | None],
+    docs: list[tuple[str, bytes]],
+    detail: int = 0,
+    local: int = 0,
+):
+    """Yield (document name, data, model name, scores, local scores or None) for every document under every
+    model, with a progress bar; ``local``: also score with that short context window (for the audit). On the
+    workers when there are some (the same numbers, to the bit)."""
     passes = 2 if local else 1
     with tqdm(
-        total=sum(len(d) for _, d in docs) * len(models) * passes,
+        total=sum(len(d) for _, d in docs) * len(model_specs) * passes,
         unit="B",
         unit_scale=True,
         disable=args.quiet or not sys.stderr.isatty() and not args.verbose,
@@ -460,7 +579,13 @@ def _scored(args: argparse.Namespace, model_specs: list[str | None], detail: int
         file=sys.stderr,
         desc="scoring",
     ) as bar:
-        setups = [_analysis_setup(args, lm) for lm in models]
+        if args.pool is not None:
+            for name, data, model_name, scores, short in parallel.score(args.pool, docs, detail, local):
+                bar.update(len(data) * passes)
+                yield name, data, model_name, scores, short
+            return
+        dictionary = getattr(args, "dictionary", None)
+        setups = [api.scoring_setup(load_model(spec), dictionary, **_scoring(args)) for spec in model_specs]
         for name, data in docs:
             for lm, settings in setups:
                 scores = score_document(lm, data, settings, detail)
@@ -469,23 +594,26 @@ def _scored(args: argparse.Namespace, model_specs: list[str | None], detail: int
                 if local:
                     short = score_document(lm, data, local_settings(settings, local))
                     bar.update(len(data))
-                yield name, data, lm, scores, short
+                yield name, data, lm.name, scores, short
+
+
+def _scoring(args: argparse.Namespace) -> dict:
+    return {"window": args.window, "keep": args.keep_tokens, "chunk_size": args.chunk_size}
 
 
 def _measure(args: argparse.Namespace) -> None:
-    rows = []
-    for name, _, lm, s, _ in _scored(args, args.model or [None]):
-        rows.append(
-            {
-                "document": name,
-                "model": lm.name,
-                "bytes": s.n_bytes,
-                "skipped_bytes": s.skipped_bytes,
-                "tokens": len(s.bits),
-                "bits": s.total_bits,
-                "bits_per_byte": s.bits_per_byte,
-            }
-        )
+    def row(name: str, data: bytes, model: str, s, _) -> dict:
+        return {
+            "document": name,
+            "model": model,
+            "bytes": s.n_bytes,
+            "skipped_bytes": s.skipped_bytes,
+            "tokens": len(s.bits),
+            "bits": s.total_bits,
+            "bits_per_byte": s.bits_per_byte,
+        }
+
+    rows = list(_rows(args, args.model or [None], row))
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == model]
         n_bytes, bits = sum(r["bytes"] for r in mine), sum(r["bits"] for r in mine)
@@ -506,12 +634,10 @@ def _measure(args: argparse.Namespace) -> None:
 def _audit(args: argparse.Namespace) -> None:
     if args.local_window < 4:
         raise UserError("--local-window must be at least 4")
-    scored = _scored(args, [args.model], local=args.local_window)
-    audits = [audit_document(name, data, s, local) for name, data, _, s, local in scored]
-    audits.sort(key=lambda a: a.ratio)
-    rows = [
-        {
-            "rank": i,
+
+    def row(name: str, data: bytes, model: str, s, local) -> dict:
+        a = audit_document(name, data, s, local)
+        return {
             "document": a.name,
             "bytes": a.n_bytes,
             "model_bpb": a.model_bpb,
@@ -524,25 +650,11 @@ def _audit(args: argparse.Namespace) -> None:
             "verdict": verdict(a.ratio),
             "spans": a.spans,
         }
-        for i, a in enumerate(audits, 1)
-    ]
-    _emit(
-        args,
-        rows,
-        [
-            "rank",
-            "document",
-            "bytes",
-            "model_bpb",
-            "local_bpb",
-            "xz_bpb",
-            "zlib_bpb",
-            "ratio",
-            "min_k_pp",
-            "memorised_tokens",
-            "verdict",
-        ],
-    )
+
+    ranked = sorted(_rows(args, [args.model], row, local=args.local_window), key=lambda r: r["ratio"])
+    rows = [{"rank": i, **r} for i, r in enumerate(ranked, 1)]
+    columns = ["rank", "document", "bytes", "model_bpb", "local_bpb", "xz_bpb", "zlib_bpb", "ratio", "min_k_pp"]
+    _emit(args, rows, [*columns, "memorised_tokens", "verdict"])
     if not (args.json or args.csv):
         for r in rows:
             for span in r["spans"][:1]:
@@ -562,12 +674,12 @@ def verdict(ratio: float) -> str:
 
 def _show(args: argparse.Namespace) -> None:
     specs = [args.model] + ([args.vs] if args.vs else [])
-    scored = list(_scored(args, specs, detail=5))
+    scored = list(_scored(args, specs, list(_documents(args.paths, args.field, args.max_bytes)), detail=5))
     if len({name for name, *_ in scored}) != 1:
         raise UserError("show takes one document")
     name, data = scored[0][0], scored[0][1]
     xz_bpb = 8 * len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)) / max(len(data), 1)
-    page = render(Path(name).name, [lm.name for _, _, lm, _, _ in scored], [s for _, _, _, s, _ in scored], xz_bpb)
+    page = render(Path(name).name, [model for _, _, model, _, _ in scored], [s for _, _, _, s, _ in scored], xz_bpb)
     target = Path(args.output or Path(name).name + ".html")
     with atomic_output(target, force=True) as (out, _):
         out.write(page.encode("utf-8"))
@@ -629,8 +741,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="dictionary (.lmpd, from `lmpress train`); decompressing needs it too",
     )
 
+    scale = argparse.ArgumentParser(add_help=False)
+    scale.add_argument(
+        "-j",
+        "--workers",
+        type=int,
+        help="worker processes, each with a model and its share of the cores (default 1: this process alone; with "
+        "--ray: one per GPU of the cluster, else one per CPU); the output is the same whatever the number",
+    )
+    scale.add_argument(
+        "--ray", action="store_true", help="run the workers as Ray actors, on a local Ray (pip install 'lmpress[ray]')"
+    )
+    scale.add_argument("--address", help="the Ray cluster to run on, e.g. ray://head:10001 or auto (implies --ray)")
+
     defaults = Settings()
-    c = sub.add_parser("compress", parents=[common, compute, io_opts], help="compress files to FILE.lmp", epilog=EPILOG)
+    c = sub.add_parser(
+        "compress", parents=[common, compute, io_opts, scale], help="compress files to FILE.lmp", epilog=EPILOG
+    )
     c.add_argument("--verify", action="store_true", help="decompress again and compare before reporting success")
     c.add_argument("--window", type=int, default=defaults.window, help="context positions per chunk")
     c.add_argument("--keep-tokens", type=int, default=defaults.keep, help="tokens kept when the context restarts")
@@ -638,19 +765,21 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--batch", type=int, default=defaults.max_batch, help="chunks decoded side by side (memory: ~25 MB each)"
     )
-    d = sub.add_parser("decompress", parents=[common, compute, io_opts], help="decompress FILE.lmp", epilog=EPILOG)
+    d = sub.add_parser(
+        "decompress", parents=[common, compute, io_opts, scale], help="decompress FILE.lmp", epilog=EPILOG
+    )
     d.add_argument(
         "--recover",
         action="store_true",
         help="from a damaged archive, write every intact segment, skip the rest and name the lost byte ranges",
     )
-    t = sub.add_parser("test", parents=[common, compute], help="check that archives decompress", epilog=EPILOG)
+    t = sub.add_parser("test", parents=[common, compute, scale], help="check that archives decompress", epilog=EPILOG)
     t.add_argument("-D", "--dictionary", metavar="FILE", help="the dictionary the archives were made with")
     ls = sub.add_parser("list", help="show an archive's header and chunks (no model needed)")
     ls.add_argument("files", nargs="+", metavar="FILE")
     lens = argparse.ArgumentParser(add_help=False)
-    lens.add_argument("paths", nargs="+", metavar="PATH", help="files, folders, glob patterns, or .jsonl files")
-    lens.add_argument("--field", default="text", help="JSONL field holding the document (default: text)")
+    lens.add_argument("paths", nargs="+", metavar="PATH", help="files, folders, globs, .jsonl or .parquet files")
+    lens.add_argument("--field", default="text", help="JSONL field or Parquet column of the documents (default: text)")
     lens.add_argument("--max-bytes", type=int, default=0, help="score only the first N bytes of each document")
     lens.add_argument("--window", type=int, default=defaults.window, help="context positions (as compress)")
     lens.add_argument("--keep-tokens", type=int, default=defaults.keep, help="tokens kept at a restart (as compress)")
@@ -660,13 +789,19 @@ def build_parser() -> argparse.ArgumentParser:
     out_fmt = argparse.ArgumentParser(add_help=False)
     out_fmt.add_argument("--json", action="store_true", help="JSON output")
     out_fmt.add_argument("--csv", action="store_true", help="CSV output")
-    ms = sub.add_parser("measure", parents=[lens, compute, out_fmt], help="bits per byte of documents under models")
+    ms = sub.add_parser(
+        "measure", parents=[lens, compute, out_fmt, scale], help="bits per byte of documents under models"
+    )
     ms.add_argument("--model", action="append", help="a model to measure (repeat to compare; default: the default)")
+    ms.add_argument("--journal", metavar="DIR", help=JOURNAL_HELP)
     ms.add_argument(
         "-D", "--dictionary", metavar="FILE", help="measure with this dictionary (as compress -D would code)"
     )
-    au = sub.add_parser("audit", parents=[lens, compute, out_fmt], help="rank documents from known to new to the model")
+    au = sub.add_parser(
+        "audit", parents=[lens, compute, out_fmt, scale], help="rank documents from known to new to the model"
+    )
     au.add_argument("--model", help="model (default: the default model)")
+    au.add_argument("--journal", metavar="DIR", help=JOURNAL_HELP)
     au.add_argument(
         "--local-window",
         type=int,
@@ -725,34 +860,60 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             _list(args)
             return EXIT_OK
-        if args.command in ANALYSES:
-            with torch_threads(args.threads):
-                ANALYSES[args.command](args)
-            return EXIT_OK
-        if args.command != "test" and args.output and len(args.files) > 1:
+        if args.command not in ANALYSES and args.command != "test" and args.output and len(args.files) > 1:
             raise UserError("-o takes one input file")
         if args.command == "compress":
             Settings(**_settings(args))  # report bad settings before any work
-        status = EXIT_OK
-        for name in args.files:
-            try:
-                if args.command == "compress":
-                    _compress_one(args, name)
-                else:
-                    _decompress_one(args, name, test=args.command == "test")
-            except DataLost as e:
-                status = status or EXIT_DAMAGED  # an error elsewhere says more
-                print(f"lmpress: {_message(name, e)}", file=sys.stderr)
-            except (UserError, LmpressError, OSError) as e:
-                status = EXIT_ERROR
-                print(f"lmpress: {_message(name, e)}", file=sys.stderr)
-                if isinstance(e, (ModelMismatchError, ModelUnavailableError, DictionaryMismatchError)):
-                    break  # the same model or dictionary problem would repeat for every file
+        with _workers(args) as args.pool:
+            if args.command in ANALYSES:
+                with torch_threads(args.threads):
+                    ANALYSES[args.command](args)
+                return EXIT_OK
+            status = EXIT_OK
+            for name in args.files:
+                try:
+                    if args.command == "compress":
+                        _compress_one(args, name)
+                    else:
+                        _decompress_one(args, name, test=args.command == "test")
+                except DataLost as e:
+                    status = status or EXIT_DAMAGED  # an error elsewhere says more
+                    print(f"lmpress: {_message(name, e)}", file=sys.stderr)
+                except (UserError, LmpressError, OSError) as e:
+                    status = EXIT_ERROR
+                    print(f"lmpress: {_message(name, e)}", file=sys.stderr)
+                    if isinstance(e, (ModelMismatchError, ModelUnavailableError, DictionaryMismatchError)):
+                        break  # the same model or dictionary problem would repeat for every file
         _Interrupt.check()
         return status
     except (UserError, LmpressError, OSError, ValueError) as e:
         print(f"lmpress: {_message(None, e)}", file=sys.stderr)
         return EXIT_ERROR
+
+
+@contextlib.contextmanager
+def _workers(args: argparse.Namespace) -> Iterator[parallel.Pool | None]:
+    """The workers this command asked for (``--workers``, ``--ray``, ``--address``), or None for this process."""
+    ray = bool(getattr(args, "ray", False) or getattr(args, "address", None))
+    workers = getattr(args, "workers", None)
+    if workers is not None and workers < 1:
+        raise UserError("--workers must be at least 1")
+    if not ray and (workers or 1) == 1 or getattr(args, "recover", False):  # --recover reads on in one process
+        yield None
+        return
+    threads = args.threads or (1 if ray else max(1, (os.cpu_count() or 1) // workers))
+    dictionary = Dictionary.read(args.dictionary) if getattr(args, "dictionary", None) else None
+    if args.command == "compress":
+        models, settings = (args.model,), _settings(args) | {"threads": threads}
+    elif args.command in ANALYSES:
+        models, settings = tuple(args.model or [None]) if args.command == "measure" else (args.model,), _scoring(args)
+    else:
+        models, settings = (args.model,), {}
+    pool = parallel.make_pool(parallel.Job(models, dictionary, settings, threads), workers, ray, args.address)
+    try:
+        yield pool
+    finally:
+        pool.close()
 
 
 def _message(name: str | None, e: BaseException) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .errors import FormatError, UnsupportedVersionError
@@ -235,8 +236,9 @@ def parse_header(buf: bytes | bytearray) -> tuple[Header, int] | None:
     return header, end
 
 
-def parse_frame(buf: bytes | bytearray | memoryview) -> tuple[Segment | End, int] | None:
-    """The frame at the start of ``buf`` and its length, or None if more bytes are needed."""
+def _frame_extent(buf: bytes | bytearray | memoryview) -> tuple[int, int, int, int] | None:
+    """(kind, body_len or total_size, body offset, frame length) of the frame at the start of ``buf``, read from
+    its kind and length alone; None if more bytes are needed to know its length."""
     if not buf:
         return None
     kind = buf[0]
@@ -249,7 +251,15 @@ def parse_frame(buf: bytes | bytearray | memoryview) -> tuple[Segment | End, int
     body_len = 0 if kind == FRAME_END else value
     if body_len > MAX_FRAME_BYTES:
         raise FormatError(f"corrupted archive (frame of {body_len} bytes)")
-    end = offset + body_len + _CRC.size
+    return kind, value, offset, offset + body_len + _CRC.size
+
+
+def parse_frame(buf: bytes | bytearray | memoryview) -> tuple[Segment | End, int] | None:
+    """The frame at the start of ``buf`` and its length, or None if more bytes are needed."""
+    extent = _frame_extent(buf)
+    if extent is None:
+        return None
+    kind, value, offset, end = extent
     if len(buf) < end:
         return None
     (crc,) = _CRC.unpack_from(buf, end - _CRC.size)
@@ -261,6 +271,56 @@ def parse_frame(buf: bytes | bytearray | memoryview) -> tuple[Segment | End, int
         return _parse_segment(memoryview(buf)[offset : end - _CRC.size]), end
     except _NeedMore:
         raise FormatError("corrupted archive (segment contents overrun its frame)") from None
+
+
+@dataclass(frozen=True)
+class MemberLayout:
+    """Where one member of an archive lies, as [start, end) byte ranges: its header, each segment frame, its end
+    frame. Members are complete archives; an archive file is one or more of them, one after another."""
+
+    header: tuple[int, int]
+    segments: list[tuple[int, int]]
+    end: tuple[int, int]
+
+
+def members(buf: bytes | bytearray | memoryview) -> Iterator[MemberLayout]:
+    """The layout of every member of an archive, found from the headers and the frames' length fields alone.
+
+    Nothing else is read or checked (a frame's checksum is checked by whoever decodes it), so a parallel reader
+    splits an archive of any size into its segments at the cost of a few bytes a segment.
+    """
+    view, position, index = memoryview(buf), 0, 0
+    while position < len(view) or not index:
+        where = f"member {index + 1} (from archive byte {position:,})" if index else "it"
+        if index and bytes(view[position : position + len(MAGIC)]) != MAGIC[: len(view) - position]:
+            raise FormatError(f"{len(view) - position:,} bytes of trailing data after the archive")
+        parsed = parse_header(view[position:])
+        if parsed is None:
+            raise FormatError(f"truncated archive ({where} ends inside its header)" if len(view) else "empty input")
+        header = (position, position + parsed[1])
+        position, segments = header[1], []
+        while True:
+            try:
+                extent = _frame_extent(view[position:])
+            except FormatError as e:
+                raise FormatError(f"{e} at archive byte {position:,}") from None
+            if extent is None or position + extent[3] > len(view):
+                raise FormatError(f"truncated archive ({where} ends inside a frame, at archive byte {position:,})")
+            frame = (position, position + extent[3])
+            position = frame[1]
+            if extent[0] == FRAME_END:
+                break
+            segments.append(frame)
+        yield MemberLayout(header, segments, frame)
+        index += 1
+
+
+def segment_position(frame: bytes | bytearray | memoryview) -> tuple[int, int]:
+    """(offset, raw_size) of a whole segment frame, read from the start of its body alone (not checked)."""
+    _, _, offset, _ = _frame_extent(frame)
+    position, offset = read_uvarint(frame, offset)
+    raw_size, _ = read_uvarint(frame, offset)
+    return position, raw_size
 
 
 def find_frame(buf: bytes | bytearray | memoryview, start: int) -> int | None:

@@ -179,3 +179,26 @@ def test_impossible_context_settings_are_a_format_error():
     for window, keep in [(1, 0), (64, 63)]:
         with pytest.raises(FormatError, match="window"):
             fmt.parse_header(dataclasses.replace(HEADER, window=window, keep=keep).to_bytes())
+
+
+def test_members_are_found_from_lengths_alone():
+    seg = fmt.Segment(0, 3, 7, [fmt.Chunk(fmt.METHOD_STORED, 3, 3)], [b"abc"], b"").to_bytes()
+    one = HEADER.to_bytes() + seg + seg + fmt.End(6).to_bytes()  # the layout reads no offset
+    two = HEADER.to_bytes() + fmt.End(0).to_bytes()
+    layout = list(fmt.members(one + two))
+    h = len(HEADER.to_bytes())
+    assert [m.header for m in layout] == [(0, h), (len(one), len(one) + h)]
+    assert layout[0].segments == [(h, h + len(seg)), (h + len(seg), h + 2 * len(seg))] and layout[1].segments == []
+    assert layout[1].end == (len(one) + h, len(one + two))
+    assert fmt.segment_position(seg) == (0, 3)
+    damaged = bytearray(one)
+    damaged[h + 6] ^= 0xFF  # inside a payload: only the frame's checksum, which this does not read, would tell
+    assert len(list(fmt.members(bytes(damaged)))) == 1
+    with pytest.raises(FormatError, match="trailing data"):
+        list(fmt.members(one + b"xyz"))
+    with pytest.raises(FormatError, match=r"member 2 \(from archive byte [\d,]+\) ends inside its header"):
+        list(fmt.members(one + two[:7]))
+    with pytest.raises(FormatError, match="ends inside a frame"):
+        list(fmt.members(one[:-2]))
+    with pytest.raises(FormatError, match="unknown frame type 0x07\\) at archive byte"):
+        list(fmt.members(HEADER.to_bytes() + b"\x07"))

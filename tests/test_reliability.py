@@ -107,10 +107,10 @@ def test_corruption_matrix(archives, tiny, dictionary):
             assert isinstance(result, str) and "\n" not in result
             cases += 1
             detected += 1
-        for extra in (b"\x00", b"LMPZ", blob):  # trailing garbage; two archives concatenated
-            assert "trailing" in outcome(blob + extra, tiny, dictionary)
-            cases += 1
-            detected += 1
+        assert "trailing" in outcome(blob + b"\x00", tiny, dictionary)  # garbage after the archive
+        assert "member 2 (from archive byte" in outcome(blob + b"LMPZ", tiny, dictionary)  # a second one cut short
+        cases, detected = cases + 2, detected + 2
+        assert outcome(blob + blob, tiny, dictionary) == data + data  # two archives concatenated: two members
     print(f"corruption matrix: {cases} cases, {detected} detected, {cases - detected} harmless")
     assert detected == cases  # every field is under a checksum: no damage goes unnoticed
 
@@ -145,6 +145,21 @@ def test_recover_returns_every_intact_segment(archives, tiny):
     out, lost = lmpress.recover(cut, model=tiny)
     lo = sum(map(len, pieces[:-1]))
     assert out == data[:lo] and [(d.start, d.end) for d in lost] == [(lo, None)]
+
+
+def test_recover_reads_on_through_every_member(archives, tiny):
+    """In an archive of several members, damage in one costs its own segments, not the members after it."""
+    (first, one), (second, two) = archives["segments"], archives["text"]
+    structure = fields(one)
+    start, end = next((s, e) for f, s, e in structure if f == "segment 1 token stream")
+    damaged = bytearray(one + two)
+    damaged[(start + end) // 2] ^= 0x40
+    out, lost = lmpress.recover(bytes(damaged), model=tiny)
+    pieces = list(lmpress.salvage(one, model=tiny))
+    lo, hi = len(pieces[0]), len(pieces[0]) + len(pieces[1])
+    assert out == first[:lo] + first[hi:] + second and [(d.start, d.end) for d in lost] == [(lo, hi)]
+    out, lost = lmpress.recover(one + two + b"junk", model=tiny)
+    assert out == first + second and [(d.start, d.end) for d in lost] == [(len(first + second), None)]
 
 
 def test_recover_command_writes_what_is_intact(archives, tiny, tiny_model_dir, tmp_path):
