@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import re
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -206,6 +207,10 @@ class RayPool(Pool):
     """Ray actors, one loaded model each: one per GPU where the cluster has GPUs, else one per ``threads`` CPUs."""
 
     def __init__(self, job: Job, workers: int | None, address: str | None):
+        if address is None and "ray" not in sys.modules:
+            # The Ray started here is for this machine alone: every Ray process then listens on the loopback
+            # address only, reachable from nowhere else (Ray's switch for one-machine clusters, read on import).
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         try:
             import ray
         except ImportError:

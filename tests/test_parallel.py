@@ -202,12 +202,15 @@ def ray_cluster(tmp_path_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    before = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "token"  # for the head node and every command the tests run
+    # For the head node and every command the tests run: token authentication, and every Ray process on the
+    # loopback address (Ray's switch for one-machine clusters; else it takes the address of the routed interface).
+    environment = {"RAY_AUTH_MODE": "token", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    before = {k: os.environ.get(k) for k in environment}
+    os.environ.update(environment)
     head = subprocess.Popen(
         [shutil.which("ray", path=os.path.dirname(sys.executable)), "start", "--head", "--block", "--num-cpus=2",
-         "--num-gpus=0", f"--port={port}", "--include-dashboard=false", "--disable-usage-stats",
-         f"--temp-dir={tmp_path_factory.mktemp('ray')}"],
+         "--num-gpus=0", f"--port={port}", "--node-ip-address=127.0.0.1", "--include-dashboard=false",
+         "--disable-usage-stats", f"--temp-dir={tmp_path_factory.mktemp('ray')}"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -223,10 +226,11 @@ def ray_cluster(tmp_path_factory):
     finally:
         head.terminate()
         head.wait(timeout=120)
-        if before is None:
-            os.environ.pop("RAY_AUTH_MODE")
-        else:
-            os.environ["RAY_AUTH_MODE"] = before
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
 
 
 def test_ray_archives_are_plain_archives_and_back(ray_cluster, tmp_path, tiny_model_dir, tiny):
