@@ -328,3 +328,17 @@ def test_a_worker_that_dies_fails_the_run_in_one_line(tmp_path, tiny_model_dir):
     stderr = driver.stderr.read().strip()
     assert b"a worker process died" in stderr and b"\n" not in stderr, stderr
     assert _parts(tmp_path / "in.txt.lmp") >= 1 and not (tmp_path / "in.txt.lmp").exists()
+
+
+def test_workers_code_with_a_dictionary(tmp_path, tiny_model_dir, tiny):
+    """Each worker loads the dictionary: the archive is the one a single process makes with it, and decodes."""
+    dictionary = lmpress.train(tiny, [TEXT[i : i + 120] for i in range(0, 2400, 60)], size=32)
+    (tmp_path / "d.lmpd").write_bytes(dictionary.to_bytes())
+    (tmp_path / "in.txt").write_bytes(MIXED)
+    model = ["--model", tiny_model_dir, "-D", tmp_path / "d.lmpd"]
+    r = run("compress", "-q", *model, "--chunk-size", "60", "--batch", "4", "-j", "2", tmp_path / "in.txt")
+    assert r.returncode == 0, r.stderr
+    blob = (tmp_path / "in.txt.lmp").read_bytes()
+    assert blob == lmpress.compress(MIXED, model=tiny, dictionary=dictionary, **SMALL)
+    r = run("decompress", "-c", *model, "-j", "2", tmp_path / "in.txt.lmp")
+    assert r.returncode == 0 and r.stdout == MIXED, r.stderr
