@@ -170,10 +170,13 @@ class ProcessPool(Pool):
         self.workers = workers
         threads = str(job.threads)
         environment = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "NUMBA_NUM_THREADS": threads}
-        with _environment(environment):  # read by the thread pools of each new process as it starts
-            self._pool = concurrent.futures.ProcessPoolExecutor(
-                workers, multiprocessing.get_context("spawn"), _start_process, (job, os.getpid())
-            )
+        # Read by the thread pools of each new process as it starts, and processes start when work first comes:
+        # so for the pool's whole life (else two processes' idle thread pools spin on the same cores).
+        self._environment = contextlib.ExitStack()
+        self._environment.enter_context(_environment(environment))
+        self._pool = concurrent.futures.ProcessPoolExecutor(
+            workers, multiprocessing.get_context("spawn"), _start_process, (job, os.getpid())
+        )
 
     def submit(self, method: str, *args: Any) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()
@@ -201,6 +204,7 @@ class ProcessPool(Pool):
         self._pool.shutdown(wait=True, cancel_futures=True)  # one call that joins: a first one would not
         del self._pool  # its queues' semaphores are released now, not at an interpreter exit that Ctrl-C skips
         gc.collect()
+        self._environment.close()
 
 
 class RayPool(Pool):
