@@ -268,9 +268,11 @@ def _decoding(
     if args.pool is None:
         return _decoded(stack.enter_context(_open_input(src)), args.model, progress, args.threads, args.dictionary)
     archive = stack.enter_context(_archive_bytes(src))
+    layout = list(fmt.members(archive))
     if bar is not None:
-        bar.total = parallel.original_size(archive)
-    return stack.enter_context(contextlib.closing(parallel.decompress(args.pool, archive, journal, progress)))
+        bar.total = parallel.original_size(archive, layout)
+    pieces = parallel.decompress(args.pool, archive, journal, progress, layout)
+    return stack.enter_context(contextlib.closing(pieces))
 
 
 def _decompress_one(args: argparse.Namespace, name: str, test: bool = False) -> None:

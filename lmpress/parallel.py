@@ -105,8 +105,8 @@ class Worker:
         with torch_threads(self.job.threads):
             return decode_segment(lm, segment, settings, member + api.segment_name(index, segment))
 
-    def score(self, data: bytes, detail: int, local: int, name: str = "") -> list[tuple]:
-        """(model name, scores, short-context scores or None) of one document (``name``) under each model."""
+    def score(self, data: bytes, detail: int, local: int) -> list[tuple]:
+        """(model name, scores, short-context scores or None) of one document under each model."""
         out = []
         with torch_threads(self.job.threads):
             for lm in self.models:
@@ -168,12 +168,10 @@ class ProcessPool(Pool):
 
     def __init__(self, job: Job, workers: int):
         self.workers = workers
-        threads = str(job.threads)
-        environment = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "NUMBA_NUM_THREADS": threads}
         # Read by the thread pools of each new process as it starts, and processes start when work first comes:
         # so for the pool's whole life (else two processes' idle thread pools spin on the same cores).
         self._environment = contextlib.ExitStack()
-        self._environment.enter_context(_environment(environment))
+        self._environment.enter_context(_environment(_thread_limits(job.threads)))
         self._pool = concurrent.futures.ProcessPoolExecutor(
             workers, multiprocessing.get_context("spawn"), _start_process, (job, os.getpid())
         )
@@ -239,10 +237,8 @@ class RayPool(Pool):
         if gpus:
             job = Job(job.models, job.dictionary, job.settings, job.threads, "cuda")
         self.workers = workers
-        threads = str(job.threads)
-        env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "NUMBA_NUM_THREADS": threads}
         actor = ray.remote(Worker).options(
-            num_cpus=job.threads, num_gpus=1 if gpus else 0, runtime_env={"env_vars": env}
+            num_cpus=job.threads, num_gpus=1 if gpus else 0, runtime_env={"env_vars": _thread_limits(job.threads)}
         )
         self._actors = [actor.remote(job) for _ in range(workers)]
         self._busy = [0] * workers
@@ -276,6 +272,11 @@ def make_pool(job: Job, workers: int | None, ray: bool = False, address: str | N
     if ray or address:
         return RayPool(job, workers, address)
     return ProcessPool(job, workers or os.cpu_count() or 1)
+
+
+def _thread_limits(threads: int) -> dict[str, str]:
+    """The environment that sizes a new process's thread pools (OpenMP, MKL, numba): read as it starts."""
+    return dict.fromkeys(("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"), str(threads))
 
 
 @contextlib.contextmanager
@@ -436,11 +437,13 @@ def decompress(
     archive: bytes | memoryview,
     journal: Journal | None = None,
     progress: Callable[[float, float], None] | None = None,
+    layout: list[fmt.MemberLayout] | None = None,
 ) -> Iterator[bytes]:
     """The original bytes of an archive (every member), segment by segment, in order; each segment checked
-    as a plain decoder checks it. Raises before anything is decoded if the archive's layout is cut short."""
+    as a plain decoder checks it. Raises before anything is decoded if the archive's layout is cut short.
+    ``layout``: ``format.members`` of the archive, if the caller has it already."""
     view = memoryview(archive)
-    layout = list(fmt.members(view))
+    layout = list(fmt.members(view)) if layout is None else layout
     units = (
         (bytes(view[slice(*member.header)]), bytes(view[a:b]), _member(m, len(layout)), i)
         for m, member in enumerate(layout)
@@ -468,12 +471,12 @@ def decompress(
             raise FormatError(f"corrupted archive (end marker says {end.total_size:,} bytes, segments hold {size:,})")
 
 
-def original_size(archive: bytes | memoryview) -> int | None:
-    """What the archive's end markers say it holds (None if it is cut short): a total for progress bars."""
+def original_size(archive: bytes | memoryview, layout: list[fmt.MemberLayout]) -> int | None:
+    """What the archive's end markers say it holds (None if one is damaged): a total for progress bars."""
     view = memoryview(archive)
     try:
-        return sum(fmt.parse_frame(view[slice(*member.end)])[0].total_size for member in fmt.members(view))
-    except (LmpressError, TypeError):
+        return sum(fmt.parse_frame(view[slice(*member.end)])[0].total_size for member in layout)
+    except LmpressError:
         return None
 
 
@@ -482,11 +485,11 @@ def _member(member: int, members: int) -> str:
 
 
 def score(
-    pool: Pool, documents: Iterable[tuple[str, bytes]], detail: int = 0, local: int = 0
+    pool: Pool, documents: list[tuple[str, bytes]], detail: int = 0, local: int = 0
 ) -> Iterator[tuple[str, bytes, str, TokenScores, TokenScores | None]]:
     """(name, data, model name, scores, short-context scores) of each document under each of the job's models,
     in order: what the analyses of ``cli.py`` take, to the bit what one process computes."""
-    docs = ((data, detail, local, name) for name, data in documents)
-    for (data, _, _, name), per_model in ordered(pool, "score", docs):
+    results = ordered(pool, "score", ((data, detail, local) for _, data in documents))
+    for (name, data), (_, per_model) in zip(documents, results):
         for model_name, scores, short in per_model:
             yield name, data, model_name, scores, short
