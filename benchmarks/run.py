@@ -157,7 +157,7 @@ def measure_lmpress(model, data: bytes, settings: dict, reference: FloatReferenc
     d_s = time.perf_counter() - started
     s = comp.stats
     rss = peak_rss_kib()
-    float_bits = reference.bits(data, s.lm_spans, Settings(**settings)) if reference else None
+    float_bits = reference.bits(data, s.lm_spans, Settings.at_level(**settings)) if reference else None
     return {
         "bytes_out": len(blob),
         "compress_s": c_s,
@@ -431,6 +431,9 @@ def main() -> int:
     parser.add_argument("--report", action="store_true", help="measure nothing: tables and chart from --out's results")
     parser.add_argument("--no-chart", action="store_true")
     parser.add_argument("--no-float", action="store_true", help="skip the float model's reference code length")
+    parser.add_argument(
+        "--levels", help="lmpress at each of these levels, e.g. 1,3,6,9 (one row each; default: lmpress's default)"
+    )
     args = parser.parse_args()
     results = args.out / "results.json"
     if args.report:
@@ -442,6 +445,7 @@ def main() -> int:
     if not inputs:
         sys.exit("benchmark: no input files (pass files or folders)")
     settings = {"chunk_size": chunk} if chunk else {}
+    levels = [int(n) for n in args.levels.split(",")] if args.levels else [None]
     peers = [p for p in PEERS if shutil.which(p.compress[0])]
     skipped = [
         f"{p.name} (`{p.compress[0]}` not on PATH" + (f"; apt-get install {p.install})" if p.install else ")")
@@ -468,6 +472,7 @@ def main() -> int:
         "load_s": load_s,
         "prefix": prefix,
         "lmpress_settings": settings,
+        "lmpress_levels": levels,
         "skipped": skipped,
         "peers": {p.name: {"compress": " ".join(p.compress), "decompress": " ".join(p.decompress)} for p in peers},
     }
@@ -480,9 +485,11 @@ def main() -> int:
             continue
         data = path.read_bytes()[: prefix or None]
         print(f"[{i}/{len(inputs)}] {name}, {len(data):,} bytes", file=sys.stderr, flush=True)
-        for k, (spec, lm) in enumerate(models):
+        runs = [(spec, lm, level) for spec, lm in models for level in levels]
+        for k, (spec, lm, level) in enumerate(runs):
             label = "lmpress" if spec is None else f"lmpress ({lm.name})"
-            measured = measure_lmpress(lm, data, settings, reference if k == 0 else None)
+            label += f" -{level}" if level else ""
+            measured = measure_lmpress(lm, data, settings | {"level": level}, reference if k == 0 else None)
             rows.append(derive({"compressor": label, "file": name, "bytes": len(data), **measured}))
             r = rows[-1]
             print(

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import mixing
 from .coding import PRECISION_BITS, TOTAL, frequencies
 from .engine import Settings, chunks_of, score_rows
 from .models import LanguageModel
@@ -62,7 +63,11 @@ def score_document(
         else:
             out.n_bytes += len(chunk)
             rows.append(ids)
-    bits = [np.zeros(len(ids)) for ids in rows]
+    # With the match model mixed in (as the compressor codes), bits come from the mixed intervals, the rest from
+    # the LM alone; the rows are mixed as one segment (the compressor restarts the match model every segment).
+    plan = mixing.Plan(rows, settings.max_batch) if settings.mix else None
+    left = [np.zeros(len(ids), np.int64) for ids in rows]
+    width = [np.zeros(len(ids), np.int64) for ids in rows]
     z = [np.zeros(len(ids)) for ids in rows]
     rank = [np.zeros(len(ids), np.int64) for ids in rows]
     top: list[list] = [[None] * len(ids) for ids in rows]
@@ -75,7 +80,13 @@ def score_document(
         p = freqs.double() / TOTAL
         mu = (p * logp).sum(-1)
         sigma = ((p * logp.square()).sum(-1) - mu.square()).clamp_min(1e-12).sqrt()
-        bits[row][first : first + n] = (PRECISION_BITS - torch.log2(chosen[:, 0].double())).cpu().numpy()
+        at = slice(first, first + n)
+        width[row][at] = chosen[:, 0].cpu().numpy()
+        if plan is not None:
+            below = freqs.cumsum(-1).gather(1, tokens.view(-1, 1).to(freqs.device)) - chosen
+            left[row][at] = below[:, 0].cpu().numpy()
+            guesses = torch.from_numpy(plan.guesses(row, at)).view(-1, 1).to(freqs.device)
+            plan.f_predicted[row][at] = freqs.gather(1, guesses)[:, 0].cpu().numpy()
         z[row][first : first + n] = ((torch.log(chosen[:, 0].double() / TOTAL) - mu) / sigma).cpu().numpy()
         rank[row][first : first + n] = ((freqs > chosen).sum(-1) + 1).cpu().numpy()
         if detail:
@@ -84,8 +95,10 @@ def score_document(
                 top[row][first + i] = [(lm.tokenizer.decode([j]), v) for j, v in zip(js, vs)]
 
     score_rows(lm, rows, settings, visit, progress)
+    if plan is not None:
+        _, width = plan.mixed(left, width, lm.net.cfg.vocab_size)
     for row, ids in enumerate(rows):
-        out.bits.extend(bits[row].tolist())
+        out.bits.extend((PRECISION_BITS - np.log2(width[row])).tolist())
         out.z.extend(z[row].tolist())
         out.rank.extend(rank[row].tolist())
         if detail:
@@ -132,8 +145,9 @@ class Audit:
 
 
 def local_settings(settings: Settings, window: int = LOCAL_WINDOW) -> Settings:
-    """The audit's short context: windows of ``window`` positions that restart from their last half."""
-    return dataclasses.replace(settings, window=window, keep=window // 2)
+    """The audit's short context: windows of ``window`` positions that restart from their last half, and no
+    match model (which would credit the document's own repetition to the model)."""
+    return dataclasses.replace(settings, window=window, keep=window // 2, mix=False)
 
 
 def min_k_percent_pp(z: list[float], k: float = 0.2) -> float:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from . import format as fmt
+from . import mixing
 from .dictionary import Dictionary
 from .engine import Progress, Settings, Stats, decode_segment, encode_segment, segment_length, torch_threads
 from .errors import DictionaryMismatchError, FormatError, LmpressError, ModelMismatchError
@@ -56,8 +57,9 @@ def coding_model(base: LanguageModel, dictionary: Dictionary | None) -> Language
 class Compressor:
     """Incremental compressor: ``compress()`` pieces, then ``flush()`` once, as ``lzma.LZMACompressor``.
 
-    Settings (``window``, ``keep``, ``chunk_size``, ``max_batch``, ``threads``, ``start_token``) are those of
-    ``engine.Settings``. The archive decodes the same on any machine, whatever the threads or device.
+    ``level`` 1 (fastest) … 9 (smallest), default ``engine.DEFAULT_LEVEL``, as ``lzma``'s ``preset``; settings
+    (``window``, ``keep``, ``chunk_size``, ``max_batch``, ``mix``, ``threads``, ``start_token``) are those of
+    ``engine.Settings`` and override the level's. The archive decodes the same on any machine, whatever the threads or device.
     ``dictionary``: a ``Dictionary`` or the path of a ``.lmpd`` file (``lmpress train``); decoding needs it too.
     """
 
@@ -65,12 +67,14 @@ class Compressor:
         self,
         model: ModelSpec = None,
         *,
+        level: int | None = None,
         dictionary: DictionarySpec = None,
         progress: Progress | None = None,
         **settings: Any,
     ):
         self.dictionary = _dictionary(dictionary)
-        self.settings = Settings(**settings, primer=self.dictionary.tokens if self.dictionary else ())
+        primer = self.dictionary.tokens if self.dictionary else ()
+        self.settings = Settings.at_level(level, **settings, primer=primer)
         base = _model(model)
         if self.dictionary is not None:
             self.dictionary.for_model(base)
@@ -88,6 +92,7 @@ class Compressor:
             keep=self.settings.keep,
             group=self.settings.max_batch,
             dictionary=self.dictionary.id if self.dictionary else "",
+            mixer=mixing.NAME if self.settings.mix else "",
         )
         self._pending = self.header.to_bytes()
 
@@ -143,7 +148,7 @@ def scoring_setup(
     chosen = _dictionary(dictionary)
     if chosen is not None:
         chosen.for_model(lm)
-    return coding_model(lm, chosen), Settings(**settings, primer=chosen.tokens if chosen else ())
+    return coding_model(lm, chosen), Settings.at_level(**settings, primer=chosen.tokens if chosen else ())
 
 
 def _settings(header: fmt.Header, dictionary: Dictionary | None) -> Settings:
@@ -151,7 +156,12 @@ def _settings(header: fmt.Header, dictionary: Dictionary | None) -> Settings:
     primer = dictionary.tokens if dictionary else ()
     try:
         return Settings(
-            header.window, header.keep, max_batch=header.group, start_token=header.start_token, primer=primer
+            header.window,
+            header.keep,
+            max_batch=header.group,
+            start_token=header.start_token,
+            primer=primer,
+            mix=header.mixer == mixing.NAME,
         )
     except ValueError as e:
         raise FormatError(f"corrupted archive header ({e})") from None

@@ -16,6 +16,7 @@ import signal
 import sys
 import tempfile
 import time
+from argparse import SUPPRESS
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -26,7 +27,7 @@ from . import __version__, api, parallel
 from . import format as fmt
 from .analysis import LOCAL_WINDOW, audit_document, local_settings, score_document
 from .dictionary import ADAPTER_RANK, ADAPTER_STEPS, DEFAULT_TOKENS, Dictionary, train, train_adapter
-from .engine import Settings, Stats, torch_threads
+from .engine import DEFAULT_LEVEL, LEVELS, Settings, Stats, torch_threads
 from .errors import DictionaryMismatchError, LmpressError, ModelMismatchError, ModelUnavailableError
 from .llama import ENGINE
 from .models import DEFAULT_MODEL, cache_dir, fetch_default, load_model
@@ -138,14 +139,15 @@ def _blocks(f: IO[bytes]) -> Iterator[bytes]:
         yield block
 
 
+def _scoring(args: argparse.Namespace) -> dict:
+    """The level, and the settings given that override it (``Settings.at_level``'s arguments)."""
+    given = {"window": args.window, "keep": args.keep_tokens, "chunk_size": args.chunk_size}
+    given["max_batch"] = getattr(args, "batch", None)
+    return {"level": args.level} | {k: v for k, v in given.items() if v is not None}
+
+
 def _settings(args: argparse.Namespace) -> dict:
-    return {
-        "window": args.window,
-        "keep": args.keep_tokens,
-        "chunk_size": args.chunk_size,
-        "max_batch": args.batch,
-        "threads": args.threads,
-    }
+    return _scoring(args) | {"threads": args.threads}
 
 
 def _show_progress(args: argparse.Namespace) -> bool:
@@ -192,7 +194,9 @@ def _compress_one(args: argparse.Namespace, name: str) -> None:
             out.write(comp.flush())
             s = comp.stats
         else:  # segments on the workers: the same archive
-            for piece in parallel.compress(args.pool, blocks(src), Settings(**_settings(args)), journal, progress):
+            for piece in parallel.compress(
+                args.pool, blocks(src), Settings.at_level(**_settings(args)), journal, progress
+            ):
                 out.write(piece)
                 s.bytes_out += len(piece)
         out.flush()
@@ -403,7 +407,8 @@ def _list_member(label: str, data: memoryview, member: fmt.MemberLayout) -> None
     model = f"id {h.model_id}" if h.model_id else f"the one dictionary {h.dictionary} was built for"
     print(f"{label}: model {h.model_name} ({model})")
     print(
-        f"  engine {h.engine}, window {h.window}, keep {h.keep}, {h.group} chunks decoded side by side, "
+        f"  engine {h.engine}{' mixed with ' + h.mixer if h.mixer else ''}, window {h.window}, keep {h.keep}, "
+        f"{h.group} chunks decoded side by side, "
         f"start token {h.start_token}, format version {h.version}"
     )
     if h.dictionary:
@@ -599,10 +604,6 @@ def _scored(
                 yield name, data, lm.name, scores, short
 
 
-def _scoring(args: argparse.Namespace) -> dict:
-    return {"window": args.window, "keep": args.keep_tokens, "chunk_size": args.chunk_size}
-
-
 def _measure(args: argparse.Namespace) -> None:
     def row(name: str, data: bytes, model: str, s, _) -> dict:
         return {
@@ -756,17 +757,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scale.add_argument("--address", help="the Ray cluster to run on, e.g. ray://head:10001 or auto (implies --ray)")
 
-    defaults = Settings()
+    levels = argparse.ArgumentParser(add_help=False)
+    level = levels.add_mutually_exclusive_group()
+    for n in LEVELS:
+        shown = f"-1 (fastest) … -9 (smallest): the level (default -{DEFAULT_LEVEL}; README 'Levels')"
+        level.add_argument(f"-{n}", dest="level", action="store_const", const=n, help=shown if n == 1 else SUPPRESS)
+    level.add_argument("--fast", dest="level", action="store_const", const=min(LEVELS), help="level 1 (-1)")
+    level.add_argument("--best", dest="level", action="store_const", const=max(LEVELS), help="level 9 (-9)")
+    levels.set_defaults(level=None)
+    level_help = f"(default: level {DEFAULT_LEVEL}'s; -1 … -9 set the level)"
     c = sub.add_parser(
-        "compress", parents=[common, compute, io_opts, scale], help="compress files to FILE.lmp", epilog=EPILOG
+        "compress",
+        parents=[common, compute, io_opts, scale, levels],
+        help="compress files to FILE.lmp",
+        epilog=f"-1 … -9: faster … smaller (default -{DEFAULT_LEVEL}); README 'Levels' lists what each sets. " + EPILOG,
     )
     c.add_argument("--verify", action="store_true", help="decompress again and compare before reporting success")
-    c.add_argument("--window", type=int, default=defaults.window, help="context positions per chunk")
-    c.add_argument("--keep-tokens", type=int, default=defaults.keep, help="tokens kept when the context restarts")
-    c.add_argument("--chunk-size", type=int, default=defaults.chunk_size, help="target bytes per chunk")
-    c.add_argument(
-        "--batch", type=int, default=defaults.max_batch, help="chunks decoded side by side (memory: ~25 MB each)"
-    )
+    c.add_argument("--window", type=int, help=f"context positions per chunk {level_help}")
+    c.add_argument("--keep-tokens", type=int, help=f"tokens kept when the context restarts {level_help}")
+    c.add_argument("--chunk-size", type=int, help=f"target bytes per chunk {level_help}")
+    c.add_argument("--batch", type=int, help=f"chunks decoded side by side, ~25 MB each {level_help}")
     d = sub.add_parser(
         "decompress", parents=[common, compute, io_opts, scale], help="decompress FILE.lmp", epilog=EPILOG
     )
@@ -779,13 +789,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-D", "--dictionary", metavar="FILE", help="the dictionary the archives were made with")
     ls = sub.add_parser("list", help="show an archive's header and chunks (no model needed)")
     ls.add_argument("files", nargs="+", metavar="FILE")
-    lens = argparse.ArgumentParser(add_help=False)
+    lens = argparse.ArgumentParser(add_help=False, parents=[levels])
     lens.add_argument("paths", nargs="+", metavar="PATH", help="files, folders, globs, .jsonl or .parquet files")
     lens.add_argument("--field", default="text", help="JSONL field or Parquet column of the documents (default: text)")
     lens.add_argument("--max-bytes", type=int, default=0, help="score only the first N bytes of each document")
-    lens.add_argument("--window", type=int, default=defaults.window, help="context positions (as compress)")
-    lens.add_argument("--keep-tokens", type=int, default=defaults.keep, help="tokens kept at a restart (as compress)")
-    lens.add_argument("--chunk-size", type=int, default=defaults.chunk_size, help="bytes per chunk (as compress)")
+    lens.add_argument("--window", type=int, help="context positions (as compress)")
+    lens.add_argument("--keep-tokens", type=int, help="tokens kept at a restart (as compress)")
+    lens.add_argument("--chunk-size", type=int, help="bytes per chunk (as compress)")
     lens.add_argument("-v", "--verbose", action="store_true", help="progress bar even when not on a terminal")
     lens.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     out_fmt = argparse.ArgumentParser(add_help=False)
@@ -865,7 +875,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command not in ANALYSES and args.command != "test" and args.output and len(args.files) > 1:
             raise UserError("-o takes one input file")
         if args.command == "compress":
-            Settings(**_settings(args))  # report bad settings before any work
+            Settings.at_level(**_settings(args))  # report bad settings before any work
         with _workers(args) as args.pool:
             if args.command in ANALYSES:
                 with torch_threads(args.threads):

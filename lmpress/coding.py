@@ -77,8 +77,9 @@ def code_length_bits(freqs: Tensor, tokens: Tensor) -> Tensor:
 
 
 def _counts(freqs: Tensor) -> np.ndarray:
-    """What constriction's model is given: f − 1, as binary64 (integers, exactly)."""
-    return (freqs - 1).cpu().numpy().astype(np.float64)
+    """What constriction's model is given: f − 1, as binary64 (integers, exactly), in C order (constriction
+    reads the buffer's rows as if it were)."""
+    return np.ascontiguousarray((freqs - 1).cpu().numpy(), dtype=np.float64)
 
 
 def intervals(freqs: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:

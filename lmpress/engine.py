@@ -24,18 +24,21 @@ chunk's tokens so far; when ``window`` positions are full, the context restarts 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import lzma
 import sys
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from . import format as fmt
+from . import mixing
 from .coding import (
     PRECISION_BITS,
     TokenDecoder,
@@ -61,17 +64,53 @@ Progress = Callable[[float, float], None]  # (bytes done, bits spent) since the 
 
 
 @dataclass(frozen=True)
-class Settings:
-    """How to cut and code. ``window``, ``keep`` and ``start_token`` are recorded in the archive, and so is the
-    dictionary whose tokens ``primer`` holds."""
+class Level:
+    """A point on the ratio/speed curve: what ``-1`` … ``-9`` set (``benchmarks/levels.py`` measures them).
+    ``window`` × ``max_batch`` positions of cache bound the decoder's memory alike at every level."""
 
-    window: int = 2048
-    keep: int = 512
-    chunk_size: int = 8192
-    max_batch: int = 24  # chunks decoded side by side (recorded): the decoder's contexts; 24 keep it within 1.5 GB
+    chunk_size: int
+    window: int
+    keep: int
+    max_batch: int
+    mix: bool
+
+
+LEVELS = {
+    1: Level(4096, 1024, 256, 48, False),
+    2: Level(8192, 1024, 256, 48, False),
+    3: Level(8192, 2048, 512, 24, False),  # lmpress 0.2's only setting
+    4: Level(8192, 2048, 512, 24, True),
+    5: Level(16384, 2048, 512, 24, True),
+    6: Level(32768, 2048, 512, 24, True),
+    7: Level(65536, 2048, 512, 24, True),
+    8: Level(65536, 2048, 1024, 24, True),
+    9: Level(131072, 2048, 1024, 24, True),
+}
+DEFAULT_LEVEL = 4  # the strongest level that decodes (nearly) as fast as level 3 on inputs of any size
+_DEFAULT = LEVELS[DEFAULT_LEVEL]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How to cut and code. ``window``, ``keep``, ``max_batch``, ``mix`` and ``start_token`` are recorded in the
+    archive, and so is the dictionary whose tokens ``primer`` holds. The defaults are level ``DEFAULT_LEVEL``'s."""
+
+    window: int = _DEFAULT.window
+    keep: int = _DEFAULT.keep
+    chunk_size: int = _DEFAULT.chunk_size
+    max_batch: int = _DEFAULT.max_batch  # chunks decoded side by side: the decoder's contexts (~25 MB each at 2048)
     threads: int = 0  # compute threads, for speed only (0: torch's default for this machine)
     start_token: int | None = None  # None: the model's own choice
     primer: tuple[int, ...] = ()  # a dictionary's tokens: every context starts with them, after the start token
+    mix: bool = _DEFAULT.mix  # mix the LM with the match model of ``mixing``
+
+    @classmethod
+    def at_level(cls, level: int | None = None, **settings: Any) -> Settings:
+        """Level ``level``'s settings (the default level's if None), with ``settings`` overriding them."""
+        if level is not None and level not in LEVELS:
+            raise ValueError(f"level must be 1 to 9, not {level}")
+        chosen = LEVELS[DEFAULT_LEVEL if level is None else level]
+        return cls(**(dataclasses.asdict(chosen) | settings))
 
     def __post_init__(self) -> None:
         room = self.window - len(self.primer)
@@ -286,6 +325,36 @@ def score_rows(
                         progress(end - first)
 
 
+def code_rows(
+    lm: LanguageModel,
+    rows: list[list[int]],
+    settings: Settings,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """Every token of ``rows`` (a segment's LM chunks, in table order) as its interval (left, width) of the
+    frequencies the decoder will code it with, and each row's code length in bits. ``progress`` gets
+    (row, tokens scored, bits the model alone spent on them)."""
+    left = [np.zeros(len(ids), np.int64) for ids in rows]
+    width = [np.zeros(len(ids), np.int64) for ids in rows]
+    plan = mixing.Plan(rows, settings.max_batch) if settings.mix else None
+
+    def visit(row: int, first: int, logits: Tensor, tokens: Tensor) -> None:
+        at = slice(first, first + len(tokens))
+        lo, f = token_intervals(logits, tokens)
+        left[row][at], width[row][at] = lo.cpu().numpy(), f.cpu().numpy()
+        if plan is not None:
+            guesses = torch.from_numpy(plan.guesses(row, at))
+            plan.f_predicted[row][at] = token_intervals(logits, guesses)[1].cpu().numpy()
+        if progress is not None:
+            progress(row, len(tokens), float((PRECISION_BITS - torch.log2(f.double())).sum()))
+
+    score_rows(lm, rows, settings, visit)
+    if plan is not None:
+        left, width = plan.mixed(left, width, lm.net.cfg.vocab_size)
+    bits = np.array([float((PRECISION_BITS - np.log2(w)).sum()) for w in width])
+    return left, width, bits
+
+
 # --- Stepping in lockstep -----------------------------------------------------------------------------
 
 
@@ -371,23 +440,20 @@ def encode_segment(
             pieces.append((piece, ids))
     candidates = [i for i, (_, ids) in enumerate(pieces) if ids is not None]
     rows = [pieces[i][1] for i in candidates]
-    left = [np.zeros(len(ids), np.int64) for ids in rows]
-    width = [np.zeros(len(ids), np.int64) for ids in rows]
-    bits = np.zeros(len(rows))
 
-    def visit(row: int, first: int, logits: Tensor, tokens: Tensor) -> None:
-        lo, f = token_intervals(logits, tokens)
-        left[row][first : first + len(f)], width[row][first : first + len(f)] = lo.cpu().numpy(), f.cpu().numpy()
-        spent = float((PRECISION_BITS - torch.log2(f.double())).sum())
-        bits[row] += spent
+    def report(row: int, tokens: int, spent: float) -> None:
         if progress is not None:
-            progress(len(pieces[candidates[row]][0]) * len(f) / len(rows[row]), spent)
+            progress(len(pieces[candidates[row]][0]) * tokens / len(rows[row]), spent)
 
-    score_rows(lm, rows, settings, visit)
-    # A chunk the model codes worse than LZMA2 (or than storing it) leaves the model's rows; the others'
-    # numbers do not depend on which rows there are.
+    left, width, bits = code_rows(lm, rows, settings, report)
+    # A chunk the model codes worse than LZMA2 (or than storing it) leaves the model's rows.
     classical = [_classical(p) for p, _ in pieces]
     lm_rows = [r for r, i in enumerate(candidates) if bits[r] / 8 < len(classical[i][1])]
+    if settings.mix and 0 < len(lm_rows) < len(rows):
+        # The match model sees the chunks of the stream: without those that left, the others code differently.
+        again = code_rows(lm, [rows[r] for r in lm_rows], settings)
+        for k, r in enumerate(lm_rows):
+            left[r], width[r], bits[r] = again[0][k], again[1][k], again[2][k]
     stream = b""
     if lm_rows:
         encoder = TokenEncoder()
@@ -414,6 +480,32 @@ def encode_segment(
         name = fmt.METHOD_NAMES[chunk.method]
         stats.chunks[name] = stats.chunks.get(name, 0) + 1
     return fmt.Segment(start, len(data), zlib.crc32(data), chunks, payloads, stream), stats
+
+
+class _Mixer:
+    """The decoder's side of ``mixing``: the match model and hit estimate of one segment, step by step."""
+
+    def __init__(self, rows: int):
+        self.model, self.estimate = mixing.MatchModel(rows), mixing.HitEstimate()
+        self.step: list[tuple[int, int, int]] = []  # (predicted, length, its LM frequency) of each active row
+
+    def frequencies(self, rows: list[int], freqs: Tensor) -> Tensor:
+        """The rows' mixed frequencies, from the LM's."""
+        mixed = np.array(freqs.cpu().numpy(), dtype=np.int64, order="C")  # a copy
+        self.step = []
+        for i, row in enumerate(rows):
+            predicted, length = self.model.predict(row)
+            f = int(mixed[i, predicted]) if predicted >= 0 else 0
+            self.step.append((predicted, length, f))
+            if predicted >= 0:
+                mixed[i] = mixing.mixed_frequencies(mixed[i], predicted, self.estimate.probability(length, f))
+        return torch.from_numpy(mixed)
+
+    def update(self, rows: list[int], tokens: np.ndarray) -> None:
+        for row, token, (predicted, length, f) in zip(rows, tokens.tolist(), self.step):
+            if predicted >= 0:
+                self.estimate.update(length, f, token == predicted)
+            self.model.update(row, token)
 
 
 def decode_segment(
@@ -446,17 +538,22 @@ def decode_segment(
             raise FormatError(f"{where} is corrupted (its chunk table has more tokens than its stream can hold)")
         decoded = [np.zeros(n, np.int64) for n in lengths]
         per_token = (segment.raw_size - sum(c.raw_size for c in chunks)) / sum(lengths)
+        mixer = _Mixer(len(lm_rows)) if settings.mix else None
         for group in groups(list(range(len(lm_rows))), settings.max_batch):
             steps = Lockstep(lm, [lengths[r] for r in group], settings)
             for t in range(max(lengths[r] for r in group)):
+                active = [group[row] for row in steps.rows]
+                freqs = steps.freqs if mixer is None else mixer.frequencies(active, steps.freqs)
                 try:
-                    tokens = decoder.decode(steps.freqs)
+                    tokens = decoder.decode(freqs)
                 except (AssertionError, ValueError, RuntimeError):  # constriction's word for an impossible stream
                     raise FormatError(f"the token stream of {where} is corrupted") from None
-                for row, token in zip(steps.rows, tokens):
-                    decoded[group[row]][t] = token
+                for row, token in zip(active, tokens):
+                    decoded[row][t] = token
+                if mixer is not None:
+                    mixer.update(active, tokens)
                 if progress is not None:
-                    bits = float(code_length_bits(steps.freqs, torch.from_numpy(tokens)).sum())
+                    bits = float(code_length_bits(freqs, torch.from_numpy(tokens)).sum())
                     progress(per_token * len(tokens), bits)
                 steps.advance(tokens)
         for row, i in enumerate(lm_rows):

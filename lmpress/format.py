@@ -17,7 +17,8 @@ MAGIC = b"LMPZ"
 VERSION = 4  # the newest this lmpress reads and writes; an archive without a dictionary is written as version 3
 VERSIONS = (3, 4)  # 4: made with a dictionary, which the header names instead of the model
 DEFAULT_MODEL = "smollm2-135m"  # what an empty model name in a header means
-ENGINES = {1: "int8-v1"}  # the arithmetic of docs/FORMAT.md, by the number a header stores
+# The arithmetic of docs/FORMAT.md, by the number a header stores: (engine, mixer); mixer "" is the LM alone
+ARITHMETIC = {1: ("int8-v1", ""), 2: ("int8-v1", "match-v1")}
 
 FRAME_SEGMENT = 0x01
 FRAME_END = 0xFF
@@ -96,6 +97,7 @@ class Header:
     keep: int
     group: int  # LM chunks decoded side by side: the decoder holds this many contexts at most
     dictionary: str = ""  # id (hex) of the dictionary every context starts from; "" for none
+    mixer: str = ""  # the online models mixed with the LM's frequencies ("match-v1"), "" for none
 
     @property
     def version(self) -> int:
@@ -103,7 +105,7 @@ class Header:
 
     def to_bytes(self) -> bytes:
         name = "" if self.model_name == DEFAULT_MODEL else self.model_name
-        engine = {v: k for k, v in ENGINES.items()}[self.engine]
+        engine = {v: k for k, v in ARITHMETIC.items()}[self.engine, self.mixer]
         params = b"".join(
             [
                 bytes.fromhex(self.dictionary or self.model_id),
@@ -124,7 +126,7 @@ class Header:
         window, offset = read_uvarint(params, offset)
         keep, offset = read_uvarint(params, offset)
         group, offset = read_uvarint(params, offset)
-        if engine not in ENGINES:
+        if engine not in ARITHMETIC:
             raise UnsupportedVersionError(
                 f"archive needs arithmetic engine {engine}, which this lmpress does not have; upgrade lmpress"
             )
@@ -134,7 +136,8 @@ class Header:
             raise ValueError(f"group of {group} chunks")
         name = params[offset:].decode("utf-8") or DEFAULT_MODEL
         model_id, dictionary = ("", named) if version == 4 else (named, "")
-        return cls(name, model_id, ENGINES[engine], start, window, keep, group, dictionary)
+        engine_name, mixer = ARITHMETIC[engine]
+        return cls(name, model_id, engine_name, start, window, keep, group, dictionary, mixer)
 
 
 @dataclass(frozen=True)

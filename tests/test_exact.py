@@ -25,7 +25,9 @@ from lmpress.tables import rope_tables, sigmoid_table
 
 DATA = Path(__file__).parent / "data"
 SAMPLE = (DATA / "sample.txt").read_bytes()
-GOLDEN = DATA / "sample.txt.lmp"  # made once with the default model; every later version must decode it
+GOLDEN = DATA / "sample.txt.lmp"  # made once with the default model (level 3); every later version must decode it
+GOLDEN_MIXED = DATA / "sample.txt.mixed.lmp"  # the same at level 6: the match model mixed in (engine 2)
+GOLDENS = {3: GOLDEN, 6: GOLDEN_MIXED}
 
 
 @pytest.fixture(scope="module")
@@ -230,24 +232,28 @@ def test_dictionary_archives_are_identical_on_every_configuration(tiny, tiny_mod
 
 
 @pytest.mark.slow
-def test_golden_archive_decodes_and_is_reproduced():
-    """tests/data/sample.txt.lmp was made by the default model once; it must decode, and compressing the
-    same text must give the same bytes, on every machine and with every lmpress that reads format 3."""
-    golden = GOLDEN.read_bytes()
+@pytest.mark.parametrize("level", GOLDENS)
+def test_golden_archive_decodes_and_is_reproduced(level):
+    """tests/data/sample.txt.lmp and .mixed.lmp were made by the default model once; they must decode, and
+    compressing the same text at the same level must give the same bytes, on every machine and with every
+    lmpress that reads format 3."""
+    golden = GOLDENS[level].read_bytes()
     assert lmpress.decompress(golden) == SAMPLE
-    assert lmpress.compress(SAMPLE) == golden
+    assert lmpress.compress(SAMPLE, level=level) == golden
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS[:4], ids=_name)
 def test_default_model_archives_are_identical_on_every_configuration(config):
-    assert _lmpress(config, "compress", stdin=SAMPLE) == GOLDEN.read_bytes()
+    """The mixed archive: its numbers are the model's and then the match model's."""
+    assert _lmpress(config, "compress", "-6", stdin=SAMPLE) == GOLDEN_MIXED.read_bytes()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS[:2], ids=_name)
-def test_default_model_decodes_the_golden_archive_on_other_configurations(config):
-    assert _lmpress(config, "decompress", stdin=GOLDEN.read_bytes()) == SAMPLE
+@pytest.mark.parametrize("level", GOLDENS)
+def test_default_model_decodes_the_golden_archive_on_other_configurations(config, level):
+    assert _lmpress(config, "decompress", stdin=GOLDENS[level].read_bytes()) == SAMPLE
 
 
 @pytest.mark.parametrize("bits", [8, 16])

@@ -1,0 +1,186 @@
+"""The match model mixed with the LM (``match-v1``) and the levels: exact arithmetic, round trips, the CLI."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TRAINING_TEXT
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lmpress
+from lmpress import coding, engine, mixing
+from lmpress import format as fmt
+from lmpress.engine import LEVELS, Settings
+from lmpress.models import load_model
+
+VOCAB = 320
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return load_model(str(tiny_model_dir))
+
+
+def _frequencies(seed: int, peak: int) -> np.ndarray:
+    """A valid frequency row (Σ = 2**24, each ≥ 1), as peaked as ``peak`` (0: flat … 40: one token has nearly all)."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(1, VOCAB, generator=gen) * peak * 256).round().to(torch.int32)
+    return coding.frequencies(logits)[0].numpy()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    seed=st.integers(0, 2**31),
+    peak=st.sampled_from([0, 1, 4, 16, 40]),
+    predicted=st.integers(0, VOCAB - 1),
+    p=st.integers(mixing.P_MIN, mixing.P_MAX),
+)
+def test_mixed_frequencies_are_a_distribution_and_intervals_agree(seed, peak, predicted, p):
+    """The decoder's whole rows and the encoder's token-by-token intervals are the same numbers."""
+    f = _frequencies(seed, peak)
+    g = mixing.mixed_frequencies(f.copy(), predicted, p)
+    assert g.sum() == coding.TOTAL and g.min() >= 1
+    if f[predicted] - 1 < coding.TOTAL - VOCAB:
+        assert g[predicted] == 1 + ((p * (coding.TOTAL - VOCAB)) >> 16)
+    tokens = np.arange(VOCAB)
+    left = np.concatenate([[0], np.cumsum(f)[:-1]])
+    got_left, got_width = mixing.mixed_intervals(
+        left, f, tokens, np.full(VOCAB, predicted), np.full(VOCAB, f[predicted]), np.full(VOCAB, p), VOCAB
+    )
+    assert (got_width == g).all()
+    assert (got_left == np.concatenate([[0], np.cumsum(g)[:-1]])).all()
+
+
+def test_rows_without_a_prediction_keep_the_model_s_intervals():
+    f = _frequencies(1, 4)
+    left = np.concatenate([[0], np.cumsum(f)[:-1]])
+    tokens = np.arange(VOCAB)
+    none = np.full(VOCAB, -1)
+    got = mixing.mixed_intervals(left, f, tokens, none, np.ones(VOCAB, np.int64), np.zeros(VOCAB, np.int64), VOCAB)
+    assert (got[0] == left).all() and (got[1] == f).all()
+
+
+def test_match_model_follows_an_earlier_occurrence_in_another_row():
+    model = mixing.MatchModel(2)
+    for token in [5, 6, 7, 8, 9]:
+        model.update(0, token)
+    for token in [1, 5, 6, 7]:
+        model.update(1, token)
+    assert model.predict(1) == (8, 3)  # "5 6 7" was followed by 8 in row 0
+    model.update(1, 8)
+    assert model.predict(1) == (9, 4)
+    model.update(1, 3)  # a miss: no occurrence of "7 8 3"
+    assert model.predict(1) == (-1, 0)
+
+
+def test_hit_estimate_learns_and_stays_in_range():
+    estimate = mixing.HitEstimate()
+    f = 1 << 20  # the LM gives the predicted token 1/16
+    start = estimate.probability(20, f)
+    for _ in range(200):
+        estimate.update(20, f, True)
+    assert estimate.probability(20, f) > start
+    assert mixing.P_MIN <= estimate.probability(20, f) <= mixing.P_MAX
+    for _ in range(400):
+        estimate.update(20, f, False)
+    assert estimate.probability(20, f) < start
+
+
+def _repetitive(n_lines: int, seed: int = 1) -> bytes:
+    rng = random.Random(seed)
+    lines = TRAINING_TEXT.splitlines(keepends=True)[:3]
+    return "".join(rng.choice(lines) for _ in range(n_lines)).encode()
+
+
+@pytest.mark.parametrize("max_batch", [1, 3, 24])
+def test_mixed_archives_round_trip_across_rows_and_groups(tiny, max_batch):
+    data = _repetitive(120)
+    blob = lmpress.compress(data, model=tiny, chunk_size=700, max_batch=max_batch, mix=True)
+    assert fmt.parse_header(blob)[0].mixer == mixing.NAME
+    assert lmpress.decompress(blob, model=tiny) == data
+
+
+def test_mixing_pays_on_repetitive_text(tiny):
+    data = _repetitive(300)
+    plain = lmpress.compress(data, model=tiny, chunk_size=1024, mix=False)
+    mixed = lmpress.compress(data, model=tiny, chunk_size=1024, mix=True)
+    assert len(mixed) < 0.9 * len(plain)
+    assert lmpress.decompress(mixed, model=tiny) == data
+
+
+def test_a_chunk_that_leaves_the_model_s_rows_is_recoded_without_it(tiny):
+    """Chunks the tiny model codes worse than LZMA2 go classical; the match model must not have seen them."""
+    data = _repetitive(300) + Path(__file__).read_bytes()[:3000]
+    comp = lmpress.Compressor(tiny, chunk_size=1024, mix=True)
+    blob = comp.compress(data) + comp.flush()
+    assert comp.stats.chunks.get("lm") and comp.stats.chunks.get("xz")
+    assert lmpress.decompress(blob, model=tiny) == data
+
+
+def test_encoder_intervals_are_the_decoder_s_frequencies(tiny):
+    """``code_rows`` (full passes, mixing after) against ``Lockstep`` with ``_Mixer`` (step by step)."""
+    rng = random.Random(3)
+    rows = [tiny.tokenize(_repetitive(rng.randrange(5, 30), seed=k)) for k in range(5)]
+    s = Settings(mix=True, max_batch=2, window=64, keep=16)
+    left, width, _ = engine.code_rows(tiny, rows, s)
+    mixer = engine._Mixer(len(rows))
+    for group in engine.groups(list(range(len(rows))), s.max_batch):
+        steps = engine.Lockstep(tiny, [len(rows[r]) for r in group], s)
+        for t in range(max(len(rows[r]) for r in group)):
+            active = [group[row] for row in steps.rows]
+            freqs = mixer.frequencies(active, steps.freqs)
+            tokens = np.array([rows[r][t] for r in active])
+            lo, w = coding.intervals(freqs, torch.from_numpy(tokens))
+            assert lo.tolist() == [int(left[r][t]) for r in active]
+            assert w.tolist() == [int(width[r][t]) for r in active]
+            mixer.update(active, tokens)
+            steps.advance(tokens)
+
+
+def test_levels():
+    assert Settings() == Settings.at_level(engine.DEFAULT_LEVEL)
+    assert Settings.at_level(9, chunk_size=100).chunk_size == 100
+    assert not Settings.at_level(3).mix and Settings.at_level(9).mix
+    assert all(level.window * level.max_batch == 2048 * 24 for level in LEVELS.values())
+    with pytest.raises(ValueError, match="level must be 1 to 9"):
+        Settings.at_level(10)
+
+
+def test_header_records_the_mixer_and_old_readers_refuse_it():
+    header = fmt.Header("m", "00" * 8, "int8-v1", 1, 2048, 512, 24, mixer=mixing.NAME)
+    parsed, _ = fmt.parse_header(header.to_bytes())
+    assert parsed == header
+    plain = fmt.Header("m", "00" * 8, "int8-v1", 1, 2048, 512, 24)
+    assert fmt.parse_header(plain.to_bytes())[0].mixer == ""
+    assert header.to_bytes() != plain.to_bytes()
+
+
+def _cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lmpress", *args], input=stdin, capture_output=True, timeout=600)
+
+
+def test_cli_levels(tiny_model_dir, tmp_path):
+    data = _repetitive(60)
+    model = ["--model", str(tiny_model_dir)]
+    archives = {}
+    for flag in ["-1", "-3", "--best"]:
+        done = _cli("compress", "-c", flag, "--chunk-size", "500", *model, stdin=data)
+        assert done.returncode == 0, done.stderr
+        archives[flag] = done.stdout
+        back = _cli("decompress", "-c", *model, stdin=done.stdout)
+        assert back.returncode == 0 and back.stdout == data
+    assert fmt.parse_header(archives["-1"])[0].window == LEVELS[1].window
+    assert fmt.parse_header(archives["--best"])[0].mixer == mixing.NAME
+    path = tmp_path / "a.lmp"
+    path.write_bytes(archives["--best"])
+    listed = _cli("list", str(path))
+    assert "mixed with match-v1" in listed.stdout.decode()
+    both = _cli("compress", "-c", "-1", "--best", *model, stdin=data)
+    assert both.returncode == 2 and b"not allowed with" in both.stderr
