@@ -21,7 +21,7 @@ from .errors import (
     UnsupportedVersionError,
 )
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 if TYPE_CHECKING:
     from .api import Compressor, Damage, Decompressor, LmpFile, compress, decompress, open, recover, salvage
