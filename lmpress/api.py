@@ -59,7 +59,8 @@ class Compressor:
 
     ``level`` 1 (fastest) … 9 (smallest), default ``engine.DEFAULT_LEVEL``, as ``lzma``'s ``preset``; settings
     (``window``, ``keep``, ``chunk_size``, ``max_batch``, ``mix``, ``threads``, ``start_token``) are those of
-    ``engine.Settings`` and override the level's. The archive decodes the same on any machine, whatever the threads or device.
+    ``engine.Settings`` and override the level's. The archive decodes the same on any machine, whatever the
+    threads or device.
     ``dictionary``: a ``Dictionary`` or the path of a ``.lmpd`` file (``lmpress train``); decoding needs it too.
     """
 

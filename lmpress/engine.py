@@ -505,7 +505,7 @@ class _Mixer:
         for row, token, (predicted, length, f) in zip(rows, tokens.tolist(), self.step):
             if predicted >= 0:
                 self.estimate.update(length, f, token == predicted)
-            self.model.update(row, token)
+            self.model.update(row, token, predicted)
 
 
 def decode_segment(

@@ -60,8 +60,10 @@ class MatchModel:
             return -1, 0
         return self.tokens[at[0]][at[1]], self.length[row]
 
-    def update(self, row: int, token: int) -> None:
-        predicted, length = self.predict(row)
+    def update(self, row: int, token: int, predicted: int) -> None:
+        """Append ``row``'s coded ``token``; ``predicted`` is what ``predict`` said at the start of the step
+        (asked again now, it could differ: a row this step has already extended may be the match's source)."""
+        length = self.length[row]
         own = self.tokens[row]
         own.append(token)
         if predicted == token:
@@ -199,7 +201,7 @@ def predictions(rows: list[list[int]], group: int) -> tuple[list[np.ndarray], li
         for r in active:
             predicted[r][t], length[r][t] = model.predict(r)
         for r in active:
-            model.update(r, rows[r][t])
+            model.update(r, rows[r][t], int(predicted[r][t]))
     return predicted, length
 
 

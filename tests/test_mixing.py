@@ -69,15 +69,31 @@ def test_rows_without_a_prediction_keep_the_model_s_intervals():
 
 def test_match_model_follows_an_earlier_occurrence_in_another_row():
     model = mixing.MatchModel(2)
-    for token in [5, 6, 7, 8, 9]:
-        model.update(0, token)
-    for token in [1, 5, 6, 7]:
-        model.update(1, token)
+
+    def code(row: int, tokens: list[int]) -> None:
+        for token in tokens:
+            model.update(row, token, model.predict(row)[0])
+
+    code(0, [5, 6, 7, 8, 9])
+    code(1, [1, 5, 6, 7])
     assert model.predict(1) == (8, 3)  # "5 6 7" was followed by 8 in row 0
-    model.update(1, 8)
+    code(1, [8])
     assert model.predict(1) == (9, 4)
-    model.update(1, 3)  # a miss: no occurrence of "7 8 3"
+    code(1, [3])  # a miss: no occurrence of "7 8 3"
     assert model.predict(1) == (-1, 0)
+
+
+def test_a_prediction_is_the_one_made_at_the_start_of_the_step():
+    """Row 1 follows row 0 right at its end: row 0's token of this step, coded first, must not count as row 1's
+    prediction (the decoder could not have known it when it decoded row 1)."""
+    model = mixing.MatchModel(2)
+    model.tokens = [[5, 6, 7], [1, 2, 3]]
+    model.pointer[1], model.length[1] = (0, 3), 3  # the next token of row 0, not coded yet
+    assert model.predict(1) == (-1, 0)
+    model.update(0, 8, -1)  # this step: row 0 first ...
+    assert model.predict(1) == (8, 3)  # (what asking again now would say)
+    model.update(1, 8, -1)  # ... then row 1, with the prediction it had: none, so no hit
+    assert model.pointer[1] is None and model.length[1] == 0
 
 
 def test_hit_estimate_learns_and_stays_in_range():
