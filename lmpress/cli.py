@@ -770,7 +770,7 @@ def build_parser() -> argparse.ArgumentParser:
         "compress",
         parents=[common, compute, io_opts, scale, levels],
         help="compress files to FILE.lmp",
-        epilog=f"-1 … -9: faster … smaller (default -{DEFAULT_LEVEL}); README 'Levels' lists what each sets. " + EPILOG,
+        epilog=EPILOG,
     )
     c.add_argument("--verify", action="store_true", help="decompress again and compare before reporting success")
     c.add_argument("--window", type=int, help=f"context positions per chunk {level_help}")
