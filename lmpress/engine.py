@@ -486,20 +486,20 @@ class _Mixer:
     """The decoder's side of ``mixing``: the match model and hit estimate of one segment, step by step."""
 
     def __init__(self, rows: int):
-        self.model, self.estimate = mixing.MatchModel(rows), mixing.HitEstimate()
+        from .kernels import mixed_frequencies  # compiled on first use
+
+        self.model, self.estimate, self._mixed = mixing.MatchModel(rows), mixing.HitEstimate(), mixed_frequencies
         self.step: list[tuple[int, int, int]] = []  # (predicted, length, its LM frequency) of each active row
 
     def frequencies(self, rows: list[int], freqs: Tensor) -> Tensor:
         """The rows' mixed frequencies, from the LM's."""
-        mixed = np.array(freqs.cpu().numpy(), dtype=np.int64, order="C")  # a copy
+        lm = freqs.cpu().numpy()
         self.step = []
         for i, row in enumerate(rows):
             predicted, length = self.model.predict(row)
-            f = int(mixed[i, predicted]) if predicted >= 0 else 0
-            self.step.append((predicted, length, f))
-            if predicted >= 0:
-                mixed[i] = mixing.mixed_frequencies(mixed[i], predicted, self.estimate.probability(length, f))
-        return torch.from_numpy(mixed)
+            self.step.append((predicted, length, int(lm[i, predicted]) if predicted >= 0 else 0))
+        p = [self.estimate.probability(length, f) if predicted >= 0 else 0 for predicted, length, f in self.step]
+        return torch.from_numpy(self._mixed(lm, [s[0] for s in self.step], p))
 
     def update(self, rows: list[int], tokens: np.ndarray) -> None:
         for row, token, (predicted, length, f) in zip(rows, tokens.tolist(), self.step):

@@ -3,7 +3,8 @@
 Each function here is the compiled twin of a definition written in torch operations (which GPUs run):
 ``llama.product_operand``, ``llama.product_result``, ``llama.swiglu``, ``llama.attention_weights`` and
 ``coding.frequencies`` / ``coding.intervals``; and, for a decoding step (``ExactLlama._step``), of all the
-work between two products of ``ExactLlama.forward`` for one new position per row, each chain in one call.
+work between two products of ``ExactLlama.forward`` for one new position per row, each chain in one call;
+and of ``mixing.mixed_frequencies`` (numpy, one row) for a whole step's rows.
 A torch operation is a full pass over memory and a call costing microseconds; here a row's whole chain
 runs in one pass while it is in cache, which is most of lmpress's speed on a CPU. The twins must give the
 same bits, and the tests check that they do.
@@ -468,3 +469,39 @@ def swiglu_operand(acc, bits, scale, factor, table, out_bits):
     args = (SIGMOID_FRAC, SIGMOID_SPAN, q, two_out, _F(TINY), out, out_factor)
     _swiglu_operand(acc.numpy(), bits == 16, scale.numpy(), factor.numpy(), table.numpy(), *args)
     return torch.from_numpy(out), torch.from_numpy(out_factor)
+
+
+@njit(parallel=True, boundscheck=False, cache=True)
+def _mixed(freqs, predicted, p, total, out):  # pragma: no cover (compiled)
+    rows, vocab = freqs.shape
+    spare = np.int64(total - vocab)
+    for r in prange(rows):
+        x = predicted[r]
+        cp = freqs[r, x] - 1 if x >= 0 else spare
+        if cp == spare:  # no prediction, or the LM already gives it everything: the LM's row
+            out[r] = freqs[r]
+            continue
+        a = (p[r] * spare) >> 16
+        b, rest = spare - a, spare - cp  # the other tokens' counts: their new total and their old
+        # ⌊below · b / rest⌋, below the counts of the other tokens before u + 1, by a binary64 division: the product
+        # is below 2**48 (exact), the quotient below 2**24, so rounding moves it by at most 2**−29, less than any
+        # non-integer quotient's distance to an integer (≥ 2**−24); corrected anyway, to be plain.
+        below = np.empty(vocab + 1, np.int64)
+        below[0] = 0
+        for u in range(vocab):
+            below[u + 1] = below[u] + (freqs[r, u] - 1 if u != x else 0)
+        for u in range(vocab + 1):
+            n = below[u] * b
+            q = np.int64(np.float64(n) / np.float64(rest))
+            q += np.int64((q + 1) * rest <= n) - np.int64(q * rest > n)
+            below[u] = u + q + (a if u > x else 0)  # the cumulative frequency: each token its +1, x its a + 1
+        for u in range(vocab):
+            out[r, u] = below[u + 1] - below[u]
+
+
+def mixed_frequencies(freqs, predicted, p):
+    """``mixing.mixed_frequencies`` of every row (``predicted`` −1: the row as it is), compiled: int64 [R, V]."""
+    freqs = np.ascontiguousarray(freqs, dtype=np.int64)
+    out = np.empty_like(freqs)
+    _mixed(freqs, np.asarray(predicted, np.int64), np.asarray(p, np.int64), 1 << 24, out)
+    return out

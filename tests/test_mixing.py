@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lmpress
-from lmpress import coding, engine, mixing
+from lmpress import coding, engine, kernels, mixing
 from lmpress import format as fmt
 from lmpress.engine import LEVELS, Settings
 from lmpress.models import load_model
@@ -47,6 +47,7 @@ def test_mixed_frequencies_are_a_distribution_and_intervals_agree(seed, peak, pr
     f = _frequencies(seed, peak)
     g = mixing.mixed_frequencies(f.copy(), predicted, p)
     assert g.sum() == coding.TOTAL and g.min() >= 1
+    assert (kernels.mixed_frequencies(f[None], [predicted], [p])[0] == g).all()  # the decoder's compiled twin
     if f[predicted] - 1 < coding.TOTAL - VOCAB:
         assert g[predicted] == 1 + ((p * (coding.TOTAL - VOCAB)) >> 16)
     tokens = np.arange(VOCAB)
@@ -56,6 +57,14 @@ def test_mixed_frequencies_are_a_distribution_and_intervals_agree(seed, peak, pr
     )
     assert (got_width == g).all()
     assert (got_left == np.concatenate([[0], np.cumsum(g)[:-1]])).all()
+
+
+def test_compiled_mixing_keeps_rows_without_a_prediction_or_without_room():
+    """A row with no prediction, and one whose LM gives the predicted token every count, stay the LM's."""
+    f = np.stack([_frequencies(2, 4), _frequencies(3, 4)])
+    f[1] = 1
+    f[1, 5] += coding.TOTAL - VOCAB
+    assert (kernels.mixed_frequencies(f, [-1, 5], [0, mixing.P_MAX]) == f).all()
 
 
 def test_rows_without_a_prediction_keep_the_model_s_intervals():
