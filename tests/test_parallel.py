@@ -266,7 +266,7 @@ def test_a_killed_ray_run_resumes_to_the_same_archive(ray_cluster, tmp_path, tin
 
 
 def test_interrupting_a_run_on_workers_keeps_its_journal(tmp_path, tiny_model_dir):
-    (tmp_path / "in.txt").write_bytes(MIXED * 2)
+    (tmp_path / "in.txt").write_bytes(MIXED * 16)  # ~140 segments: still running when the interrupt comes
     command = ["compress", "-q", "--model", tiny_model_dir, "--chunk-size", "30", "--batch", "4", "-j", "2"]
     driver = subprocess.Popen([sys.executable, "-m", "lmpress", *map(str, command), tmp_path / "in.txt"],
                               stderr=subprocess.PIPE)  # fmt: skip
