@@ -268,8 +268,10 @@ def test_a_killed_ray_run_resumes_to_the_same_archive(ray_cluster, tmp_path, tin
 def test_interrupting_a_run_on_workers_keeps_its_journal(tmp_path, tiny_model_dir):
     (tmp_path / "in.txt").write_bytes(MIXED * 16)  # ~140 segments: still running when the interrupt comes
     command = ["compress", "-q", "--model", tiny_model_dir, "--chunk-size", "30", "--batch", "4", "-j", "2"]
+    # SIGINT as a terminal's Ctrl-C gives it, even where this suite runs in the background (which ignores it)
+    default = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
     driver = subprocess.Popen([sys.executable, "-m", "lmpress", *map(str, command), tmp_path / "in.txt"],
-                              stderr=subprocess.PIPE)  # fmt: skip
+                              stderr=subprocess.PIPE, preexec_fn=default)  # fmt: skip
     target = tmp_path / "in.txt.lmp"
     deadline = time.monotonic() + 240
     while _parts(target) < 2 and time.monotonic() < deadline:
