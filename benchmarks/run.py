@@ -182,7 +182,7 @@ class FloatReference:
     def __init__(self, lm):
         self.lm = lm
 
-    def _model(self):
+    def model(self):
         from safetensors.torch import load_file
         from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -200,7 +200,7 @@ class FloatReference:
     def bits(self, data: bytes, spans: list[tuple[int, int]], settings: Settings) -> float:
         if not spans:
             return 0.0
-        model, total, start = self._model(), 0.0, settings.start(self.lm)
+        model, total, start = self.model(), 0.0, settings.start(self.lm)
         for a, b in spans:
             ids = self.lm.tokenize(data[a:b])
             for ctx, first, end in windows(len(ids), settings.window, settings.keep):
