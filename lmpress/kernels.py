@@ -156,31 +156,33 @@ def _row_counts(z, e, spare, params, shape):  # pragma: no cover (compiled)
 
 
 @njit(parallel=True, boundscheck=False, cache=True)
-def _counts(z, out, scratch, params, shape):  # pragma: no cover (compiled)
+def _counts(z, out, params, shape):  # pragma: no cover (compiled)
     for r in prange(z.shape[0]):
-        first, remainder = _row_counts(z[r], scratch[r, 0], scratch[r, 1], params, shape)
+        e, spare = np.empty(z.shape[1], np.int32), np.empty(z.shape[1], np.int32)  # per row: stays in cache
+        first, remainder = _row_counts(z[r], e, spare, params, shape)
         for v in range(z.shape[1]):
-            out[r, v] = scratch[r, 0, v]
+            out[r, v] = e[v]
         out[r, first] += remainder
 
 
 @njit(parallel=True, boundscheck=False, cache=True)
-def _intervals(z, tokens, left, width, scratch, params, shape):  # pragma: no cover (compiled)
+def _intervals(z, tokens, left, width, params, shape):  # pragma: no cover (compiled)
     for r in prange(z.shape[0]):
-        first, remainder = _row_counts(z[r], scratch[r, 0], scratch[r, 1], params, shape)
+        e, spare = np.empty(z.shape[1], np.int32), np.empty(z.shape[1], np.int32)
+        first, remainder = _row_counts(z[r], e, spare, params, shape)
         t = tokens[r]
         below = np.int64(t)  # the +1 of every token before t
         for v in range(t):
-            below += scratch[r, 0, v]
+            below += e[v]
         left[r] = below + (remainder if first < t else 0)
-        width[r] = scratch[r, 0, t] + 1 + (remainder if first == t else 0)
+        width[r] = e[t] + 1 + (remainder if first == t else 0)
 
 
 def counts(logits):
     """``coding.frequencies`` − 1 as binary64 [N, V]: what constriction's model is given."""
     z = logits.contiguous().numpy()
     out = np.empty(z.shape, np.float64)
-    _counts(z, out, np.empty((len(z), 2, z.shape[1]), np.int32), _PARAMS, _LOGITS)
+    _counts(z, out, _PARAMS, _LOGITS)
     return out
 
 
@@ -188,8 +190,7 @@ def intervals(logits, tokens):
     """``coding.intervals(coding.frequencies(logits), tokens)``: (L, f) int64 [N]."""
     z = logits.contiguous().numpy()
     left, width = np.empty(len(z), np.int64), np.empty(len(z), np.int64)
-    scratch = np.empty((len(z), 2, z.shape[1]), np.int32)
-    _intervals(z, tokens.numpy().astype(np.int64), left, width, scratch, _PARAMS, _LOGITS)
+    _intervals(z, tokens.numpy().astype(np.int64), left, width, _PARAMS, _LOGITS)
     return left, width
 
 
