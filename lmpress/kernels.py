@@ -504,5 +504,5 @@ def mixed_frequencies(freqs, predicted, p):
     """``mixing.mixed_frequencies`` of every row (``predicted`` −1: the row as it is), compiled: int64 [R, V]."""
     freqs = np.ascontiguousarray(freqs, dtype=np.int64)
     out = np.empty_like(freqs)
-    _mixed(freqs, np.asarray(predicted, np.int64), np.asarray(p, np.int64), 1 << 24, out)
+    _mixed(freqs, np.asarray(predicted, np.int64), np.asarray(p, np.int64), int(_LOGITS[2]), out)
     return out
