@@ -257,9 +257,7 @@ class Prefix:
 
     def copy_into(self, cache: KVCache) -> None:
         """Make positions 0 .. len(tokens) − 1 of every row of ``cache`` this prefix."""
-        n = len(self.tokens)
-        cache.k[..., :n], cache.v[..., :n, :] = self.cache.k[..., :n], self.cache.v[..., :n, :]
-        cache.k_scale[..., :n], cache.v_scale[..., :n] = self.cache.k_scale[..., :n], self.cache.v_scale[..., :n]
+        cache.copy_prefix(self.cache, len(self.tokens))
 
     def extend(self, lm: LanguageModel, tails: Tensor) -> Tensor:
         """Hidden states [B, T + 1, hidden] of rows that continue the prefix with ``tails`` [B, T]: the prefix's
@@ -393,9 +391,7 @@ class Lockstep:
             self.rows = self.rows[staying]
             if not len(self.rows):
                 return
-            keep = torch.from_numpy(np.flatnonzero(staying)).to(self.net.device)
-            for name in ("k", "v", "k_scale", "v_scale"):
-                setattr(self.cache, name, getattr(self.cache, name).index_select(1, keep))
+            self.cache.keep_rows(torch.from_numpy(np.flatnonzero(staying)).to(self.net.device))
         if self.pos < self.window:
             self._forward(self.history[self.rows, self.step - 1 : self.step], self.pos)
         elif self.keep:  # context full: restart from the prefix (still in the cache) and the last `keep` tokens

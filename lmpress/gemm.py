@@ -128,7 +128,7 @@ def verify(gemm: Gemm, shapes: Iterable[tuple[int, int]], device: torch.device) 
     for k, n in ((64, 1500), (1500, 64)):  # batches of attention's shapes: the first positions of the cache
         a, b = _operands(3, k, 2048, gen, device)
         batch_a, batch_b = torch.stack([a, -a.clamp_min(-127)]), torch.stack([b, b.flip(0)]).contiguous()
-        batch_b = batch_b[..., :n] if n > k else batch_b[..., :n].contiguous()  # keys: row-major, rows 2048 long
+        batch_b = batch_b[..., :n].contiguous()  # keys [hd, s] and values [s, hd], as KVCache.read gives them
         want = (batch_a.double() @ batch_b.double()).to(torch.int64)
         if not torch.equal(gemm.bmm(batch_a, batch_b).to(torch.int64), want):
             raise BackendError(f"{gemm.name} computes wrong integers for batched products on this machine")

@@ -33,6 +33,7 @@ from .llama import (
     SIGMOID_SPAN,
     TINY,
 )
+from .simd import LANES, add_key_dots, add_weighted_values
 
 _F = np.float32
 _I = np.int32
@@ -336,23 +337,6 @@ def _rotate(x, cos, sin, out):  # pragma: no cover (compiled)
         out[half + j] = x[half + j] * cos[half + j] + x[j] * sin[half + j]
 
 
-@njit(inline="always", boundscheck=False)
-def _combine(c, m, count, n, out):  # pragma: no cover (compiled)
-    """out[:n] = Σ_{i < count} c[i] · m[i, :n], int8 operands, exact in int32: four rows of m a pass, so
-    that each pass over out does four products per element (vectorised along the contiguous n)."""
-    out[:n] = 0
-    fours = count - count % 4
-    for i in range(0, fours, 4):
-        m0, m1, m2, m3 = m[i], m[i + 1], m[i + 2], m[i + 3]
-        c0, c1, c2, c3 = _I(c[i]), _I(c[i + 1]), _I(c[i + 2]), _I(c[i + 3])
-        for j in range(n):
-            out[j] += c0 * _I(m0[j]) + c1 * _I(m1[j]) + c2 * _I(m2[j]) + c3 * _I(m3[j])
-    for i in range(fours, count):
-        ci, mi = _I(c[i]), m[i]
-        for j in range(n):
-            out[j] += ci * _I(mi[j])
-
-
 @njit(parallel=True, boundscheck=False, cache=True)
 def _attention_step(
     acc,
@@ -368,6 +352,7 @@ def _attention_step(
     v_scale,
     kappa,
     rep,
+    hd,
     q,
     two_out,
     out,
@@ -378,11 +363,14 @@ def _attention_step(
     """Attention for one new position per row, from the query, key and value product ``acc`` to the operand
     of the output product (out [B, H·hd], its factors out_factor [B]): rotate and quantise each row's heads,
     write its key and value into the cache at ``pos``, attend over positions 0 .. pos.
-    Keys are stored transposed [B, G, hd, W], values [B, G, W, hd]; one job per (row, key head)."""
-    rows, groups, hd, length = keys.shape
+    The cache is laid out as ``llama.KVCache`` says (keys [B, G, W/64, hd'/4, 64, 4], values [B, G, W/4, hd', 4],
+    hd' ≥ hd padded with zeros); its products are ``simd``'s. One job per (row, key head)."""
+    rows, groups, _, quads, _, _ = keys.shape
+    padded = 4 * quads
     heads = groups * rep
     q_limit, tiny = params[6], params[7]
     width = pos + 1
+    blocks = -(-width // LANES) * LANES  # positions whose dots are computed, 64 at once
     qkv = np.empty((rows, scale.shape[0]), np.float32)
     y = np.empty((rows, heads * hd), np.float32)
     for m in prange(rows):
@@ -390,25 +378,37 @@ def _attention_step(
     for job in prange(rows * groups):
         b, g = job // groups, job % groups
         head = np.empty(hd, np.float32)
-        key = np.empty(hd, np.int8)
+        row = np.empty(hd, np.int8)
         _rotate(qkv[b, (heads + g) * hd : (heads + g + 1) * hd], cos, sin, head)
-        k_scale[b, g, pos] = _quantize_head(head, q_limit, tiny, key)
-        keys[b, g, :, pos] = key
+        k_scale[b, g, pos] = _quantize_head(head, q_limit, tiny, row)
+        for j in range(hd):
+            keys[b, g, pos // LANES, j // 4, pos % LANES, j % 4] = row[j]
         v_scale[b, g, pos] = _quantize_head(
-            qkv[b, (heads + groups + g) * hd : (heads + groups + g + 1) * hd], q_limit, tiny, values[b, g, pos]
+            qkv[b, (heads + groups + g) * hd : (heads + groups + g + 1) * hd], q_limit, tiny, row
         )
+        for j in range(hd):
+            values[b, g, pos // 4, j, pos % 4] = row[j]
         key_factor = np.empty(width, np.float32)
         for s in range(width):
             key_factor[s] = k_scale[b, g, s] * kappa
-        query, dots, total_wv = np.empty(hd, np.int8), np.empty(width, np.int32), np.empty(hd, np.int32)
-        wq = np.empty(width, np.int8)
+        query, dots, total_wv = np.zeros(padded, np.int8), np.empty(blocks, np.int32), np.empty(padded, np.int32)
+        wq = np.zeros(-(-width // 4) * 4, np.int8)
         z, ints, w = np.empty(width, np.int32), np.empty(width, np.int32), np.empty(width, np.float32)
         for h in range(g * rep, (g + 1) * rep):
             _rotate(qkv[b, h * hd : (h + 1) * hd], cos, sin, head)
             qd = _quantize_head(head, q_limit, tiny, query)
-            _combine(query, keys[b, g], hd, width, dots)
+            offset = _I(0)  # add_key_dots reads keys as k + 128: 128·Σq too much
+            for j in range(hd):
+                offset += _I(query[j])
+            dots[:] = 0
+            for s0 in range(0, width, LANES):
+                add_key_dots(dots, s0, keys[b, g], s0 * padded, 4 * LANES, query, 0, quads)
+            for s in range(width):
+                dots[s] -= offset << 7
             wd, total = _weights_row(dots, key_factor, qd, v_scale[b, g], width, z, ints, w, wq, params, shape)
-            _combine(wq, values[b, g], width, hd, total_wv)
+            total_wv[:] = 0
+            for j0 in range(0, padded, LANES):
+                add_weighted_values(total_wv, j0, values[b, g], 4 * j0, 4 * padded, wq, 0, len(wq) // 4)
             f = _F(np.float64(wd) / np.float64(total))
             for j in range(hd):
                 y[b, h * hd + j] = _F(total_wv[j]) * f
@@ -427,7 +427,7 @@ def attention_step(acc, bits, scale, factor, cos, sin, pos, cache, layer, kappa,
     """``ExactLlama``'s attention for one new position per row (decoding), fused with the products around it:
     from the query, key and value product ``acc`` (of ``bits``-bit operands) to the output product's operand
     (``out_bits``), as ``llama.product_result``, rotate, attend, ``llama.product_operand``: (operand, factors [B])."""
-    rows, groups, hd, _ = cache.k[layer].shape
+    rows, groups, hd = *cache.k.shape[1:3], cache.head_dim
     out, out_factor, q, two_out = _operand_buffers(rows, groups * rep * hd, out_bits)
     _attention_step(
         acc.numpy(),
@@ -443,6 +443,7 @@ def attention_step(acc, bits, scale, factor, cos, sin, pos, cache, layer, kappa,
         cache.v_scale[layer].numpy(),
         _F(kappa),
         rep,
+        hd,
         q,
         two_out,
         out,

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from . import gemm as gemm_
+from .simd import LANES
 from .tables import rope_tables, sigmoid_table
 
 ENGINE = "int8-v1"  # names this arithmetic in archives; any change to it needs a new name
@@ -244,18 +245,61 @@ class Linear:
 
 
 class KVCache:
-    """Keys and values of ``batch`` rows for up to ``length`` positions: int8 per (position, head), keys
-    transposed, [..., head_dim, position], and values as [..., position, head_dim], so that both products of
-    attention run along contiguous memory with the position (keys) or the head dimension (values) innermost;
-    and the binary32 factor of each (position, head)."""
+    """Keys and values of ``batch`` rows for up to ``length`` positions: int8 per (position, head), with the
+    binary32 factor of each (position, head) [..., position].
+
+    Laid out for the compiled decoding step's products (``simd.py``), which read both in order: keys in tiles
+    of 64 positions [..., W/64, hd/4, 64, 4] (four head dimensions of one position together), values as
+    [..., W/4, hd, 4] (four positions of one head dimension together); hd is padded with zeros and W (positions)
+    rounded up to multiples of ``simd.LANES`` (64). ``write`` and ``read`` convert from and to plain layouts.
+    The layout is not part of the format: any gives the same integers."""
 
     def __init__(self, cfg: LlamaConfig, batch: int, length: int, device: torch.device):
         shape = (cfg.num_hidden_layers, batch, cfg.num_key_value_heads)
-        self.k = torch.zeros((*shape, cfg.head_dim, length), dtype=torch.int8, device=device)
-        self.v = torch.zeros((*shape, length, cfg.head_dim), dtype=torch.int8, device=device)
-        self.k_scale = torch.zeros((*shape, length), device=device)
-        self.v_scale = torch.zeros((*shape, length), device=device)
-        self.length = length
+        padded, width = _round_up(cfg.head_dim, LANES), _round_up(length, LANES)
+        self.k = torch.zeros((*shape, width // LANES, padded // 4, LANES, 4), dtype=torch.int8, device=device)
+        self.v = torch.zeros((*shape, width // 4, padded, 4), dtype=torch.int8, device=device)
+        self.k_scale = torch.zeros((*shape, width), device=device)
+        self.v_scale = torch.zeros((*shape, width), device=device)
+        self.head_dim = cfg.head_dim
+
+    def write(self, layer: int, pos: int, k: Tensor, v: Tensor, k_scale: Tensor, v_scale: Tensor) -> None:
+        """Store int8 keys and values [B, G, T, hd] and their factors [B, G, T] at positions pos .. pos+T−1."""
+        end = pos + k.shape[2]
+        pad = (0, self.v.shape[-2] - self.head_dim)
+        at = torch.arange(pos, end, device=self.v.device)
+        k = torch.nn.functional.pad(k, pad).unflatten(-1, (-1, 4)).permute(2, 0, 1, 3, 4)  # [T, B, G, hd/4, 4]
+        self.k[layer][:, :, at // LANES, :, at % LANES] = k
+        self.v[layer][:, :, at // 4, :, at % 4] = torch.nn.functional.pad(v, pad).permute(2, 0, 1, 3)
+        self.k_scale[layer, ..., pos:end], self.v_scale[layer, ..., pos:end] = k_scale, v_scale
+
+    def read(self, layer: int, s: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Positions 0 .. s−1: keys transposed [B, G, hd, s], values [B, G, s, hd], and their factors [B, G, s]."""
+        hd = self.head_dim
+        keys = self.k[layer, :, :, : -(-s // LANES)].permute(0, 1, 3, 5, 2, 4).flatten(-2).flatten(2, 3)
+        values = self.v[layer, :, :, : -(-s // 4)].transpose(-2, -1).flatten(-3, -2)
+        keys, values = keys[..., :hd, :s].contiguous(), values[..., :s, :hd].contiguous()
+        return keys, values, self.k_scale[layer, ..., :s], self.v_scale[layer, ..., :s]
+
+    def copy_prefix(self, source: KVCache, n: int) -> None:
+        """Make positions 0 .. n−1 of every row those of ``source`` (of one row, or as many as this)."""
+        tiles, quads = n // LANES, n // 4
+        self.k[..., :tiles, :, :, :] = source.k[..., :tiles, :, :, :]
+        if n % LANES:
+            self.k[..., tiles, :, : n % LANES, :] = source.k[..., tiles, :, : n % LANES, :]
+        self.v[..., :quads, :, :] = source.v[..., :quads, :, :]
+        if n % 4:
+            self.v[..., quads, :, : n % 4] = source.v[..., quads, :, : n % 4]
+        self.k_scale[..., :n], self.v_scale[..., :n] = source.k_scale[..., :n], source.v_scale[..., :n]
+
+    def keep_rows(self, rows: Tensor) -> None:
+        """Keep only these rows (indices into the batch), in this order."""
+        for name in ("k", "v", "k_scale", "v_scale"):
+            setattr(self, name, getattr(self, name).index_select(1, rows))
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
 
 
 # --- The network --------------------------------------------------------------------------------------
@@ -406,14 +450,13 @@ class ExactLlama:
         rep = heads // g
         kq, kd = quantize_rows(k, Q8)
         vq, vd = quantize_rows(v, Q8)
-        kq = kq.to(torch.int8).transpose(1, 2).contiguous().transpose(2, 3)  # [B, G, hd, T], a view of [B, G, T, hd]
-        vq = vq.to(torch.int8).transpose(1, 2).contiguous()  # [B, G, T, hd]
+        kq, vq = kq.to(torch.int8).transpose(1, 2).contiguous(), vq.to(torch.int8).transpose(1, 2).contiguous()
         kd, vd = kd[..., 0].transpose(1, 2), vd[..., 0].transpose(1, 2)  # [B, G, T]
-        if cache is not None:
-            end = pos + t
-            cache.k[i, ..., pos:end], cache.v[i, :, :, pos:end] = kq, vq
-            cache.k_scale[i, ..., pos:end], cache.v_scale[i, ..., pos:end] = kd, vd
-            kq, vq, kd, vd = cache.k[i], cache.v[i], cache.k_scale[i], cache.v_scale[i]
+        if cache is None:
+            kq = kq.transpose(2, 3)  # [B, G, hd, T]
+        else:
+            cache.write(i, pos, kq, vq, kd, vd)
+            kq, vq, kd, vd = cache.read(i, pos + t)
         key_factor = kd * self.key_constant  # 2**6 · log2(e) / √hd: scores in 1/64 bits
         qq, qd = quantize_rows(q, Q8)
         qq = qq.to(torch.int8).view(b, t, g, rep, hd).permute(0, 2, 3, 1, 4)  # [B, G, rep, T, hd]

@@ -10,13 +10,14 @@ import sys
 from pathlib import Path
 
 import mpmath
+import numba
 import numpy as np
 import pytest
 import torch
 from conftest import TRAINING_TEXT
 
 import lmpress
-from lmpress import coding, gemm, kernels
+from lmpress import coding, gemm, kernels, simd
 from lmpress import llama as L
 from lmpress.dictionary import train_adapter
 from lmpress.engine import Lockstep, Settings, score_rows
@@ -184,9 +185,10 @@ def test_the_coder_uses_exactly_the_frequencies():
 # --- Across machines: subprocesses with other kernels, ISAs, backends, threads ---------------------------
 
 HAS_AVX512 = torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX")
+HASWELL = {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": "+avx2,+fma"}  # numba compiles without AVX-512
 CONFIGS = [
     {"ATEN_CPU_CAPABILITY": "default", "LMPRESS_GEMM": "float32", "NUMBA_CPU_NAME": "generic", "-T": "1"},
-    {"ATEN_CPU_CAPABILITY": "avx2", "LMPRESS_GEMM": "int_mm", "NUMBA_CPU_NAME": "haswell", "-T": "2"},
+    {"ATEN_CPU_CAPABILITY": "avx2", "LMPRESS_GEMM": "int_mm", **HASWELL, "-T": "2"},
     {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "-T": "1"},  # whichever backend verifies
     {"ATEN_CPU_CAPABILITY": "default", "LMPRESS_GEMM": "int_mm", "-T": "2"},
     *([{"ATEN_CPU_CAPABILITY": "avx512", "LMPRESS_GEMM": "float32", "-T": "1"}] if HAS_AVX512 else []),
@@ -269,6 +271,34 @@ def test_compiled_products_equal_their_definition(bits, eps):
     acc = gemm.Gemm("reference").mm(got[0], w.t())
     scale = torch.rand(50, generator=gen)
     assert torch.equal(L.product_result(acc, bits, scale, got[1]), L._product_result(acc, bits, scale, got[1]))
+
+
+@pytest.mark.parametrize("vnni", sorted({False, simd.VNNI}))
+@pytest.mark.parametrize("keys", [True, False])
+def test_simd_products_are_exact(keys, vnni):
+    """Both lowerings of simd's products (VNNI where this CPU has it, the portable one everywhere) against int64
+    numpy, with every byte's extremes."""
+    products = simd._block_products(keys, vnni)
+
+    @numba.njit
+    def run(out, o, matrix, off, stride, vector, v_off, n):
+        products(out, o, matrix, off, stride, vector, v_off, n)
+
+    rng = np.random.default_rng(keys + 2 * vnni)
+    n, stride, off, o = 7, 320, 40, 3
+    matrix = rng.integers(-128, 128, off + n * stride).astype(np.int8)
+    matrix[off : off + 256] = -128 if keys else 127  # the largest unsigned (k + 128 = 0 or 255) and signed
+    matrix[off + stride : off + stride + 256] = 127 if keys else -128
+    vector = rng.integers(-127 if keys else 0, 128, 4 * n + 5).astype(np.int8)
+    vector[5:13] = (127, -127, 127, -127, 127, 127, 127, 127) if keys else 127
+    out = rng.integers(-1000, 1000, o + 70).astype(np.int32)
+    want = out.astype(np.int64)
+    for k in range(n):
+        block = matrix[off + k * stride : off + k * stride + 256].astype(np.int64).reshape(64, 4)
+        u, s = (block + 128, vector[5 + 4 * k : 9 + 4 * k]) if keys else (vector[5 + 4 * k : 9 + 4 * k], block)
+        want[o : o + 64] += (np.asarray(u, np.int64) * np.asarray(s, np.int64)).sum(-1)
+    run(out, o, matrix, off, stride, vector, 5, n)
+    assert np.array_equal(out, want)
 
 
 def test_compiled_swiglu_equals_its_definition():
