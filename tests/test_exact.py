@@ -61,14 +61,18 @@ def test_full_sequence_passes_equal_lockstep_steps(tiny):
         steps.advance(np.array([rows[row][t] for row in steps.rows]))
 
 
-def test_prefill_then_steps_equals_one_pass(tiny):
+@pytest.mark.parametrize("step", [1, 2, 5])
+def test_prefill_then_steps_equals_one_pass(tiny, step):
+    """Steps of one token run the compiled kernel on the CPU; steps of more go through the torch operations a GPU
+    runs for every step, writing and reading the cache at positions that are not multiples of its tiles."""
     net = tiny.net
     ids = torch.tensor([[tiny.start_token, *tiny.tokenize(TRAINING_TEXT.encode()[:200])]])
     with torch.inference_mode():
         full = net.logits(net.forward(ids)[0])
         cache = net.new_cache(1, ids.shape[1])
         parts = [net.logits(net.forward(ids[:, :17], cache, 0)[0])]
-        parts += [net.logits(net.forward(ids[:, p : p + 1], cache, p)[0]) for p in range(17, ids.shape[1])]
+        for p in range(17, ids.shape[1], step):
+            parts.append(net.logits(net.forward(ids[:, p : p + step], cache, p)[0]))
     assert torch.equal(torch.cat(parts), full)
 
 
