@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -197,14 +198,19 @@ def test_test_on_workers_and_bad_worker_options(tmp_path, tiny_model_dir):
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
     """A Ray head node of 2 CPUs on this machine, started by the test and stopped after it (that node alone,
-    not other Ray processes); its address. Ray's token authentication stays on: clients opt in to it."""
+    not other Ray processes); its address. Ray's token authentication stays on, with a token of the test's own
+    (``RAY_AUTH_TOKEN``: ``ray start`` makes none, and the machine may have no ~/.ray/auth_token)."""
     pytest.importorskip("ray")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     # For the head node and every command the tests run: token authentication, and every Ray process on the
     # loopback address (Ray's switch for one-machine clusters; else it takes the address of the routed interface).
-    environment = {"RAY_AUTH_MODE": "token", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    environment = {
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    }
     before = {k: os.environ.get(k) for k in environment}
     os.environ.update(environment)
     head = subprocess.Popen(
