@@ -56,9 +56,15 @@ def _bfloat16(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _int_mm(a: Tensor, b: Tensor) -> Tensor:
-    if a.dim() > 2:
+    if a.dim() > 2:  # one product a matrix, each written in place (no stack: a copy of a large result)
         flat_a, flat_b = a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:])
-        return torch.stack([_int_mm(x, y) for x, y in zip(flat_a, flat_b)]).view(*a.shape[:-1], b.shape[-1])
+        out = torch.empty(*a.shape[:-1], b.shape[-1], dtype=torch.int32, device=a.device)
+        for x, y, into in zip(flat_a, flat_b, out.view(-1, *out.shape[-2:])):
+            if a.is_cuda:
+                into.copy_(_int_mm(x, y))
+            else:
+                torch._int_mm(x.contiguous(), y, out=into)
+        return out
     if a.is_cuda:  # cuBLASLt int8: M > 16, K and N multiples of 8, B column-major
         m, k, n = a.shape[0], a.shape[1], b.shape[1]
         pm, pk, pn = max(24, -(-m // 8) * 8), -(-k // 8) * 8, -(-n // 8) * 8

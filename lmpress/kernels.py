@@ -33,7 +33,7 @@ from .llama import (
     SIGMOID_SPAN,
     TINY,
 )
-from .simd import LANES, add_key_dots, add_weighted_values
+from .simd import LANES, WEIGHT_ROWS, add_key_dots, add_weight_dots, add_weighted_values
 
 _F = np.float32
 _I = np.int32
@@ -43,6 +43,7 @@ _PARAMS = np.array([*EXP2_POLY, LIMIT, Q8, TINY, 2.0**-SCORE_FRAC], dtype=np.flo
 _SHAPE = np.array([SCORE_FRAC, SCORE_ONE], dtype=np.int32)
 _LOGITS = np.array([LOGIT_FRAC, LOGIT_ONE, 1 << 24], dtype=np.int32)  # and the frequencies' total
 _TWO23 = _F(2**23)
+PACKED_QUADS = 32  # quads of a weight tile's input columns (8 KiB) applied to every row at once
 
 
 @njit(inline="always", boundscheck=False)
@@ -402,13 +403,13 @@ def _attention_step(
                 offset += _I(query[j])
             dots[:] = 0
             for s0 in range(0, width, LANES):
-                add_key_dots(dots, s0, keys[b, g], s0 * padded, 4 * LANES, query, 0, quads)
+                add_key_dots(dots, s0, 0, keys[b, g], s0 * padded, 4 * LANES, query, 0, 0, quads)
             for s in range(width):
                 dots[s] -= offset << 7
             wd, total = _weights_row(dots, key_factor, qd, v_scale[b, g], width, z, ints, w, wq, params, shape)
             total_wv[:] = 0
             for j0 in range(0, padded, LANES):
-                add_weighted_values(total_wv, j0, values[b, g], 4 * j0, 4 * padded, wq, 0, len(wq) // 4)
+                add_weighted_values(total_wv, j0, 0, values[b, g], 4 * j0, 4 * padded, wq, 0, 0, len(wq) // 4)
             f = _F(np.float64(wd) / np.float64(total))
             for j in range(hd):
                 y[b, h * hd + j] = _F(total_wv[j]) * f
@@ -471,6 +472,43 @@ def swiglu_operand(acc, bits, scale, factor, table, out_bits):
     args = (SIGMOID_FRAC, SIGMOID_SPAN, q, two_out, _F(TINY), out, out_factor)
     _swiglu_operand(acc.numpy(), bits == 16, scale.numpy(), factor.numpy(), table.numpy(), *args)
     return torch.from_numpy(out), torch.from_numpy(out_factor)
+
+
+@njit(parallel=True, boundscheck=False, cache=True)
+def _packed_product(x, w, out):  # pragma: no cover (compiled)
+    """out [M, N'] = x [M, K'] times the weights packed as ``llama.Linear.packed`` lays them out. One job per
+    tile of 64 output columns, which reads its weights once for every ``WEIGHT_ROWS`` rows."""
+    m, k = x.shape
+    tiles, quads = w.shape[0], w.shape[1]
+    n = tiles * LANES
+    shift = np.empty(m, np.int32)  # add_weight_dots reads weights as w + 128: 128·Σx too much
+    for r in range(m):
+        s = _I(0)
+        for j in range(k):
+            s += _I(x[r, j])
+        shift[r] = s << 7
+    full = m - m % WEIGHT_ROWS
+    for t in prange(tiles):
+        for r in range(m):
+            for j in range(t * LANES, (t + 1) * LANES):
+                out[r, j] = -shift[r]
+        for q0 in range(0, quads, PACKED_QUADS):  # every row on a slice of the tile while it is in L1
+            nq = min(PACKED_QUADS, quads - q0)
+            at = (t * quads + q0) * 4 * LANES
+            for r in range(0, full, WEIGHT_ROWS):
+                add_weight_dots(out, r * n + t * LANES, n, w, at, 4 * LANES, x, r * k + 4 * q0, k, nq)
+            for r in range(full, m):
+                add_key_dots(out, r * n + t * LANES, 0, w, at, 4 * LANES, x, r * k + 4 * q0, 0, nq)
+
+
+def packed_product(x, packed, n):
+    """The exact int32 product [M, n] of int8 rows x [M, K] and the weights packed by ``llama.Linear.packed``
+    (any gemm backend's integers): for a decoding step's few rows, where reading the weights is all the work."""
+    k = 4 * packed.shape[1]
+    x = x if x.shape[1] == k else torch.nn.functional.pad(x, (0, k - x.shape[1]))
+    out = np.empty((x.shape[0], packed.shape[0] * LANES), np.int32)
+    _packed_product(x.contiguous().numpy(), packed.numpy(), out)
+    return torch.from_numpy(out if out.shape[1] == n else out[:, :n].copy())
 
 
 @njit(parallel=True, boundscheck=False, cache=True)

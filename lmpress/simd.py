@@ -1,14 +1,16 @@
 """Exact int8 dot products for the compiled attention kernels, with AVX-512 VNNI where the CPU has it.
 
 LLVM does not emit VNNI's ``vpdpbusd`` (64 products of an unsigned and a signed byte, summed in fours into
-sixteen int32 lanes) from plain loops, so these are numba intrinsics that call it. Both functions add to
-64 int32 lanes ``out[o : o + 64]`` the products of ``n`` blocks of 64 bytes of a matrix, read ``stride`` bytes
-apart, with four bytes of a vector broadcast to every lane: lane l = 16·b + i gains
-Σ_{t<4} m[off + k·stride + 64·b + 4·i + t] · v[v_off + 4·k + t] for each k < n. Offsets count elements of
-the arrays as laid out in memory (C order); nothing is bounds-checked.
+sixteen int32 lanes) from plain loops, so these are numba intrinsics that call it. Each function adds, for
+``rows`` vectors r < rows, to 64 int32 lanes ``out[o + r·o_stride :][:64]`` the products of ``n`` blocks of
+64 bytes of a matrix, read ``stride`` bytes apart, with four bytes of vector r broadcast to every lane: lane
+l = 16·b + i gains Σ_{t<4} m[off + k·stride + 64·b + 4·i + t] · v[v_off + r·v_stride + 4·k + t] for each
+k < n. Each block of the matrix is read once for all the rows. Offsets count elements of the arrays as laid
+out in memory (C order); nothing is bounds-checked.
 
-- ``add_key_dots``: the matrix is int8 keys read as unsigned (k + 128), the vector an int8 query: each lane
-  gains dot + 128·Σ(query bytes used), which the caller subtracts.
+- ``add_key_dots``: the matrix is int8 read as unsigned (m + 128), the vector int8: each lane gains
+  dot + 128·Σ(vector bytes used), which the caller subtracts. Keys and a query (one row), or packed weights
+  and a few rows of activations (``add_weight_dots``, ``WEIGHT_ROWS`` rows).
 - ``add_weighted_values``: the vector holds non-negative weights (≤ 127, read as unsigned), the matrix int8
   values.
 
@@ -70,18 +72,19 @@ def _every_other(builder: ir.IRBuilder, x: ir.Value, first: int) -> ir.Value:
     )
 
 
-def _block_products(keys: bool, vnni: bool):
-    """The intrinsic (out, o, matrix, off, stride, vector, v_off, n) described in the module docstring."""
+def _block_products(keys: bool, vnni: bool, rows: int = 1):
+    """The intrinsic (out, o, o_stride, matrix, off, stride, vector, v_off, v_stride, n) described in the module
+    docstring, for ``rows`` vectors."""
 
     @intrinsic
-    def products(typingctx, out, o, matrix, off, stride, vector, v_off, n):
+    def products(typingctx, out, o, o_stride, matrix, off, stride, vector, v_off, v_stride, n):
         def codegen(context, builder, signature, args):
             args = [
                 context.cast(builder, a, t, types.intp) if isinstance(t, types.Integer) else a
                 for a, t in zip(args, signature.args)
             ]
-            out_, o_, matrix_, off_, stride_, vector_, v_off_, n_ = args
-            out_ty, _, matrix_ty, _, _, vector_ty, _, _ = signature.args
+            out_, o_, o_stride_, matrix_, off_, stride_, vector_, v_off_, v_stride_, n_ = args
+            out_ty, matrix_ty, vector_ty = signature.args[0], signature.args[3], signature.args[6]
 
             def at(array_ty, array, index, ty):
                 data = context.make_array(array_ty)(context, builder, array).data
@@ -90,35 +93,48 @@ def _block_products(keys: bool, vnni: bool):
             def plus(value, constant):
                 return builder.add(value, ir.Constant(value.type, constant))
 
-            outs = [at(out_ty, out_, plus(o_, 16 * b), _WORDS) for b in range(4)]
+            def row(start, row_stride, r):
+                return builder.add(start, builder.mul(row_stride, ir.Constant(row_stride.type, r)))
+
+            outs = [
+                [at(out_ty, out_, plus(row(o_, o_stride_, r), 16 * b), _WORDS) for b in range(4)] for r in range(rows)
+            ]
             lanes = _WORDS if vnni else _PAIRS
-            accs = [cgutils.alloca_once_value(builder, ir.Constant(lanes, None)) for _ in range(4)]  # in registers
+            accs = [
+                [cgutils.alloca_once_value(builder, ir.Constant(lanes, None)) for _ in range(4)] for _ in range(rows)
+            ]
             flip = ir.Constant(_BYTES, [0x80] * 64)
             with cgutils.for_range(builder, n_) as loop:
                 k = loop.index
                 base = builder.add(off_, builder.mul(k, stride_))
+                blocks = [builder.load(at(matrix_ty, matrix_, plus(base, 64 * b), _BYTES), align=1) for b in range(4)]
+                if keys:
+                    blocks = [builder.xor(block, flip) for block in blocks]
                 at_four = builder.add(v_off_, builder.mul(k, ir.Constant(k.type, 4)))
-                four = builder.load(at(vector_ty, vector_, at_four, _I32), align=1)
-                broadcast = builder.shuffle_vector(
-                    builder.insert_element(ir.Constant(_WORDS, ir.Undefined), four, ir.Constant(_I32, 0)),
-                    ir.Constant(_WORDS, ir.Undefined),
-                    ir.Constant(_WORDS, [0] * 16),
-                )
-                broadcast = builder.bitcast(broadcast, _BYTES)
-                for b, acc in enumerate(accs):
-                    block = builder.load(at(matrix_ty, matrix_, plus(base, 64 * b), _BYTES), align=1)
-                    pair = (builder.xor(block, flip), broadcast) if keys else (broadcast, block)
-                    builder.store(_accumulate(builder, builder.load(acc), *pair, vnni), acc)
-            for acc, place in zip(accs, outs):
-                total = builder.add(builder.load(place, align=4), _fold(builder, builder.load(acc), vnni))
-                builder.store(total, place, align=4)
+                for r in range(rows):
+                    four = builder.load(at(vector_ty, vector_, row(at_four, v_stride_, r), _I32), align=1)
+                    broadcast = builder.shuffle_vector(
+                        builder.insert_element(ir.Constant(_WORDS, ir.Undefined), four, ir.Constant(_I32, 0)),
+                        ir.Constant(_WORDS, ir.Undefined),
+                        ir.Constant(_WORDS, [0] * 16),
+                    )
+                    broadcast = builder.bitcast(broadcast, _BYTES)
+                    for block, acc in zip(blocks, accs[r]):
+                        pair = (block, broadcast) if keys else (broadcast, block)
+                        builder.store(_accumulate(builder, builder.load(acc), *pair, vnni), acc)
+            for r in range(rows):
+                for acc, place in zip(accs[r], outs[r]):
+                    total = builder.add(builder.load(place, align=4), _fold(builder, builder.load(acc), vnni))
+                    builder.store(total, place, align=4)
             return context.get_dummy_value()
 
-        return types.void(out, o, matrix, off, stride, vector, v_off, n), codegen
+        return types.void(out, o, o_stride, matrix, off, stride, vector, v_off, v_stride, n), codegen
 
     return products
 
 
 VNNI = has_vnni()
+WEIGHT_ROWS = 4  # activation rows per weight block read: 16 accumulators, 4 blocks and 4 broadcasts in 32 registers
 add_key_dots = _block_products(keys=True, vnni=VNNI)
+add_weight_dots = _block_products(keys=True, vnni=VNNI, rows=WEIGHT_ROWS)
 add_weighted_values = _block_products(keys=False, vnni=VNNI)

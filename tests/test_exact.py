@@ -76,6 +76,23 @@ def test_prefill_then_steps_equals_one_pass(tiny, step):
     assert torch.equal(torch.cat(parts), full)
 
 
+def test_narrow_and_wide_steps_agree(tiny):
+    """A step of few rows multiplies with packed weights (made on first use), a wide one with the backend, whose
+    cache frees the packed copies first: the same integers either way."""
+    net = tiny.net
+    ids = torch.tensor(tiny.tokenize(TRAINING_TEXT.encode()[:200])[: 2 * L.PACKED_ROWS]).view(-1, 2)
+    with torch.inference_mode():
+        narrow = net.new_cache(1, 2)
+        first = [net.logits(net.forward(ids[:1, :1], narrow, 0)[:, 0])]
+        assert net.layers[0].qkv._packed is not None and net.head._packed is not None
+        wide = net.new_cache(len(ids), 2)
+        assert all(lin._packed is None for layer in net.layers for lin in vars(layer).values())
+        logits = net.logits(net.forward(ids[:, :1], wide, 0)[:, 0])
+        first.append(net.logits(net.forward(ids[:1, 1:], narrow, 1)[:, 0]))
+        second = net.logits(net.forward(ids[:, 1:], wide, 1)[:, 0])
+    assert torch.equal(logits[:1], first[0]) and torch.equal(second[:1], first[1])
+
+
 def test_backends_give_identical_archives(tiny):
     data = TRAINING_TEXT.encode()[:1500]
     chosen = tiny.net.gemm
@@ -278,31 +295,47 @@ def test_compiled_products_equal_their_definition(bits, eps):
 
 
 @pytest.mark.parametrize("vnni", sorted({False, simd.VNNI}))
-@pytest.mark.parametrize("keys", [True, False])
-def test_simd_products_are_exact(keys, vnni):
+@pytest.mark.parametrize("keys, rows", [(True, 1), (False, 1), (True, simd.WEIGHT_ROWS)])
+def test_simd_products_are_exact(keys, rows, vnni):
     """Both lowerings of simd's products (VNNI where this CPU has it, the portable one everywhere) against int64
-    numpy, with every byte's extremes."""
-    products = simd._block_products(keys, vnni)
+    numpy, with every byte's extremes, for one vector and for several."""
+    products = simd._block_products(keys, vnni, rows)
 
     @numba.njit
-    def run(out, o, matrix, off, stride, vector, v_off, n):
-        products(out, o, matrix, off, stride, vector, v_off, n)
+    def run(out, o, o_stride, matrix, off, stride, vector, v_off, v_stride, n):
+        products(out, o, o_stride, matrix, off, stride, vector, v_off, v_stride, n)
 
-    rng = np.random.default_rng(keys + 2 * vnni)
-    n, stride, off, o = 7, 320, 40, 3
+    rng = np.random.default_rng(keys + 2 * vnni + 4 * rows)
+    n, stride, off, o, o_stride, v_stride = 7, 320, 40, 3, 70, 4 * 7 + 3
     matrix = rng.integers(-128, 128, off + n * stride).astype(np.int8)
     matrix[off : off + 256] = -128 if keys else 127  # the largest unsigned (k + 128 = 0 or 255) and signed
     matrix[off + stride : off + stride + 256] = 127 if keys else -128
-    vector = rng.integers(-127 if keys else 0, 128, 4 * n + 5).astype(np.int8)
+    vector = rng.integers(-127 if keys else 0, 128, 5 + rows * v_stride).astype(np.int8)
     vector[5:13] = (127, -127, 127, -127, 127, 127, 127, 127) if keys else 127
-    out = rng.integers(-1000, 1000, o + 70).astype(np.int32)
+    out = rng.integers(-1000, 1000, o + rows * o_stride).astype(np.int32)
     want = out.astype(np.int64)
-    for k in range(n):
-        block = matrix[off + k * stride : off + k * stride + 256].astype(np.int64).reshape(64, 4)
-        u, s = (block + 128, vector[5 + 4 * k : 9 + 4 * k]) if keys else (vector[5 + 4 * k : 9 + 4 * k], block)
-        want[o : o + 64] += (np.asarray(u, np.int64) * np.asarray(s, np.int64)).sum(-1)
-    run(out, o, matrix, off, stride, vector, 5, n)
+    for r in range(rows):
+        v = vector[5 + r * v_stride :]
+        for k in range(n):
+            block = matrix[off + k * stride : off + k * stride + 256].astype(np.int64).reshape(64, 4)
+            u, s = (block + 128, v[4 * k : 4 * k + 4]) if keys else (v[4 * k : 4 * k + 4], block)
+            at = o + r * o_stride
+            want[at : at + 64] += (np.asarray(u, np.int64) * np.asarray(s, np.int64)).sum(-1)
+    run(out, o, o_stride, matrix, off, stride, vector, 5, v_stride, n)
     assert np.array_equal(out, want)
+
+
+@pytest.mark.parametrize("m, n, k", [(1, 64, 576), (7, 100, 30), (9, 200, 1536), (24, 130, 36)])
+def test_packed_product_is_exact(m, n, k):
+    """The decoding step's product with packed weights equals the integer reference, at every byte's extremes,
+    with row counts around the kernel's groups of rows and shapes that need padding."""
+    gen = torch.Generator().manual_seed(m * n * k)
+    x = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=gen)
+    w = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=gen)
+    x[0], w[0], w[1] = -128, -128, 127
+    linear = L.Linear(w, torch.ones(n))
+    got = kernels.packed_product(x, linear.packed(), n)
+    assert torch.equal(got, gemm.Gemm("reference").mm(x, w.t()))
 
 
 def test_compiled_swiglu_equals_its_definition():
