@@ -366,7 +366,8 @@ class Lockstep:
         self.lengths = np.asarray(lengths)
         self.rows = np.arange(len(lengths))  # still active, in table order
         self.history = torch.zeros((len(lengths), int(self.lengths.max())), dtype=torch.long)
-        self.cache = self.net.new_cache(len(lengths), self.window)
+        self.net.prepare_steps(len(lengths))
+        self.cache: KVCache | None = self.net.new_cache(len(lengths), self.window)
         self.step = 0
         self.start = prefix_state(lm, settings.prefix(lm))  # the same in every row: computed once, copied in
         self.start.copy_into(self.cache)
@@ -390,6 +391,7 @@ class Lockstep:
         if not staying.all():
             self.rows = self.rows[staying]
             if not len(self.rows):
+                self.cache = None  # done: its memory is the next group's
                 return
             self.cache.keep_rows(torch.from_numpy(np.flatnonzero(staying)).to(self.net.device))
         if self.pos < self.window:

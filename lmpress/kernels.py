@@ -33,7 +33,7 @@ from .llama import (
     SIGMOID_SPAN,
     TINY,
 )
-from .simd import LANES, WEIGHT_ROWS, add_key_dots, add_weight_dots, add_weighted_values
+from .simd import LANES, WEIGHT_ROWS, add_key_dots, add_weight_dots, add_weighted_values, prefetch
 
 _F = np.float32
 _I = np.int32
@@ -476,7 +476,7 @@ def swiglu_operand(acc, bits, scale, factor, table, out_bits):
 
 @njit(parallel=True, boundscheck=False, cache=True)
 def _packed_product(x, w, out):  # pragma: no cover (compiled)
-    """out [M, N'] = x [M, K'] times the weights packed as ``llama.Linear.packed`` lays them out. One job per
+    """out [M, N'] = x [M, K'] times the weights packed as ``llama.Linear.pack`` lays them out. One job per
     tile of 64 output columns, which reads its weights once for every ``WEIGHT_ROWS`` rows."""
     m, k = x.shape
     tiles, quads = w.shape[0], w.shape[1]
@@ -495,6 +495,8 @@ def _packed_product(x, w, out):  # pragma: no cover (compiled)
         for q0 in range(0, quads, PACKED_QUADS):  # every row on a slice of the tile while it is in L1
             nq = min(PACKED_QUADS, quads - q0)
             at = (t * quads + q0) * 4 * LANES
+            for line in range(at + nq * 4 * LANES, at + (nq + PACKED_QUADS) * 4 * LANES, 64):
+                prefetch(w, line)  # the next slice, on its way while this one is multiplied
             for r in range(0, full, WEIGHT_ROWS):
                 add_weight_dots(out, r * n + t * LANES, n, w, at, 4 * LANES, x, r * k + 4 * q0, k, nq)
             for r in range(full, m):
@@ -502,7 +504,7 @@ def _packed_product(x, w, out):  # pragma: no cover (compiled)
 
 
 def packed_product(x, packed, n):
-    """The exact int32 product [M, n] of int8 rows x [M, K] and the weights packed by ``llama.Linear.packed``
+    """The exact int32 product [M, n] of int8 rows x [M, K] and the weights packed by ``llama.Linear.pack``
     (any gemm backend's integers): for a decoding step's few rows, where reading the weights is all the work."""
     k = 4 * packed.shape[1]
     x = x if x.shape[1] == k else torch.nn.functional.pad(x, (0, k - x.shape[1]))

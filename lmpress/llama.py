@@ -44,8 +44,7 @@ ROPE_LENGTH = 2048  # rotary tables are built for this many positions, or the ne
 ROW_BLOCK = 256  # tokens per block of the per-token work, so that its tensors stay in cache
 QUANTIZE_ROWS = 4096  # weight rows quantised at once
 TILE = 1 << 22  # most attention scores computed at once
-PACKED_ROWS = 24  # decoding steps whose products have at most this many operand rows (16-bit: two a row) use
-# kernels.packed_product on a CPU, and a copy of the weights packed for it; wider steps, the chosen backend
+PACKED_ROWS = 24  # products of at most this many operand rows (16-bit: two a row) use the packed weights, if any
 
 # 2**−u on [0, 1) as a binary32 polynomial (relative error below 3.1e-6, P(0) = 1), evaluated by Horner's
 # rule with each operation rounded (never fused)
@@ -222,7 +221,7 @@ class Linear:
 
     wq: Tensor
     scale: Tensor
-    _packed: Tensor | None = field(default=None, repr=False, compare=False)
+    packed: Tensor | None = field(default=None, repr=False, compare=False)  # wq as ``pack`` lays it out, or None
 
     @classmethod
     def quantize(cls, w: Tensor, gain: Tensor | None = None) -> Linear:
@@ -243,19 +242,17 @@ class Linear:
         operand, factor = product_operand(x, bits, eps)
         return product_result(gemm.mm(operand, self.wq.t()), bits, self.scale, factor)
 
-    def packed(self) -> Tensor:
-        """wq laid out for ``kernels.packed_product`` (made on first use, kept): in tiles of 64 output channels
+    def pack(self) -> None:
+        """Keep a copy of wq laid out for ``kernels.packed_product`` as ``packed``: in tiles of 64 output channels
         [N'/64, K'/4, 64, 4], four input columns of one channel together, N and K padded with zeros to
         multiples of 64 and 4; the same tiles as the key cache's, with channels for positions."""
-        if self._packed is None:
+        if self.packed is None:
             n, k = self.wq.shape
             wq = torch.nn.functional.pad(self.wq, (0, _round_up(k, 4) - k, 0, _round_up(n, LANES) - n))
-            self._packed = wq.view(-1, LANES, wq.shape[1] // 4, 4).transpose(1, 2).contiguous()
-        return self._packed
+            self.packed = wq.view(-1, LANES, wq.shape[1] // 4, 4).transpose(1, 2).contiguous()
 
     def unpack(self) -> None:
-        """Free the packed copy."""
-        self._packed = None
+        self.packed = None
 
 
 # --- Cache --------------------------------------------------------------------------------------------
@@ -396,10 +393,15 @@ class ExactLlama:
         return h.hexdigest()
 
     def new_cache(self, batch: int, length: int) -> KVCache:
-        if 2 * batch > PACKED_ROWS:  # its steps use the backend: the packed weights' memory goes to its cache
-            for lin in (self.head, *(lin for layer in self.layers for lin in vars(layer).values())):
-                lin.unpack()
         return KVCache(self.cfg, batch, length, self.device)
+
+    def prepare_steps(self, batch: int) -> None:
+        """Get ready to decode ``batch`` rows a step. A narrow batch's products read every weight for a few rows,
+        fastest from a copy packed for ``kernels.packed_product`` (made here, on a CPU); a wide batch's use the
+        backend, and the copy is freed for its cache's memory."""
+        narrow = 2 * batch <= PACKED_ROWS and self.device.type == "cpu"
+        for lin in (self.head, *(lin for layer in self.layers for lin in vars(layer).values())):
+            lin.pack() if narrow else lin.unpack()
 
     # --- forward ---
 
@@ -437,26 +439,25 @@ class ExactLlama:
         x = self._embed(tokens.reshape(-1))
         operand, factor = product_operand(x, BITS["qkv"], eps)
         factor = factor.view(-1)
-        packed = 2 * len(x) <= PACKED_ROWS
         for i, layer in enumerate(self.layers):
-            acc = self._product(operand, layer.qkv, packed)
+            acc = self._product(operand, layer.qkv)
             attention = (cos[pos], sin[pos], pos, cache, i, self.key_constant, rep, BITS["o"])
             operand, factor = k.attention_step(acc, BITS["qkv"], layer.qkv.scale, factor, *attention)
-            acc = self._product(operand, layer.o, packed)
+            acc = self._product(operand, layer.o)
             h, operand, factor = k.residual_operand(x, acc, BITS["o"], layer.o.scale, factor, BITS["gate_up"], eps)
-            acc = self._product(operand, layer.gate_up, packed)
+            acc = self._product(operand, layer.gate_up)
             operand, factor = k.swiglu_operand(
                 acc, BITS["gate_up"], layer.gate_up.scale, factor, self.sigmoid, BITS["down"]
             )
-            acc = self._product(operand, layer.down, packed)
+            acc = self._product(operand, layer.down)
             x, operand, factor = k.residual_operand(h, acc, BITS["down"], layer.down.scale, factor, BITS["qkv"], eps)
         return x.view(len(x), 1, -1)
 
-    def _product(self, operand: Tensor, lin: Linear, packed: bool) -> Tensor:
-        """operand times lin's weights, with the packed kernel (for a few rows on a CPU, where reading the weights
-        is the work) or the chosen backend: the same integers either way."""
-        if packed:
-            return _kernels().packed_product(operand, lin.packed(), lin.wq.shape[0])
+    def _product(self, operand: Tensor, lin: Linear) -> Tensor:
+        """operand times lin's weights: for a few rows with its packed copy if ``prepare_steps`` made one, else
+        with the chosen backend. The same integers either way."""
+        if lin.packed is not None and len(operand) <= PACKED_ROWS:
+            return _kernels().packed_product(operand, lin.packed, lin.wq.shape[0])
         return self.gemm.mm(operand, lin.wq.t())
 
     def _rope(self, length: int) -> tuple[Tensor, Tensor]:
@@ -518,9 +519,7 @@ class ExactLlama:
         """Fixed-point logits in 1/256 bits, int32 [N, vocab], of hidden states [N, hidden] (final norm and
         output head): round(clamp(((a · scale) · (2**8·log2 e)) · r, ±LIMIT)), a the product as in Linear."""
         operand, r = product_operand(hidden, BITS["head"], self.cfg.rms_norm_eps)
-        packed = len(operand) <= PACKED_ROWS and self.device.type == "cpu"
-        acc = self._product(operand, self.head, packed)
-        z = product_result(acc, BITS["head"], self.head.scale, self.logit_scale)
+        z = product_result(self._product(operand, self.head), BITS["head"], self.head.scale, self.logit_scale)
         return torch.round((z * r).clamp_(-LIMIT, LIMIT)).to(torch.int32)
 
 

@@ -133,6 +133,23 @@ def _block_products(keys: bool, vnni: bool, rows: int = 1):
     return products
 
 
+@intrinsic
+def prefetch(typingctx, array, index):
+    """Ask the memory for the cache line of ``array``'s element ``index`` (a hint: no fault, no result)."""
+
+    def codegen(context, builder, signature, args):
+        array_, index_ = args
+        data = context.make_array(signature.args[0])(context, builder, array_).data
+        at = builder.gep(data, [context.cast(builder, index_, signature.args[1], types.intp)])
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [at.type, _I32, _I32, _I32]), "llvm.prefetch.p0"
+        )
+        builder.call(fn, [at, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])  # read, keep, data
+        return context.get_dummy_value()
+
+    return types.void(array, index), codegen
+
+
 VNNI = has_vnni()
 WEIGHT_ROWS = 4  # activation rows per weight block read: 16 accumulators, 4 blocks and 4 broadcasts in 32 registers
 add_key_dots = _block_products(keys=True, vnni=VNNI)

@@ -77,20 +77,21 @@ def test_prefill_then_steps_equals_one_pass(tiny, step):
 
 
 def test_narrow_and_wide_steps_agree(tiny):
-    """A step of few rows multiplies with packed weights (made on first use), a wide one with the backend, whose
-    cache frees the packed copies first: the same integers either way."""
+    """A narrow batch's steps multiply with packed weights, a wide one's with the backend (``prepare_steps`` frees
+    the packed copy for the wide batch's cache): the same integers either way."""
     net = tiny.net
     ids = torch.tensor(tiny.tokenize(TRAINING_TEXT.encode()[:200])[: 2 * L.PACKED_ROWS]).view(-1, 2)
+    linears = [net.head, *(lin for layer in net.layers for lin in vars(layer).values())]
     with torch.inference_mode():
+        net.prepare_steps(1)
+        assert all(lin.packed is not None for lin in linears)
         narrow = net.new_cache(1, 2)
-        first = [net.logits(net.forward(ids[:1, :1], narrow, 0)[:, 0])]
-        assert net.layers[0].qkv._packed is not None and net.head._packed is not None
+        first = [net.logits(net.forward(ids[:1, i : i + 1], narrow, i)[:, 0]) for i in range(2)]
+        net.prepare_steps(len(ids))
+        assert all(lin.packed is None for lin in linears)
         wide = net.new_cache(len(ids), 2)
-        assert all(lin._packed is None for layer in net.layers for lin in vars(layer).values())
-        logits = net.logits(net.forward(ids[:, :1], wide, 0)[:, 0])
-        first.append(net.logits(net.forward(ids[:1, 1:], narrow, 1)[:, 0]))
-        second = net.logits(net.forward(ids[:, 1:], wide, 1)[:, 0])
-    assert torch.equal(logits[:1], first[0]) and torch.equal(second[:1], first[1])
+        second = [net.logits(net.forward(ids[:, i : i + 1], wide, i)[:, 0]) for i in range(2)]
+    assert all(torch.equal(w[:1], n) for w, n in zip(second, first))
 
 
 def test_backends_give_identical_archives(tiny):
@@ -334,7 +335,8 @@ def test_packed_product_is_exact(m, n, k):
     w = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=gen)
     x[0], w[0], w[1] = -128, -128, 127
     linear = L.Linear(w, torch.ones(n))
-    got = kernels.packed_product(x, linear.packed(), n)
+    linear.pack()
+    got = kernels.packed_product(x, linear.packed, n)
     assert torch.equal(got, gemm.Gemm("reference").mm(x, w.t()))
 
 
