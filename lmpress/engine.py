@@ -393,7 +393,7 @@ class Lockstep:
             if not len(self.rows):
                 self.cache = None  # done: its memory is the next group's
                 return
-            self.cache.keep_rows(torch.from_numpy(np.flatnonzero(staying)).to(self.net.device))
+            self.cache.keep_rows(np.flatnonzero(staying).tolist())
         if self.pos < self.window:
             self._forward(self.history[self.rows, self.step - 1 : self.step], self.pos)
         elif self.keep:  # context full: restart from the prefix (still in the cache) and the last `keep` tokens

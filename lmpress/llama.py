@@ -306,10 +306,15 @@ class KVCache:
             self.v[..., quads, :, : n % 4] = source.v[..., quads, :, : n % 4]
         self.k_scale[..., :n], self.v_scale[..., :n] = source.k_scale[..., :n], source.v_scale[..., :n]
 
-    def keep_rows(self, rows: Tensor) -> None:
-        """Keep only these rows (indices into the batch), in this order."""
+    def keep_rows(self, rows: list[int]) -> None:
+        """Keep only these rows (ascending indices into the batch), moved down in place: a copy of the kept rows
+        would hold two caches at once, the decoder's peak memory."""
         for name in ("k", "v", "k_scale", "v_scale"):
-            setattr(self, name, getattr(self, name).index_select(1, rows))
+            t = getattr(self, name)
+            for j, i in enumerate(rows):
+                if i != j:
+                    t[:, j] = t[:, i]
+            setattr(self, name, t[:, : len(rows)])
 
 
 def _round_up(n: int, multiple: int) -> int:

@@ -94,6 +94,19 @@ def test_narrow_and_wide_steps_agree(tiny):
     assert all(torch.equal(w[:1], n) for w, n in zip(second, first))
 
 
+def test_cache_keeps_rows_in_place(tiny):
+    cache = tiny.net.new_cache(4, 70)
+    gen = torch.Generator().manual_seed(3)
+    for name in ("k", "v", "k_scale", "v_scale"):
+        t = getattr(cache, name)
+        t.copy_(torch.randint(-128, 128, t.shape, generator=gen).to(t.dtype))
+    want = {name: getattr(cache, name)[:, [1, 3]].clone() for name in ("k", "v", "k_scale", "v_scale")}
+    storage = cache.k.data_ptr()
+    cache.keep_rows([1, 3])
+    assert cache.k.data_ptr() == storage  # no second cache
+    assert all(torch.equal(getattr(cache, name), t) for name, t in want.items())
+
+
 def test_backends_give_identical_archives(tiny):
     data = TRAINING_TEXT.encode()[:1500]
     chosen = tiny.net.gemm
