@@ -7,7 +7,8 @@ work between two products of ``ExactLlama.forward`` for one new position per row
 and of ``mixing.mixed_frequencies`` (numpy, one row) for a whole step's rows.
 A torch operation is a full pass over memory and a call costing microseconds; here a row's whole chain
 runs in one pass while it is in cache, which is most of lmpress's speed on a CPU. The twins must give the
-same bits, and the tests check that they do.
+same bits, and the tests check that they do. One more is a product backend of its own: ``packed_product``, a
+narrow decoding step's weight products (exact integers, like every backend in ``gemm.py``).
 
 No fast-math: LLVM may not reassociate or fuse. Rounding to nearest even is (x + 1.5·2**23) − 1.5·2**23,
 exact for |x| ≤ 2**22, which holds for every value rounded that way here. The arithmetic's parameters are

@@ -1,4 +1,4 @@
-"""Exact int8 dot products for the compiled attention kernels, with AVX-512 VNNI where the CPU has it.
+"""Exact int8 dot products for the compiled kernels (attention, packed weights), with AVX-512 VNNI where the CPU has it.
 
 LLVM does not emit VNNI's ``vpdpbusd`` (64 products of an unsigned and a signed byte, summed in fours into
 sixteen int32 lanes) from plain loops, so these are numba intrinsics that call it. Each function adds, for
