@@ -318,6 +318,16 @@ def swiglu(gate_up, table):
 
 
 @njit(inline="always", boundscheck=False)
+def _excess(v):  # pragma: no cover (compiled)
+    """What ``add_key_dots`` and ``add_weight_dots`` add too much to each lane against the int8 vector v, since
+    they read the matrix as m + 128: 128·Σv."""
+    total = _I(0)
+    for j in range(len(v)):
+        total += _I(v[j])
+    return total << 7
+
+
+@njit(inline="always", boundscheck=False)
 def _quantize_head(x, q, tiny, out):  # pragma: no cover (compiled)
     """``llama.quantize_rows`` of one head x into out (int8); returns its factor."""
     amax = _F(0)
@@ -399,14 +409,12 @@ def _attention_step(
         for h in range(g * rep, (g + 1) * rep):
             _rotate(qkv[b, h * hd : (h + 1) * hd], cos, sin, head)
             qd = _quantize_head(head, q_limit, tiny, query)
-            offset = _I(0)  # add_key_dots reads keys as k + 128: 128·Σq too much
-            for j in range(hd):
-                offset += _I(query[j])
+            excess = _excess(query)
             dots[:] = 0
             for s0 in range(0, width, LANES):
                 add_key_dots(dots, s0, 0, keys[b, g], s0 * padded, 4 * LANES, query, 0, 0, quads)
             for s in range(width):
-                dots[s] -= offset << 7
+                dots[s] -= excess
             wd, total = _weights_row(dots, key_factor, qd, v_scale[b, g], width, z, ints, w, wq, params, shape)
             total_wv[:] = 0
             for j0 in range(0, padded, LANES):
@@ -482,17 +490,14 @@ def _packed_product(x, w, out):  # pragma: no cover (compiled)
     m, k = x.shape
     tiles, quads = w.shape[0], w.shape[1]
     n = tiles * LANES
-    shift = np.empty(m, np.int32)  # add_weight_dots reads weights as w + 128: 128·Σx too much
+    excess = np.empty(m, np.int32)
     for r in range(m):
-        s = _I(0)
-        for j in range(k):
-            s += _I(x[r, j])
-        shift[r] = s << 7
+        excess[r] = _excess(x[r])
     full = m - m % WEIGHT_ROWS
     for t in prange(tiles):
         for r in range(m):
             for j in range(t * LANES, (t + 1) * LANES):
-                out[r, j] = -shift[r]
+                out[r, j] = -excess[r]
         for q0 in range(0, quads, PACKED_QUADS):  # every row on a slice of the tile while it is in L1
             nq = min(PACKED_QUADS, quads - q0)
             at = (t * quads + q0) * 4 * LANES

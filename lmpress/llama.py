@@ -404,9 +404,14 @@ class ExactLlama:
         """Get ready to decode ``batch`` rows a step. A narrow batch's products read every weight for a few rows,
         fastest from a copy packed for ``kernels.packed_product`` (made here, on a CPU); a wide batch's use the
         backend, and the copy is freed for its cache's memory."""
-        narrow = 2 * batch <= PACKED_ROWS and self.device.type == "cpu"
-        for lin in (self.head, *(lin for layer in self.layers for lin in vars(layer).values())):
+        widest = batch * max(BITS.values()) // 8  # operand rows of the widest product: 16 bits are two int8 rows
+        narrow = widest <= PACKED_ROWS and self.device.type == "cpu"
+        for lin in self.linears():
             lin.pack() if narrow else lin.unpack()
+
+    def linears(self) -> list[Linear]:
+        """Every weight matrix that is multiplied (the embedding is only looked up)."""
+        return [self.head, *(lin for layer in self.layers for lin in vars(layer).values())]
 
     # --- forward ---
 

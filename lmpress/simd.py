@@ -72,6 +72,11 @@ def _every_other(builder: ir.IRBuilder, x: ir.Value, first: int) -> ir.Value:
     )
 
 
+def _element(context, builder: ir.IRBuilder, array_ty, array: ir.Value, index: ir.Value) -> ir.Value:
+    """The address of element ``index`` (intp) of a numba array, counted in memory order."""
+    return builder.gep(context.make_array(array_ty)(context, builder, array).data, [index])
+
+
 def _block_products(keys: bool, vnni: bool, rows: int = 1):
     """The intrinsic (out, o, o_stride, matrix, off, stride, vector, v_off, v_stride, n) described in the module
     docstring, for ``rows`` vectors."""
@@ -87,8 +92,7 @@ def _block_products(keys: bool, vnni: bool, rows: int = 1):
             out_ty, matrix_ty, vector_ty = signature.args[0], signature.args[3], signature.args[6]
 
             def at(array_ty, array, index, ty):
-                data = context.make_array(array_ty)(context, builder, array).data
-                return builder.bitcast(builder.gep(data, [index]), ty.as_pointer())
+                return builder.bitcast(_element(context, builder, array_ty, array, index), ty.as_pointer())
 
             def plus(value, constant):
                 return builder.add(value, ir.Constant(value.type, constant))
@@ -138,9 +142,8 @@ def prefetch(typingctx, array, index):
     """Ask the memory for the cache line of ``array``'s element ``index`` (a hint: no fault, no result)."""
 
     def codegen(context, builder, signature, args):
-        array_, index_ = args
-        data = context.make_array(signature.args[0])(context, builder, array_).data
-        at = builder.gep(data, [context.cast(builder, index_, signature.args[1], types.intp)])
+        index = context.cast(builder, args[1], signature.args[1], types.intp)
+        at = _element(context, builder, signature.args[0], args[0], index)
         fn = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [at.type, _I32, _I32, _I32]), "llvm.prefetch.p0"
         )

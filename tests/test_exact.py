@@ -81,7 +81,8 @@ def test_narrow_and_wide_steps_agree(tiny):
     the packed copy for the wide batch's cache): the same integers either way."""
     net = tiny.net
     ids = torch.tensor(tiny.tokenize(TRAINING_TEXT.encode()[:200])[: 2 * L.PACKED_ROWS]).view(-1, 2)
-    linears = [net.head, *(lin for layer in net.layers for lin in vars(layer).values())]
+    linears = net.linears()
+    assert len(linears) == 1 + 4 * len(net.layers)
     with torch.inference_mode():
         net.prepare_steps(1)
         assert all(lin.packed is not None for lin in linears)
