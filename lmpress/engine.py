@@ -56,6 +56,7 @@ from .models import LanguageModel
 LZMA2_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 _LINE_SEARCH = 512  # bytes to look ahead for a line break when cutting
 PASS_TOKENS = 4096  # positions per full-sequence pass: bounds activation memory
+RESTART_TOKENS = 2048  # positions per pass of the decoder's restarts: their memory comes on top of the cache's
 SEGMENT_CHUNKS = 64  # chunks per segment (or max_batch, if more): a segment's classical chunks share LZMA2's context
 HEAD_ROWS = 64  # positions per slice of the output head: bounds the [rows, vocab] tensors
 PREFIXES = 4  # computed context prefixes remembered per loaded model
@@ -378,9 +379,18 @@ class Lockstep:
         self.freqs, self.pos = self.start.freqs.expand(len(self.rows), -1), len(self.start.tokens)
 
     def _forward(self, tokens: Tensor, pos: int) -> None:
+        rows = len(tokens)
+        per_pass = max(1, RESTART_TOKENS // tokens.shape[1])  # a restart's rows, a few at a time
         with torch.inference_mode():
-            hidden = self.net.forward(tokens.to(self.net.device), self.cache, pos)
-            self.freqs = frequencies(self.net.logits(hidden[:, -1]))
+            hidden = [
+                self.net.forward(
+                    tokens[a : a + per_pass].to(self.net.device),
+                    self.cache if per_pass >= rows else self.cache.rows(a, a + per_pass),
+                    pos,
+                )[:, -1]
+                for a in range(0, rows, per_pass)
+            ]
+            self.freqs = frequencies(self.net.logits(torch.cat(hidden)))
         self.pos = pos + tokens.shape[1]
 
     def advance(self, tokens: np.ndarray) -> None:

@@ -8,7 +8,9 @@ and of ``mixing.mixed_frequencies`` (numpy, one row) for a whole step's rows.
 A torch operation is a full pass over memory and a call costing microseconds; here a row's whole chain
 runs in one pass while it is in cache, which is most of lmpress's speed on a CPU. The twins must give the
 same bits, and the tests check that they do. One more is a product backend of its own: ``packed_product``, a
-narrow decoding step's weight products (exact integers, like every backend in ``gemm.py``).
+narrow decoding step's weight products, and on a CPU with AMX every weight product (exact integers, like every
+backend in ``gemm.py``); and on AMX ``attention_tiles`` computes a full pass's attention (``ExactLlama.attend``
+and what surrounds it) a tile of 16 queries at a time.
 
 No fast-math: LLVM may not reassociate or fuse. Rounding to nearest even is (x + 1.5·2**23) − 1.5·2**23,
 exact for |x| ≤ 2**22, which holds for every value rounded that way here. The arithmetic's parameters are
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from numba import njit, prange
+from numba import get_num_threads, njit, prange
 
 from .llama import (
     EXP2_POLY,
@@ -34,7 +36,19 @@ from .llama import (
     SIGMOID_SPAN,
     TINY,
 )
-from .simd import LANES, WEIGHT_ROWS, add_key_dots, add_weight_dots, add_weighted_values, prefetch
+from .simd import (
+    AMX,
+    LANES,
+    TILE_ROWS,
+    WEIGHT_ROWS,
+    add_key_dots,
+    add_weight_dots,
+    add_weighted_values,
+    prefetch,
+    tile_config,
+    tile_products,
+    tile_release,
+)
 
 _F = np.float32
 _I = np.int32
@@ -261,12 +275,6 @@ def _result(acc, two, scale, factor, out):  # pragma: no cover (compiled)
 
 
 @njit(parallel=True, boundscheck=False, cache=True)
-def _swiglu(gate_up, table, frac, span, out):  # pragma: no cover (compiled)
-    for m in prange(out.shape[0]):
-        _swiglu_row(gate_up[m], table, frac, span, out[m])
-
-
-@njit(parallel=True, boundscheck=False, cache=True)
 def _residual_operand(x, acc, two, scale, factor, q, two_out, eps, tiny, h, out, out_factor):  # pragma: no cover
     """h = x + product_result(acc), and h's RMS-normalised operand: a residual connection and the next
     product's input in one pass."""
@@ -307,13 +315,6 @@ def product_result(acc, two, scale, factor):
     out = torch.empty((rows, acc.shape[1]), dtype=torch.float32)
     factor = factor.expand(rows, 1).contiguous()
     _result(acc.contiguous().numpy(), two, scale.numpy(), factor.numpy()[:, 0], out.numpy())
-    return out
-
-
-def swiglu(gate_up, table):
-    """``llama.swiglu``, compiled."""
-    out = torch.empty((gate_up.shape[0], gate_up.shape[1] // 2), dtype=torch.float32)
-    _swiglu(gate_up.contiguous().numpy(), table.numpy(), SIGMOID_FRAC, SIGMOID_SPAN, out.numpy())
     return out
 
 
@@ -426,6 +427,71 @@ def _attention_step(
         out_factor[m] = _operand_row(y[m], m, rows, q, two_out, False, 0.0, tiny, out)
 
 
+@njit(parallel=True, boundscheck=False, cache=True)
+def _attention_tiles(qq, q_factor, keys, key_factor, values, v_scale, pos, t, y, params, shape):  # pragma: no cover
+    """``ExactLlama.attend`` for queries at positions pos .. pos+t−1 on AMX tiles: int8 queries qq [B, G, rep, T',
+    hd'] (T' = t rounded up to a multiple of 16, zero rows beyond t; hd' the cache's padded head size) with their
+    factors [B, G, rep, T'], on the cache's keys and values (``llama.KVCache``, written up to pos + t) and the keys'
+    factors, into binary32 y [B, t, G, rep, hd]. One job per (row, key head, 16 queries), which computes the
+    queries' dots with every key they see, their weights, and the weights' products with the values."""
+    batch, groups, rep, rows, padded = qq.shape
+    hd = y.shape[-1]
+    tiles = rows // TILE_ROWS
+    for job in prange(batch * groups * tiles):
+        b, g, t0 = job // (groups * tiles), job // tiles % groups, job % tiles * TILE_ROWS
+        seen = pos + min(t0 + TILE_ROWS, t)  # keys the tile's last query sees
+        width = -(-seen // LANES) * LANES
+        dots, wq = np.empty((TILE_ROWS, width), np.int32), np.empty((TILE_ROWS, width), np.int8)
+        sums = np.empty((TILE_ROWS, padded), np.int32)
+        z, ints, w = np.empty(seen, np.int32), np.empty(seen, np.int32), np.empty(seen, np.float32)
+        wd, total = np.empty(TILE_ROWS, np.float32), np.empty(TILE_ROWS, np.int64)
+        tile_config()
+        for r in range(rep):
+            for s0 in range(0, width, LANES):
+                tile_products(
+                    dots, s0, width, keys[b, g], s0 * padded, 4 * LANES, qq[b, g, r], t0 * padded, padded, padded // 64
+                )
+            for i in range(TILE_ROWS):
+                n = min(pos + t0 + i + 1, seen)
+                wd[i], total[i] = _weights_row(
+                    dots[i],
+                    key_factor[b, g],
+                    q_factor[b, g, r, t0 + i],
+                    v_scale[b, g],
+                    n,
+                    z,
+                    ints,
+                    w,
+                    wq[i],
+                    params,
+                    shape,
+                )
+                wq[i, n:] = 0
+            for j0 in range(0, padded, LANES):
+                tile_products(sums, j0, padded, values[b, g], 4 * j0, 4 * padded, wq, 0, width, width // 64)
+            for i in range(min(TILE_ROWS, t - t0)):
+                f = _F(np.float64(wd[i]) / np.float64(total[i]))
+                for j in range(hd):
+                    y[b, t0 + i, g, r, j] = _F(sums[i, j]) * f
+        tile_release()
+
+
+def attention_tiles(qq, q_factor, cache, layer, key_factor, pos):
+    """``ExactLlama``'s attention of queries at pos .. pos+t−1 (int8 qq [B, G, rep, t, hd] and factors [B, G, rep, t])
+    on AMX tiles, the cache written up to pos + t and ``key_factor`` its keys' [B, G, W]: binary32 [B, t, G·rep, hd],
+    the same numbers as ``ExactLlama.attend``'s."""
+    batch, groups, rep, t, hd = qq.shape
+    rows, padded = -(-t // TILE_ROWS) * TILE_ROWS, cache.v.shape[-2]
+    queries = np.zeros((batch, groups, rep, rows, padded), np.int8)
+    queries[..., :t, :hd] = qq.numpy()
+    factors = np.zeros((batch, groups, rep, rows), np.float32)
+    factors[..., :t] = q_factor.numpy()
+    y = np.empty((batch, t, groups, rep, hd), np.float32)
+    args = (cache.k[layer].numpy(), key_factor.numpy(), cache.v[layer].numpy(), cache.v_scale[layer].numpy())
+    _attention_tiles(queries, factors, *args, pos, t, y, _PARAMS, _SHAPE)
+    return torch.from_numpy(y).view(batch, t, groups * rep, hd)
+
+
 def _operand_buffers(rows, k, bits):
     """An empty ``bits``-bit operand for ``rows`` rows of k (two int8 halves for 16 bits), its row factors, and
     the (q, two) of ``llama.product_operand`` that fill them."""
@@ -509,14 +575,40 @@ def _packed_product(x, w, out):  # pragma: no cover (compiled)
                 add_key_dots(out, r * n + t * LANES, 0, w, at, 4 * LANES, x, r * k + 4 * q0, 0, nq)
 
 
-def packed_product(x, packed, n):
+@njit(parallel=True, boundscheck=False, cache=True)
+def _tile_product(x, w, out, jobs):  # pragma: no cover (compiled)
+    """``_packed_product`` on AMX tiles, for x [M, K'] with M a multiple of ``TILE_ROWS``: ``jobs`` runs of tiles of
+    64 output columns (the tiles' configuration is a thread's: set once a run), each tile multiplied with every
+    16 rows in turn while it is in L1."""
+    m, k = x.shape
+    tiles, quads = w.shape[0], w.shape[1]
+    n = tiles * LANES
+    for j in prange(jobs):
+        tile_config()
+        for t in range(j * tiles // jobs, (j + 1) * tiles // jobs):
+            for r in range(0, m, TILE_ROWS):
+                tile_products(out, r * n + t * LANES, n, w, t * quads * 4 * LANES, 4 * LANES, x, r * k, k, quads // 16)
+        tile_release()
+
+
+def packed_product(x, packed, n, amx: bool | None = None):
     """The exact int32 product [M, n] of int8 rows x [M, K] and the weights packed by ``llama.Linear.pack``
-    (any gemm backend's integers): for a decoding step's few rows, where reading the weights is all the work."""
-    k = 4 * packed.shape[1]
-    x = x if x.shape[1] == k else torch.nn.functional.pad(x, (0, k - x.shape[1]))
-    out = np.empty((x.shape[0], packed.shape[0] * LANES), np.int32)
-    _packed_product(x.contiguous().numpy(), packed.numpy(), out)
-    return torch.from_numpy(out if out.shape[1] == n else out[:, :n].copy())
+    (any gemm backend's integers). On AMX tiles where this process may use them, unless there are only a few
+    rows (a decoding step's, where reading the weights is all the work and vector products read faster);
+    ``amx`` forces the choice."""
+    m, k = x.shape[0], 4 * packed.shape[1]
+    amx = AMX and m > WEIGHT_ROWS if amx is None else amx
+    rows = -(-m // TILE_ROWS) * TILE_ROWS if amx else m
+    x = x.numpy()
+    if x.shape != (rows, k):  # padded with zeros (numpy: a torch call costs more than the copy, a step's rows)
+        x, given = np.zeros((rows, k), np.int8), x
+        x[:m, : given.shape[1]] = given
+    out = np.empty((rows, packed.shape[0] * LANES), np.int32)
+    if amx:
+        _tile_product(np.ascontiguousarray(x), packed.numpy(), out, min(packed.shape[0], get_num_threads()))
+    else:
+        _packed_product(np.ascontiguousarray(x), packed.numpy(), out)
+    return torch.from_numpy(out[:m] if out.shape[1] == n else out[:m, :n].copy())
 
 
 @njit(parallel=True, boundscheck=False, cache=True)

@@ -18,6 +18,9 @@ specification; this file is its implementation.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import functools
 import hashlib
 import math
 from dataclasses import dataclass, field
@@ -26,7 +29,7 @@ import torch
 from torch import Tensor
 
 from . import gemm as gemm_
-from .simd import LANES
+from .simd import AMX, LANES
 from .tables import rope_tables, sigmoid_table
 
 ENGINE = "int8-v1"  # names this arithmetic in archives; any change to it needs a new name
@@ -156,18 +159,48 @@ def _product_result(acc: Tensor, bits: int, scale: Tensor, factor: Tensor) -> Te
 
 def swiglu(gate_up: Tensor, sigmoid: Tensor) -> Tensor:
     """gate · σ(gate) · up for rows [gate | up], σ from the table at round(clamp(gate · 2**8, ±16·2**8))."""
-    if gate_up.device.type == "cpu":
-        return _kernels().swiglu(gate_up, sigmoid)
-    return _swiglu(gate_up, sigmoid)
-
-
-def _swiglu(gate_up: Tensor, sigmoid: Tensor) -> Tensor:
     gate, up = gate_up.chunk(2, dim=-1)
     n = SIGMOID_SPAN << SIGMOID_FRAC
     index = torch.round((gate * float(1 << SIGMOID_FRAC)).clamp_(-n, n)).to(torch.int32) + n
     return gate * sigmoid[index] * up
 
 
+def residual_operand(
+    x: Tensor, acc: Tensor, bits: int, scale: Tensor, factor: Tensor, out_bits: int, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """A residual connection and the next product's input: h = x + ``product_result``(acc, bits, scale, factor)
+    and h's RMS-normalised ``product_operand``; (h, operand, factors [M]). Row factors are [M] here."""
+    if x.device.type == "cpu":
+        return _kernels().residual_operand(x, acc, bits, scale, factor, out_bits, eps)
+    return _residual_operand(x, acc, bits, scale, factor, out_bits, eps)
+
+
+def _residual_operand(
+    x: Tensor, acc: Tensor, bits: int, scale: Tensor, factor: Tensor, out_bits: int, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    h = x + _product_result(acc, bits, scale, factor[:, None])
+    operand, out_factor = _product_operand(h, out_bits, eps)
+    return h, operand, out_factor.view(-1)
+
+
+def swiglu_operand(
+    acc: Tensor, bits: int, scale: Tensor, factor: Tensor, sigmoid: Tensor, out_bits: int
+) -> tuple[Tensor, Tensor]:
+    """The gate and up product's result, ``swiglu``, and the down product's operand: (operand, factors [M])."""
+    if acc.device.type == "cpu":
+        return _kernels().swiglu_operand(acc, bits, scale, factor, sigmoid, out_bits)
+    return _swiglu_operand(acc, bits, scale, factor, sigmoid, out_bits)
+
+
+def _swiglu_operand(
+    acc: Tensor, bits: int, scale: Tensor, factor: Tensor, sigmoid: Tensor, out_bits: int
+) -> tuple[Tensor, Tensor]:
+    gate_up = _product_result(acc, bits, scale, factor[:, None])
+    operand, out_factor = _product_operand(swiglu(gate_up, sigmoid), out_bits, None)
+    return operand, out_factor.view(-1)
+
+
+@functools.cache  # an import statement costs microseconds, and a decoding step asks hundreds of times
 def _kernels():
     from . import kernels  # compiled on first use
 
@@ -217,11 +250,17 @@ def merge_low_rank(w: Tensor, a: Tensor, b: Tensor) -> Tensor:
 
 @dataclass
 class Linear:
-    """int8 weights [N, K], one binary32 scale per output channel (row): W ≈ wq · scale."""
+    """int8 weights [N, K], one binary32 scale per output channel (row): W ≈ wq · scale. Kept plain (``wq``),
+    packed for ``kernels.packed_product`` (``packed``), or both; where AMX's tiles multiply packed weights at any
+    rows, only packed (``wq`` None), so the model is in memory once."""
 
-    wq: Tensor
+    wq: Tensor | None
     scale: Tensor
     packed: Tensor | None = field(default=None, repr=False, compare=False)  # wq as ``pack`` lays it out, or None
+    shape: tuple[int, int] = field(init=False)  # (N, K)
+
+    def __post_init__(self) -> None:
+        self.shape = tuple(self.wq.shape)
 
     @classmethod
     def quantize(cls, w: Tensor, gain: Tensor | None = None) -> Linear:
@@ -236,23 +275,35 @@ class Linear:
             wq[rows] = torch.round(block / scale[rows, None]).to(torch.int8)
         return cls(wq, scale)
 
-    def __call__(self, gemm: gemm_.Gemm, x: Tensor, bits: int, eps: float | None = None) -> Tensor:
-        """Rows of binary32 x times Wᵀ, in binary32: x quantised to ``bits`` per row (RMS-normalised with
-        ``eps``, the norm's gain being in W), one exact int8 product, then (acc · scale) · row factor."""
-        operand, factor = product_operand(x, bits, eps)
-        return product_result(gemm.mm(operand, self.wq.t()), bits, self.scale, factor)
+    def product(self, gemm: gemm_.Gemm, operand: Tensor) -> Tensor:
+        """The exact int32 product of int8 rows and Wᵀ: with the packed weights if the plain ones are gone or there
+        are few rows, else with the backend. The same integers either way."""
+        if self.packed is not None and (self.wq is None or len(operand) <= PACKED_ROWS):
+            return _kernels().packed_product(operand, self.packed, self.shape[0])
+        return gemm.mm(operand, self.wq.t())
 
-    def pack(self) -> None:
-        """Keep a copy of wq laid out for ``kernels.packed_product`` as ``packed``: in tiles of 64 output channels
+    def pack(self, keep_plain: bool = True) -> None:
+        """Lay the weights out for ``kernels.packed_product`` as ``packed``: in tiles of 64 output channels
         [N'/64, K'/4, 64, 4], four input columns of one channel together, N and K padded with zeros to
-        multiples of 64 and 4; the same tiles as the key cache's, with channels for positions."""
+        multiples of 64; the same tiles as the key cache's, with channels for positions."""
         if self.packed is None:
-            n, k = self.wq.shape
-            wq = torch.nn.functional.pad(self.wq, (0, _round_up(k, 4) - k, 0, _round_up(n, LANES) - n))
+            n, k = self.shape
+            wq = torch.nn.functional.pad(self.wq, (0, _round_up(k, LANES) - k, 0, _round_up(n, LANES) - n))
             self.packed = wq.view(-1, LANES, wq.shape[1] // 4, 4).transpose(1, 2).contiguous()
+        if not keep_plain:
+            self.wq = None
 
     def unpack(self) -> None:
-        self.packed = None
+        """Free the packed copy, if the plain weights are kept."""
+        if self.wq is not None:
+            self.packed = None
+
+    def plain(self) -> Tensor:
+        """wq, made again from the packed weights if only those are kept."""
+        if self.wq is not None:
+            return self.wq
+        n, k = self.shape
+        return self.packed.transpose(1, 2).reshape(-1, self.packed.shape[1] * 4)[:n, :k]
 
 
 # --- Cache --------------------------------------------------------------------------------------------
@@ -306,6 +357,13 @@ class KVCache:
             self.v[..., quads, :, : n % 4] = source.v[..., quads, :, : n % 4]
         self.k_scale[..., :n], self.v_scale[..., :n] = source.k_scale[..., :n], source.v_scale[..., :n]
 
+    def rows(self, start: int, end: int) -> KVCache:
+        """Rows start .. end − 1 of the batch, as a cache that shares this one's memory."""
+        view = copy.copy(self)
+        for name in ("k", "v", "k_scale", "v_scale"):
+            setattr(view, name, getattr(self, name)[:, start:end])
+        return view
+
     def keep_rows(self, rows: list[int]) -> None:
         """Keep only these rows (ascending indices into the batch), moved down in place: a copy of the kept rows
         would hold two caches at once, the decoder's peak memory."""
@@ -337,7 +395,7 @@ class ExactLlama:
 
     def __init__(self, cfg: LlamaConfig, layers: list[Layer], embed: Linear, head: Linear):
         self.cfg, self.layers, self.embed, self.head = cfg, layers, embed, head
-        self.device = head.wq.device
+        self.device = head.scale.device
         self.sigmoid = sigmoid_table(SIGMOID_FRAC, SIGMOID_SPAN).to(self.device)
         logit_constant = torch.tensor(2.0**LOGIT_FRAC / LN2, dtype=torch.float32)
         self.logit_scale = logit_constant.expand(1, 1).to(self.device)  # a row factor, for product_result
@@ -345,6 +403,10 @@ class ExactLlama:
         self._rope_cache: tuple[Tensor, Tensor] = (torch.empty(0), torch.empty(0))
         self.gemm = gemm_.choose(self.device, self.shapes())
         self.attention_weights = _kernels().attention_weights if self.device.type == "cpu" else attention_weights
+        self.tiles = AMX and self.device.type == "cpu"  # AMX's tiles: packed weights at any rows, and attention
+        if self.tiles:
+            for lin in self.linears():
+                lin.pack(keep_plain=False)
 
     @classmethod
     def from_float(cls, cfg: LlamaConfig, state: dict[str, Tensor], device: str | torch.device = "cpu"):
@@ -374,7 +436,7 @@ class ExactLlama:
     def shapes(self) -> list[tuple[int, int]]:
         """(K, N) of every weight product, and of the attention products at their largest."""
         c = self.cfg
-        return [tuple(lin.wq.shape[::-1]) for lin in (*vars(self.layers[0]).values(), self.head)] + [
+        return [lin.shape[::-1] for lin in (*vars(self.layers[0]).values(), self.head)] + [
             (c.head_dim, 2048),
             (2048, c.head_dim),
         ]
@@ -382,10 +444,10 @@ class ExactLlama:
     def tensors(self) -> dict[str, Tensor]:
         """Everything the arithmetic depends on, by name (what ``digest`` hashes)."""
         out = {"embed.wq": self.embed.wq, "embed.scale": self.embed.scale}
-        out |= {"head.wq": self.head.wq, "head.scale": self.head.scale}
+        out |= {"head.wq": self.head.plain(), "head.scale": self.head.scale}
         for i, layer in enumerate(self.layers):
             for name, lin in vars(layer).items():
-                out[f"layers.{i}.{name}.wq"], out[f"layers.{i}.{name}.scale"] = lin.wq, lin.scale
+                out[f"layers.{i}.{name}.wq"], out[f"layers.{i}.{name}.scale"] = lin.plain(), lin.scale
         return out
 
     def digest(self) -> str:
@@ -403,7 +465,7 @@ class ExactLlama:
     def prepare_steps(self, batch: int) -> None:
         """Get ready to decode ``batch`` rows a step. A narrow batch's products read every weight for a few rows,
         fastest from a copy packed for ``kernels.packed_product`` (made here, on a CPU); a wide batch's use the
-        backend, and the copy is freed for its cache's memory."""
+        backend, and the copy is freed for its cache's memory. Weights kept only packed (AMX) stay so."""
         widest = batch * max(BITS.values()) // 8  # operand rows of the widest product: 16 bits are two int8 rows
         narrow = widest <= PACKED_ROWS and self.device.type == "cpu"
         for lin in self.linears():
@@ -429,16 +491,19 @@ class ExactLlama:
         cos, sin = cos[pos : pos + t].repeat(b, 1)[:, None], sin[pos : pos + t].repeat(b, 1)[:, None]
         qkv = torch.empty(b * t, (heads + 2 * kv) * hd, device=self.device)
         y = torch.empty(b * t, heads * hd, device=self.device)
+        blocks = _blocks(b * t)
+        operands = [product_operand(x[rows], BITS["qkv"], c.rms_norm_eps) for rows in blocks]  # each block's next
         for i, layer in enumerate(self.layers):
-            for rows in _blocks(b * t):
-                qkv[rows] = layer.qkv(self.gemm, x[rows], BITS["qkv"], c.rms_norm_eps)
+            for rows, (operand, factor) in zip(blocks, operands):
+                acc = layer.qkv.product(self.gemm, operand)
+                qkv[rows] = product_result(acc, BITS["qkv"], layer.qkv.scale, factor.view(-1, 1))
             q = rotate(qkv[:, : heads * hd].view(-1, heads, hd), cos, sin).view(b, t, heads, hd)
             k = rotate(qkv[:, heads * hd : (heads + kv) * hd].view(-1, kv, hd), cos, sin).view(b, t, kv, hd)
             v = qkv[:, (heads + kv) * hd :].view(b, t, kv, hd)
             self._attention(i, q, k, v, cache, pos, y.view(b, t, heads, hd))
-            for rows in _blocks(b * t):
-                h = x[rows] + layer.o(self.gemm, y[rows], BITS["o"])
-                x[rows] = h + self._mlp(layer, h)
+            for j, rows in enumerate(blocks):
+                operand, factor = product_operand(y[rows], BITS["o"])
+                x[rows], *operands[j] = self._rest_of_layer(layer, x[rows], operand, factor.view(-1))
         return x.view(b, t, -1)
 
     def _step(self, tokens: Tensor, cache: KVCache, pos: int) -> Tensor:
@@ -450,25 +515,22 @@ class ExactLlama:
         operand, factor = product_operand(x, BITS["qkv"], eps)
         factor = factor.view(-1)
         for i, layer in enumerate(self.layers):
-            acc = self._product(operand, layer.qkv)
+            acc = layer.qkv.product(self.gemm, operand)
             attention = (cos[pos], sin[pos], pos, cache, i, self.key_constant, rep, BITS["o"])
             operand, factor = k.attention_step(acc, BITS["qkv"], layer.qkv.scale, factor, *attention)
-            acc = self._product(operand, layer.o)
-            h, operand, factor = k.residual_operand(x, acc, BITS["o"], layer.o.scale, factor, BITS["gate_up"], eps)
-            acc = self._product(operand, layer.gate_up)
-            operand, factor = k.swiglu_operand(
-                acc, BITS["gate_up"], layer.gate_up.scale, factor, self.sigmoid, BITS["down"]
-            )
-            acc = self._product(operand, layer.down)
-            x, operand, factor = k.residual_operand(h, acc, BITS["down"], layer.down.scale, factor, BITS["qkv"], eps)
+            x, operand, factor = self._rest_of_layer(layer, x, operand, factor)
         return x.view(len(x), 1, -1)
 
-    def _product(self, operand: Tensor, lin: Linear) -> Tensor:
-        """operand times lin's weights: for a few rows with its packed copy if ``prepare_steps`` made one, else
-        with the chosen backend. The same integers either way."""
-        if lin.packed is not None and len(operand) <= PACKED_ROWS:
-            return _kernels().packed_product(operand, lin.packed, lin.wq.shape[0])
-        return self.gemm.mm(operand, lin.wq.t())
+    def _rest_of_layer(self, layer: Layer, x: Tensor, operand: Tensor, factor: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """A layer after its attention, for rows of hidden states x: from the output product's operand (row
+        factors [M]) to the new hidden states and the next layer's query, key and value operand (and factors)."""
+        eps = self.cfg.rms_norm_eps
+        acc = layer.o.product(self.gemm, operand)
+        h, operand, factor = residual_operand(x, acc, BITS["o"], layer.o.scale, factor, BITS["gate_up"], eps)
+        acc = layer.gate_up.product(self.gemm, operand)
+        operand, factor = swiglu_operand(acc, BITS["gate_up"], layer.gate_up.scale, factor, self.sigmoid, BITS["down"])
+        acc = layer.down.product(self.gemm, operand)
+        return residual_operand(h, acc, BITS["down"], layer.down.scale, factor, BITS["qkv"], eps)
 
     def _rope(self, length: int) -> tuple[Tensor, Tensor]:
         n = max(ROPE_LENGTH, 1 << (length - 1).bit_length())
@@ -483,7 +545,8 @@ class ExactLlama:
         """Causal attention of q [B, T, H, hd] on k, v [B, T, G, hd] (and the cache) into ``out`` [B, T, H, hd].
 
         Keys and values are int8 per (token, head); queries too, grouped with the heads that share their
-        key ([B, G, rep, T, hd]), and processed in tiles of queries that see keys up to their own position."""
+        key ([B, G, rep, T, hd]), and processed in tiles of queries that see keys up to their own position: on a
+        CPU with AMX, by ``kernels.attention_tiles`` from a cache (a one-layer cache of its own if it has none)."""
         b, t, heads, hd = q.shape
         g = k.shape[2]
         rep = heads // g
@@ -491,15 +554,22 @@ class ExactLlama:
         vq, vd = quantize_rows(v, Q8)
         kq, vq = kq.to(torch.int8).transpose(1, 2).contiguous(), vq.to(torch.int8).transpose(1, 2).contiguous()
         kd, vd = kd[..., 0].transpose(1, 2), vd[..., 0].transpose(1, 2)  # [B, G, T]
+        qq, qd = quantize_rows(q, Q8)
+        qq = qq.to(torch.int8).view(b, t, g, rep, hd).permute(0, 2, 3, 1, 4)  # [B, G, rep, T, hd]
+        qd = qd.view(b, t, g, rep).permute(0, 2, 3, 1)
+        if self.tiles:
+            if cache is None:
+                cache, i = KVCache(dataclasses.replace(self.cfg, num_hidden_layers=1), b, t, self.device), 0
+            cache.write(i, pos, kq, vq, kd, vd)
+            key_factor = cache.k_scale[i] * self.key_constant
+            out[:] = _kernels().attention_tiles(qq, qd, cache, i, key_factor, pos)
+            return
         if cache is None:
             kq = kq.transpose(2, 3)  # [B, G, hd, T]
         else:
             cache.write(i, pos, kq, vq, kd, vd)
             kq, vq, kd, vd = cache.read(i, pos + t)
         key_factor = kd * self.key_constant  # 2**6 · log2(e) / √hd: scores in 1/64 bits
-        qq, qd = quantize_rows(q, Q8)
-        qq = qq.to(torch.int8).view(b, t, g, rep, hd).permute(0, 2, 3, 1, 4)  # [B, G, rep, T, hd]
-        qd = qd.view(b, t, g, rep).permute(0, 2, 3, 1)
         step = max(1, TILE // (b * heads * (pos + t)))
         for t0 in range(0, t, step):
             t1 = min(t, t0 + step)
@@ -521,15 +591,11 @@ class ExactLlama:
         wq, wd, total = self.attention_weights(dots, key_factor[..., :s], q_factor, visible, v_scale[..., :s])
         return self.gemm.bmm(wq, values[..., :s, :]), wd, total
 
-    def _mlp(self, layer: Layer, x: Tensor) -> Tensor:
-        gate_up = layer.gate_up(self.gemm, x, BITS["gate_up"], self.cfg.rms_norm_eps)
-        return layer.down(self.gemm, swiglu(gate_up, self.sigmoid), BITS["down"])
-
     def logits(self, hidden: Tensor) -> Tensor:
         """Fixed-point logits in 1/256 bits, int32 [N, vocab], of hidden states [N, hidden] (final norm and
         output head): round(clamp(((a · scale) · (2**8·log2 e)) · r, ±LIMIT)), a the product as in Linear."""
         operand, r = product_operand(hidden, BITS["head"], self.cfg.rms_norm_eps)
-        z = product_result(self._product(operand, self.head), BITS["head"], self.head.scale, self.logit_scale)
+        z = product_result(self.head.product(self.gemm, operand), BITS["head"], self.head.scale, self.logit_scale)
         return torch.round((z * r).clamp_(-LIMIT, LIMIT)).to(torch.int32)
 
 

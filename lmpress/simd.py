@@ -1,4 +1,5 @@
-"""Exact int8 dot products for the compiled kernels (attention, packed weights), with AVX-512 VNNI where the CPU has it.
+"""Exact int8 dot products for the compiled kernels (attention, packed weights), with AVX-512 VNNI or AMX where the
+CPU has them.
 
 LLVM does not emit VNNI's ``vpdpbusd`` (64 products of an unsigned and a signed byte, summed in fours into
 sixteen int32 lanes) from plain loops, so these are numba intrinsics that call it. Each function adds, for
@@ -14,6 +15,10 @@ out in memory (C order); nothing is bounds-checked.
 - ``add_weighted_values``: the vector holds non-negative weights (≤ 127, read as unsigned), the matrix int8
   values.
 
+Where the CPU has AMX (Intel's tile unit: a 16×64-byte by 64×16 int8 product in one instruction), a packed weight
+product goes through it instead (``tile_products``): a decoding step's products then run at the speed of reading
+the weights from memory, where VNNI's vector products are bound by compute beyond a few rows.
+
 Every sum is of integers and far below 2**31, so the result is the same on every machine; where the CPU has
 no AVX512-VNNI (numba compiles for the machine it runs on, ``NUMBA_CPU_FEATURES`` overriding), the same
 arithmetic is written as widening multiplies and adds, which LLVM maps to whatever the CPU has.
@@ -22,6 +27,10 @@ numba's on-disk cache of ``kernels.py`` does not notice a change to this file: a
 """
 
 from __future__ import annotations
+
+import ctypes
+import platform
+import sys
 
 import llvmlite.binding
 from llvmlite import ir
@@ -35,13 +44,34 @@ _BYTES, _WORDS = ir.VectorType(_I8, 64), ir.VectorType(_I32, 16)
 _HALVES, _PAIRS = ir.VectorType(ir.IntType(16), 64), ir.VectorType(_I32, 32)
 
 
-def has_vnni() -> bool:
-    """Whether numba compiles for a CPU with AVX512-VNNI (and AVX512-BW), as numba itself decides."""
+TILE_ROWS = 16  # operand rows of an AMX tile product: a product's rows are padded with zeros to a multiple
+_TILE_QUADS = 16  # quads of input (64 bytes of a row) one AMX step multiplies
+_TILES_AHEAD = 2  # steps ahead of the one multiplied whose matrix blocks are asked for
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU features numba compiles for: ``NUMBA_CPU_FEATURES``, else the host's."""
     features = config.CPU_FEATURES
     if features is None:
         features = llvmlite.binding.get_host_cpu_features().flatten()
-    flags = set(features.split(","))
-    return {"+avx512vnni", "+avx512bw", "+avx512f"} <= flags
+    return set(features.split(","))
+
+
+def has_vnni() -> bool:
+    """Whether numba compiles for a CPU with AVX512-VNNI (and AVX512-BW), as numba itself decides."""
+    return {"+avx512vnni", "+avx512bw", "+avx512f"} <= _cpu_flags()
+
+
+def has_amx() -> bool:
+    """Whether numba compiles for a CPU with AMX's int8 tiles and this process may use them: Linux gives a
+    process the tiles' 8 KiB of register state only when asked (arch_prctl ARCH_REQ_XCOMP_PERM for
+    XFEATURE_XTILEDATA; oneDNN asks the same), and a tile instruction without it is a SIGILL."""
+    if not {"+amx-tile", "+amx-int8"} <= _cpu_flags():
+        return False
+    if sys.platform != "linux" or platform.machine() != "x86_64":
+        return False
+    sys_arch_prctl, req_xcomp_perm, xfeature_xtiledata = 158, 0x1023, 18
+    return ctypes.CDLL(None).syscall(sys_arch_prctl, req_xcomp_perm, xfeature_xtiledata) == 0
 
 
 def _accumulate(builder: ir.IRBuilder, acc: ir.Value, unsigned: ir.Value, signed: ir.Value, vnni: bool) -> ir.Value:
@@ -137,23 +167,116 @@ def _block_products(keys: bool, vnni: bool, rows: int = 1):
     return products
 
 
+def _prefetch(builder: ir.IRBuilder, at: ir.Value) -> None:
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [at.type, _I32, _I32, _I32]), "llvm.prefetch.p0"
+    )
+    builder.call(fn, [at, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])  # read, keep, data
+
+
 @intrinsic
 def prefetch(typingctx, array, index):
     """Ask the memory for the cache line of ``array``'s element ``index`` (a hint: no fault, no result)."""
 
     def codegen(context, builder, signature, args):
         index = context.cast(builder, args[1], signature.args[1], types.intp)
-        at = _element(context, builder, signature.args[0], args[0], index)
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [at.type, _I32, _I32, _I32]), "llvm.prefetch.p0"
-        )
-        builder.call(fn, [at, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])  # read, keep, data
+        _prefetch(builder, _element(context, builder, signature.args[0], args[0], index))
         return context.get_dummy_value()
 
     return types.void(array, index), codegen
 
 
+def _void(builder: ir.IRBuilder, name: str, args: list[ir.Value]) -> None:
+    """Call the LLVM intrinsic ``name`` that returns nothing."""
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [a.type for a in args]), name)
+    builder.call(fn, args)
+
+
+def _tile(number: int) -> ir.Constant:
+    return ir.Constant(_I8, number)
+
+
+@intrinsic
+def tile_config(typingctx):
+    """Configure this thread's AMX tiles for ``tile_products`` (tiles 0–7: 16 rows of 64 bytes). The configuration
+    is the thread's own: call it in the job that uses the tiles, and ``tile_release`` at the job's end."""
+
+    def codegen(context, builder, signature, args):
+        layout = bytearray(64)  # palette 1; bytes per row of tile i at 16 + 2i (u16); rows of tile i at 48 + i
+        layout[0] = 1
+        for i in range(8):
+            layout[16 + 2 * i] = 64
+            layout[48 + i] = TILE_ROWS
+        at = cgutils.alloca_once_value(builder, ir.Constant(ir.ArrayType(_I8, 64), layout))
+        _void(builder, "llvm.x86.ldtilecfg", [builder.bitcast(at, _I8.as_pointer())])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@intrinsic
+def tile_release(typingctx):
+    """Give this thread's AMX tiles back (their state no longer saved at each context switch)."""
+
+    def codegen(context, builder, signature, args):
+        _void(builder, "llvm.x86.tilerelease", [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@intrinsic
+def tile_products(typingctx, out, o, o_stride, matrix, off, stride, vector, v_off, v_stride, n):
+    """Write ``TILE_ROWS`` × 64 int32 lanes out[o + r·o_stride + j] (r < 16, j < 64): the products of a matrix laid
+    out as ``add_weight_dots`` reads it (quads of 64 channels × 4 bytes, ``stride`` bytes apart, from element
+    ``off``) with 16 rows of int8 bytes (row r from v_off + r·v_stride), over ``n`` steps of 16 quads: lane j of
+    row r is Σ_{q<16n} Σ_{t<4} m[off + q·stride + 4j + t] · v[v_off + r·v_stride + 4q + t], both bytes signed.
+    Packed weights and activations, keys and queries, or values and attention weights. One AMX ``tdpbssd`` a
+    step and 16 channels; the tiles must be configured (``tile_config``)."""
+
+    def codegen(context, builder, signature, args):
+        args = [
+            context.cast(builder, a, t, types.intp) if isinstance(t, types.Integer) else a
+            for a, t in zip(args, signature.args)
+        ]
+        out_, o_, o_stride_, matrix_, off_, stride_, vector_, v_off_, v_stride_, n_ = args
+        out_ty, matrix_ty, vector_ty = signature.args[0], signature.args[3], signature.args[6]
+
+        def at(array_ty, array, index):
+            return builder.bitcast(_element(context, builder, array_ty, array, index), _I8.as_pointer())
+
+        def plus(value, constant):
+            return builder.add(value, ir.Constant(value.type, constant))
+
+        sums, rows, blocks = range(4), 4, (5, 6, 7)  # tiles: four of sums (16 channels each), the rows, and
+        # blocks of the matrix in turn, so that a block loads while the last is still being multiplied
+        for s in sums:
+            _void(builder, "llvm.x86.tilezero", [_tile(s)])
+        step_bytes = builder.mul(stride_, ir.Constant(stride_.type, _TILE_QUADS))
+        with cgutils.for_range(builder, n_) as loop:
+            k = loop.index
+            step = builder.add(v_off_, builder.mul(k, ir.Constant(k.type, 4 * _TILE_QUADS)))
+            _void(builder, "llvm.x86.tileloadd64", [_tile(rows), at(vector_ty, vector_, step), v_stride_])
+            block = builder.add(off_, builder.mul(k, step_bytes))
+            ahead = builder.add(block, builder.mul(step_bytes, ir.Constant(step_bytes.type, _TILES_AHEAD)))
+            for q in range(_TILE_QUADS):  # the 256 bytes this reads of each quad, ``_TILES_AHEAD`` steps on
+                line = builder.add(ahead, builder.mul(stride_, ir.Constant(stride_.type, q)))
+                for s in sums:
+                    _prefetch(builder, at(matrix_ty, matrix_, plus(line, 64 * s)))
+            for s in sums:
+                tile = _tile(blocks[s % len(blocks)])
+                _void(builder, "llvm.x86.tileloadd64", [tile, at(matrix_ty, matrix_, plus(block, 64 * s)), stride_])
+                _void(builder, "llvm.x86.tdpbssd", [_tile(s), _tile(rows), tile])
+        row_bytes = builder.mul(o_stride_, ir.Constant(o_stride_.type, 4))
+        for s in sums:
+            _void(builder, "llvm.x86.tilestored64", [_tile(s), at(out_ty, out_, plus(o_, 16 * s)), row_bytes])
+        return context.get_dummy_value()
+
+    return types.void(out, o, o_stride, matrix, off, stride, vector, v_off, v_stride, n), codegen
+
+
 VNNI = has_vnni()
+AMX = has_amx()
 WEIGHT_ROWS = 4  # activation rows per weight block read: 16 accumulators, 4 blocks and 4 broadcasts in 32 registers
 add_key_dots = _block_products(keys=True, vnni=VNNI)
 add_weight_dots = _block_products(keys=True, vnni=VNNI, rows=WEIGHT_ROWS)

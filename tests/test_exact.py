@@ -76,9 +76,32 @@ def test_prefill_then_steps_equals_one_pass(tiny, step):
     assert torch.equal(torch.cat(parts), full)
 
 
+@pytest.mark.skipif(not simd.AMX, reason="this CPU has no AMX tiles (or may not use them)")
+def test_attention_on_tiles_equals_batched_products(tiny):
+    """Full-sequence attention on AMX tiles (``kernels.attention_tiles``) gives the batched products' numbers: with
+    no cache, and into a cache after earlier positions, for lengths around a tile's 16 queries."""
+    net = tiny.net
+    ids = torch.tensor(tiny.tokenize(TRAINING_TEXT.encode()[:400])[:74]).view(2, 37)
+    results = []
+    try:
+        for tiles in (False, True):
+            net.tiles = tiles
+            with torch.inference_mode():
+                alone = net.forward(ids)
+                cache = net.new_cache(2, 37)
+                first = net.forward(ids[:, :5], cache, 0)
+                rest = net.forward(ids[:, 5:], cache, 5)
+            results.append((alone, first, rest, cache.k, cache.v))
+    finally:
+        net.tiles = simd.AMX
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+    assert torch.equal(results[1][0], torch.cat(results[1][1:3], 1))
+
+
 def test_narrow_and_wide_steps_agree(tiny):
     """A narrow batch's steps multiply with packed weights, a wide one's with the backend (``prepare_steps`` frees
-    the packed copy for the wide batch's cache): the same integers either way."""
+    the packed copy for the wide batch's cache) or, where AMX keeps only packed weights, with AMX's tiles: the
+    same integers either way."""
     net = tiny.net
     ids = torch.tensor(tiny.tokenize(TRAINING_TEXT.encode()[:200])[: 2 * L.PACKED_ROWS]).view(-1, 2)
     linears = net.linears()
@@ -89,7 +112,8 @@ def test_narrow_and_wide_steps_agree(tiny):
         narrow = net.new_cache(1, 2)
         first = [net.logits(net.forward(ids[:1, i : i + 1], narrow, i)[:, 0]) for i in range(2)]
         net.prepare_steps(len(ids))
-        assert all(lin.packed is None for lin in linears)
+        assert all((lin.packed is None) != (lin.wq is None) for lin in linears)
+        assert all((lin.wq is None) == simd.AMX for lin in linears)
         wide = net.new_cache(len(ids), 2)
         second = [net.logits(net.forward(ids[:, i : i + 1], wide, i)[:, 0]) for i in range(2)]
     assert all(torch.equal(w[:1], n) for w, n in zip(second, first))
@@ -340,23 +364,39 @@ def test_simd_products_are_exact(keys, rows, vnni):
     assert np.array_equal(out, want)
 
 
-@pytest.mark.parametrize("m, n, k", [(1, 64, 576), (7, 100, 30), (9, 200, 1536), (24, 130, 36)])
-def test_packed_product_is_exact(m, n, k):
+@pytest.mark.parametrize("amx", sorted({False, simd.AMX}))
+@pytest.mark.parametrize("m, n, k", [(1, 64, 576), (7, 100, 30), (9, 200, 1536), (24, 130, 36), (33, 64, 128)])
+def test_packed_product_is_exact(m, n, k, amx):
     """The decoding step's product with packed weights equals the integer reference, at every byte's extremes,
-    with row counts around the kernel's groups of rows and shapes that need padding."""
+    with row counts around the kernel's groups of rows and shapes that need padding; on AMX tiles where this CPU
+    has them, and with vector products everywhere."""
     gen = torch.Generator().manual_seed(m * n * k)
     x = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=gen)
     w = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=gen)
     x[0], w[0], w[1] = -128, -128, 127
     linear = L.Linear(w, torch.ones(n))
     linear.pack()
-    got = kernels.packed_product(x, linear.packed, n)
+    got = kernels.packed_product(x, linear.packed, n, amx)
     assert torch.equal(got, gemm.Gemm("reference").mm(x, w.t()))
 
 
-def test_compiled_swiglu_equals_its_definition():
-    gen = torch.Generator().manual_seed(7)
-    gate_up = torch.randn(9, 64, generator=gen) * 8
-    gate_up[0, :4] = torch.tensor([1e30, -1e30, 16.0, -16.001])  # beyond the table, and at its ends
+@pytest.mark.parametrize("bits, out_bits", [(16, 16), (8, 16), (16, 8)])
+def test_compiled_layer_chains_equal_their_definitions(bits, out_bits):
+    """The fused kernels between a layer's products (swiglu's beyond its table and at its ends, the residual
+    connection) against their torch definitions."""
+    gen = torch.Generator().manual_seed(bits + out_bits)
+    rows, n = 9, 32
+    acc = torch.randint(-(2**20), 2**20, ((2 if bits == 16 else 1) * rows, 2 * n), dtype=torch.int32, generator=gen)
+    scale, factor = torch.rand(2 * n, generator=gen) * 1e-3, torch.rand(rows, generator=gen)
+    acc[0, :4] = torch.tensor([2**30, -(2**30), 0, 1])
+    scale[:4] = torch.tensor([1.0, 1.0, 16.0 / 2**30, -16.001 / 2**30])  # beyond the table, and at its ends
     table = sigmoid_table(L.SIGMOID_FRAC, L.SIGMOID_SPAN)
-    assert torch.equal(L.swiglu(gate_up, table), L._swiglu(gate_up, table))
+    got, want = (
+        L.swiglu_operand(acc, bits, scale, factor, table, out_bits),
+        L._swiglu_operand(acc, bits, scale, factor, table, out_bits),
+    )
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    x = torch.randn(rows, 2 * n, generator=gen) * 4
+    got = L.residual_operand(x, acc, bits, scale, factor, out_bits, 1e-5)
+    want = L._residual_operand(x, acc, bits, scale, factor, out_bits, 1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
