@@ -428,19 +428,44 @@ def _attention_step(
 
 
 @njit(parallel=True, boundscheck=False, cache=True)
-def _attention_tiles(qq, q_factor, keys, key_factor, values, v_scale, pos, t, y, params, shape):  # pragma: no cover
-    """``ExactLlama.attend`` for queries at positions pos .. pos+t−1 on AMX tiles: int8 queries qq [B, G, rep, T',
-    hd'] (T' = t rounded up to a multiple of 16, zero rows beyond t; hd' the cache's padded head size) with their
-    factors [B, G, rep, T'], on the cache's keys and values (``llama.KVCache``, written up to pos + t) and the keys'
-    factors, into binary32 y [B, t, G, rep, hd]. One job per (row, key head, 16 queries), which computes the
-    queries' dots with every key they see, their weights, and the weights' products with the values."""
-    batch, groups, rep, rows, padded = qq.shape
-    hd = y.shape[-1]
-    tiles = rows // TILE_ROWS
+def _attention_tiles(
+    qkv, cos, sin, pos, keys, values, k_scale, v_scale, kappa, y, params, shape
+):  # pragma: no cover (compiled)
+    """Attention of a full pass on AMX tiles, from the query, key and value product's result ``qkv`` [B·t, (H + 2G)·hd]
+    (row b·t + i at position pos + i) to binary32 y [B, t, G, rep, hd]: rotate and quantise each row's heads, write
+    its keys and values into the cache (laid out as ``llama.KVCache`` says, hd' ≥ hd its padded head size), then one
+    job per (row, key head, 16 queries): the queries' dots with every key they see, their weights, and the weights'
+    products with the values."""
+    batch, t, groups, rep, hd = y.shape
+    padded, heads = values.shape[-2], groups * rep
+    q_limit, tiny = params[6], params[7]
+    tiles = -(-t // TILE_ROWS)
+    queries = np.zeros((batch, groups, rep, tiles * TILE_ROWS, padded), np.int8)  # zero beyond hd and t
+    q_factor = np.zeros((batch, groups, rep, tiles * TILE_ROWS), np.float32)
+    for m in prange(batch * t):
+        b, i = m // t, m % t
+        p = pos + i
+        head, row = np.empty(hd, np.float32), np.empty(hd, np.int8)
+        for g in range(groups):
+            _rotate(qkv[m, (heads + g) * hd : (heads + g + 1) * hd], cos[p], sin[p], head)
+            k_scale[b, g, p] = _quantize_head(head, q_limit, tiny, row)
+            for j in range(hd):
+                keys[b, g, p // LANES, j // 4, p % LANES, j % 4] = row[j]
+            v_scale[b, g, p] = _quantize_head(
+                qkv[m, (heads + groups + g) * hd : (heads + groups + g + 1) * hd], q_limit, tiny, row
+            )
+            for j in range(hd):
+                values[b, g, p // 4, j, p % 4] = row[j]
+            for r in range(rep):
+                _rotate(qkv[m, (g * rep + r) * hd : (g * rep + r + 1) * hd], cos[p], sin[p], head)
+                q_factor[b, g, r, i] = _quantize_head(head, q_limit, tiny, queries[b, g, r, i])
     for job in prange(batch * groups * tiles):
         b, g, t0 = job // (groups * tiles), job // tiles % groups, job % tiles * TILE_ROWS
         seen = pos + min(t0 + TILE_ROWS, t)  # keys the tile's last query sees
         width = -(-seen // LANES) * LANES
+        key_factor = np.empty(seen, np.float32)
+        for s in range(seen):
+            key_factor[s] = k_scale[b, g, s] * kappa
         dots, wq = np.empty((TILE_ROWS, width), np.int32), np.empty((TILE_ROWS, width), np.int8)
         sums = np.empty((TILE_ROWS, padded), np.int32)
         z, ints, w = np.empty(seen, np.int32), np.empty(seen, np.int32), np.empty(seen, np.float32)
@@ -448,24 +473,14 @@ def _attention_tiles(qq, q_factor, keys, key_factor, values, v_scale, pos, t, y,
         tile_config()
         for r in range(rep):
             for s0 in range(0, width, LANES):
+                query = queries[b, g, r]
                 tile_products(
-                    dots, s0, width, keys[b, g], s0 * padded, 4 * LANES, qq[b, g, r], t0 * padded, padded, padded // 64
+                    dots, s0, width, keys[b, g], s0 * padded, 4 * LANES, query, t0 * padded, padded, padded // 64
                 )
             for i in range(TILE_ROWS):
                 n = min(pos + t0 + i + 1, seen)
-                wd[i], total[i] = _weights_row(
-                    dots[i],
-                    key_factor[b, g],
-                    q_factor[b, g, r, t0 + i],
-                    v_scale[b, g],
-                    n,
-                    z,
-                    ints,
-                    w,
-                    wq[i],
-                    params,
-                    shape,
-                )
+                qf, vs = q_factor[b, g, r, t0 + i], v_scale[b, g]
+                wd[i], total[i] = _weights_row(dots[i], key_factor, qf, vs, n, z, ints, w, wq[i], params, shape)
                 wq[i, n:] = 0
             for j0 in range(0, padded, LANES):
                 tile_products(sums, j0, padded, values[b, g], 4 * j0, 4 * padded, wq, 0, width, width // 64)
@@ -476,20 +491,17 @@ def _attention_tiles(qq, q_factor, keys, key_factor, values, v_scale, pos, t, y,
         tile_release()
 
 
-def attention_tiles(qq, q_factor, cache, layer, key_factor, pos):
-    """``ExactLlama``'s attention of queries at pos .. pos+t−1 (int8 qq [B, G, rep, t, hd] and factors [B, G, rep, t])
-    on AMX tiles, the cache written up to pos + t and ``key_factor`` its keys' [B, G, W]: binary32 [B, t, G·rep, hd],
-    the same numbers as ``ExactLlama.attend``'s."""
-    batch, groups, rep, t, hd = qq.shape
-    rows, padded = -(-t // TILE_ROWS) * TILE_ROWS, cache.v.shape[-2]
-    queries = np.zeros((batch, groups, rep, rows, padded), np.int8)
-    queries[..., :t, :hd] = qq.numpy()
-    factors = np.zeros((batch, groups, rep, rows), np.float32)
-    factors[..., :t] = q_factor.numpy()
-    y = np.empty((batch, t, groups, rep, hd), np.float32)
-    args = (cache.k[layer].numpy(), key_factor.numpy(), cache.v[layer].numpy(), cache.v_scale[layer].numpy())
-    _attention_tiles(queries, factors, *args, pos, t, y, _PARAMS, _SHAPE)
-    return torch.from_numpy(y).view(batch, t, groups * rep, hd)
+def attention_tiles(qkv, cos, sin, pos, cache, layer, kappa, rep, out):
+    """``ExactLlama``'s attention in a full pass, on AMX tiles: from the query, key and value product's result ``qkv``
+    [B·t, (H + 2G)·hd] of positions pos .. pos+t−1 (rotary tables ``cos``, ``sin`` by position), writing their keys
+    and values into the cache, to ``out`` [B, t, H, hd] (binary32): ``rotate``, ``quantize_rows``, ``KVCache.write``
+    and ``ExactLlama.attend``'s numbers."""
+    batch, t, heads, hd = out.shape
+    y = out.numpy().reshape(batch, t, heads // rep, rep, hd)
+    tensors = (cache.k[layer], cache.v[layer], cache.k_scale[layer], cache.v_scale[layer])
+    _attention_tiles(
+        qkv.numpy(), cos.numpy(), sin.numpy(), pos, *(x.numpy() for x in tensors), _F(kappa), y, _PARAMS, _SHAPE
+    )
 
 
 def _operand_buffers(rows, k, bits):

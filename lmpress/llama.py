@@ -487,8 +487,6 @@ class ExactLlama:
             return self._step(tokens, cache, pos)
         heads, kv, hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         x = self._embed(tokens.reshape(-1))
-        cos, sin = self._rope(pos + t)
-        cos, sin = cos[pos : pos + t].repeat(b, 1)[:, None], sin[pos : pos + t].repeat(b, 1)[:, None]
         qkv = torch.empty(b * t, (heads + 2 * kv) * hd, device=self.device)
         y = torch.empty(b * t, heads * hd, device=self.device)
         blocks = _blocks(b * t)
@@ -497,10 +495,7 @@ class ExactLlama:
             for rows, (operand, factor) in zip(blocks, operands):
                 acc = layer.qkv.product(self.gemm, operand)
                 qkv[rows] = product_result(acc, BITS["qkv"], layer.qkv.scale, factor.view(-1, 1))
-            q = rotate(qkv[:, : heads * hd].view(-1, heads, hd), cos, sin).view(b, t, heads, hd)
-            k = rotate(qkv[:, heads * hd : (heads + kv) * hd].view(-1, kv, hd), cos, sin).view(b, t, kv, hd)
-            v = qkv[:, (heads + kv) * hd :].view(b, t, kv, hd)
-            self._attention(i, q, k, v, cache, pos, y.view(b, t, heads, hd))
+            self._attention(i, qkv, cache, pos, y.view(b, t, heads, hd))
             for j, rows in enumerate(blocks):
                 operand, factor = product_operand(y[rows], BITS["o"])
                 x[rows], *operands[j] = self._rest_of_layer(layer, x[rows], operand, factor.view(-1))
@@ -541,15 +536,26 @@ class ExactLlama:
     def _embed(self, flat: Tensor) -> Tensor:
         return self.embed.wq[flat].float() * self.embed.scale[flat, None]
 
-    def _attention(self, i: int, q: Tensor, k: Tensor, v: Tensor, cache: KVCache | None, pos: int, out: Tensor):
-        """Causal attention of q [B, T, H, hd] on k, v [B, T, G, hd] (and the cache) into ``out`` [B, T, H, hd].
+    def _attention(self, i: int, qkv: Tensor, cache: KVCache | None, pos: int, out: Tensor):
+        """Causal attention into ``out`` [B, T, H, hd] of the rows' queries on their keys and values (and the cache's),
+        from the query, key and value product's result ``qkv`` [B·T, (H + 2G)·hd] (rotated here).
 
         Keys and values are int8 per (token, head); queries too, grouped with the heads that share their
         key ([B, G, rep, T, hd]), and processed in tiles of queries that see keys up to their own position: on a
         CPU with AMX, by ``kernels.attention_tiles`` from a cache (a one-layer cache of its own if it has none)."""
-        b, t, heads, hd = q.shape
-        g = k.shape[2]
+        b, t, heads, hd = out.shape
+        g = self.cfg.num_key_value_heads
         rep = heads // g
+        cos, sin = self._rope(pos + t)
+        if self.tiles:
+            if cache is None:
+                cache, i = KVCache(dataclasses.replace(self.cfg, num_hidden_layers=1), b, t, self.device), 0
+            _kernels().attention_tiles(qkv, cos, sin, pos, cache, i, self.key_constant, rep, out)
+            return
+        cos, sin = cos[pos : pos + t].repeat(b, 1)[:, None], sin[pos : pos + t].repeat(b, 1)[:, None]
+        q = rotate(qkv[:, : heads * hd].view(-1, heads, hd), cos, sin).view(b, t, heads, hd)
+        k = rotate(qkv[:, heads * hd : (heads + g) * hd].view(-1, g, hd), cos, sin).view(b, t, g, hd)
+        v = qkv[:, (heads + g) * hd :].view(b, t, g, hd)
         kq, kd = quantize_rows(k, Q8)
         vq, vd = quantize_rows(v, Q8)
         kq, vq = kq.to(torch.int8).transpose(1, 2).contiguous(), vq.to(torch.int8).transpose(1, 2).contiguous()
@@ -557,13 +563,6 @@ class ExactLlama:
         qq, qd = quantize_rows(q, Q8)
         qq = qq.to(torch.int8).view(b, t, g, rep, hd).permute(0, 2, 3, 1, 4)  # [B, G, rep, T, hd]
         qd = qd.view(b, t, g, rep).permute(0, 2, 3, 1)
-        if self.tiles:
-            if cache is None:
-                cache, i = KVCache(dataclasses.replace(self.cfg, num_hidden_layers=1), b, t, self.device), 0
-            cache.write(i, pos, kq, vq, kd, vd)
-            key_factor = cache.k_scale[i] * self.key_constant
-            out[:] = _kernels().attention_tiles(qq, qd, cache, i, key_factor, pos)
-            return
         if cache is None:
             kq = kq.transpose(2, 3)  # [B, G, hd, T]
         else:
