@@ -472,8 +472,8 @@ def _attention_tiles(
         wd, total = np.empty(TILE_ROWS, np.float32), np.empty(TILE_ROWS, np.int64)
         tile_config()
         for r in range(rep):
+            query = queries[b, g, r]
             for s0 in range(0, width, LANES):
-                query = queries[b, g, r]
                 tile_products(
                     dots, s0, width, keys[b, g], s0 * padded, 4 * LANES, query, t0 * padded, padded, padded // 64
                 )
@@ -612,7 +612,7 @@ def packed_product(x, packed, n, amx: bool | None = None):
     amx = AMX and m > WEIGHT_ROWS if amx is None else amx
     rows = -(-m // TILE_ROWS) * TILE_ROWS if amx else m
     x = x.numpy()
-    if x.shape != (rows, k):  # padded with zeros (numpy: a torch call costs more than the copy, a step's rows)
+    if x.shape != (rows, k):  # padded with zeros, in numpy: for a step's few rows a torch call costs more
         x, given = np.zeros((rows, k), np.int8), x
         x[:m, : given.shape[1]] = given
     out = np.empty((rows, packed.shape[0] * LANES), np.int32)
