@@ -350,6 +350,24 @@ def _rotate(x, cos, sin, out):  # pragma: no cover (compiled)
         out[half + j] = x[half + j] * cos[half + j] + x[j] * sin[half + j]
 
 
+@njit(inline="always", boundscheck=False)
+def _write_key_value(
+    qkv, g, groups, heads, hd, cos, sin, q_limit, tiny, keys, values, k_scale, v_scale, b, p, head, row
+):  # pragma: no cover (compiled)
+    """Key head g of one row's query, key and value product result ``qkv`` rotated and quantised, its value head
+    quantised, both written at position p of row b of a cache layer (laid out as ``llama.KVCache`` says);
+    ``head`` and ``row`` are scratch of hd."""
+    _rotate(qkv[(heads + g) * hd : (heads + g + 1) * hd], cos, sin, head)
+    k_scale[b, g, p] = _quantize_head(head, q_limit, tiny, row)
+    for j in range(hd):
+        keys[b, g, p // LANES, j // 4, p % LANES, j % 4] = row[j]
+    v_scale[b, g, p] = _quantize_head(
+        qkv[(heads + groups + g) * hd : (heads + groups + g + 1) * hd], q_limit, tiny, row
+    )
+    for j in range(hd):
+        values[b, g, p // 4, j, p % 4] = row[j]
+
+
 @njit(parallel=True, boundscheck=False, cache=True)
 def _attention_step(
     acc,
@@ -392,15 +410,9 @@ def _attention_step(
         b, g = job // groups, job % groups
         head = np.empty(hd, np.float32)
         row = np.empty(hd, np.int8)
-        _rotate(qkv[b, (heads + g) * hd : (heads + g + 1) * hd], cos, sin, head)
-        k_scale[b, g, pos] = _quantize_head(head, q_limit, tiny, row)
-        for j in range(hd):
-            keys[b, g, pos // LANES, j // 4, pos % LANES, j % 4] = row[j]
-        v_scale[b, g, pos] = _quantize_head(
-            qkv[b, (heads + groups + g) * hd : (heads + groups + g + 1) * hd], q_limit, tiny, row
+        _write_key_value(
+            qkv[b], g, groups, heads, hd, cos, sin, q_limit, tiny, keys, values, k_scale, v_scale, b, pos, head, row
         )
-        for j in range(hd):
-            values[b, g, pos // 4, j, pos % 4] = row[j]
         key_factor = np.empty(width, np.float32)
         for s in range(width):
             key_factor[s] = k_scale[b, g, s] * kappa
@@ -447,15 +459,25 @@ def _attention_tiles(
         p = pos + i
         head, row = np.empty(hd, np.float32), np.empty(hd, np.int8)
         for g in range(groups):
-            _rotate(qkv[m, (heads + g) * hd : (heads + g + 1) * hd], cos[p], sin[p], head)
-            k_scale[b, g, p] = _quantize_head(head, q_limit, tiny, row)
-            for j in range(hd):
-                keys[b, g, p // LANES, j // 4, p % LANES, j % 4] = row[j]
-            v_scale[b, g, p] = _quantize_head(
-                qkv[m, (heads + groups + g) * hd : (heads + groups + g + 1) * hd], q_limit, tiny, row
+            _write_key_value(
+                qkv[m],
+                g,
+                groups,
+                heads,
+                hd,
+                cos[p],
+                sin[p],
+                q_limit,
+                tiny,
+                keys,
+                values,
+                k_scale,
+                v_scale,
+                b,
+                p,
+                head,
+                row,
             )
-            for j in range(hd):
-                values[b, g, p // 4, j, p % 4] = row[j]
             for r in range(rep):
                 _rotate(qkv[m, (g * rep + r) * hd : (g * rep + r + 1) * hd], cos[p], sin[p], head)
                 q_factor[b, g, r, i] = _quantize_head(head, q_limit, tiny, queries[b, g, r, i])

@@ -107,6 +107,14 @@ def _element(context, builder: ir.IRBuilder, array_ty, array: ir.Value, index: i
     return builder.gep(context.make_array(array_ty)(context, builder, array).data, [index])
 
 
+def _indices(context, builder: ir.IRBuilder, signature, args: list[ir.Value]) -> list[ir.Value]:
+    """An intrinsic's arguments, its integers (offsets, strides, counts) widened to intp."""
+    return [
+        context.cast(builder, a, t, types.intp) if isinstance(t, types.Integer) else a
+        for a, t in zip(args, signature.args)
+    ]
+
+
 def _block_products(keys: bool, vnni: bool, rows: int = 1):
     """The intrinsic (out, o, o_stride, matrix, off, stride, vector, v_off, v_stride, n) described in the module
     docstring, for ``rows`` vectors."""
@@ -114,11 +122,9 @@ def _block_products(keys: bool, vnni: bool, rows: int = 1):
     @intrinsic
     def products(typingctx, out, o, o_stride, matrix, off, stride, vector, v_off, v_stride, n):
         def codegen(context, builder, signature, args):
-            args = [
-                context.cast(builder, a, t, types.intp) if isinstance(t, types.Integer) else a
-                for a, t in zip(args, signature.args)
-            ]
-            out_, o_, o_stride_, matrix_, off_, stride_, vector_, v_off_, v_stride_, n_ = args
+            out_, o_, o_stride_, matrix_, off_, stride_, vector_, v_off_, v_stride_, n_ = _indices(
+                context, builder, signature, args
+            )
             out_ty, matrix_ty, vector_ty = signature.args[0], signature.args[3], signature.args[6]
 
             def at(array_ty, array, index, ty):
@@ -235,11 +241,9 @@ def tile_products(typingctx, out, o, o_stride, matrix, off, stride, vector, v_of
     step and 16 channels; the tiles must be configured (``tile_config``)."""
 
     def codegen(context, builder, signature, args):
-        args = [
-            context.cast(builder, a, t, types.intp) if isinstance(t, types.Integer) else a
-            for a, t in zip(args, signature.args)
-        ]
-        out_, o_, o_stride_, matrix_, off_, stride_, vector_, v_off_, v_stride_, n_ = args
+        out_, o_, o_stride_, matrix_, off_, stride_, vector_, v_off_, v_stride_, n_ = _indices(
+            context, builder, signature, args
+        )
         out_ty, matrix_ty, vector_ty = signature.args[0], signature.args[3], signature.args[6]
 
         def at(array_ty, array, index):
