@@ -592,7 +592,8 @@ class ExactLlama:
 
     def logits(self, hidden: Tensor) -> Tensor:
         """Fixed-point logits in 1/256 bits, int32 [N, vocab], of hidden states [N, hidden] (final norm and
-        output head): round(clamp(((a · scale) · (2**8·log2 e)) · r, ±LIMIT)), a the product as in Linear."""
+        output head): round(clamp(((a · scale) · (2**8·log2 e)) · r, ±LIMIT)), a the product as in
+        ``product_result``."""
         operand, r = product_operand(hidden, BITS["head"], self.cfg.rms_norm_eps)
         z = product_result(self.head.product(self.gemm, operand), BITS["head"], self.head.scale, self.logit_scale)
         return torch.round((z * r).clamp_(-LIMIT, LIMIT)).to(torch.int32)
