@@ -379,18 +379,14 @@ class Lockstep:
         self.freqs, self.pos = self.start.freqs.expand(len(self.rows), -1), len(self.start.tokens)
 
     def _forward(self, tokens: Tensor, pos: int) -> None:
-        rows = len(tokens)
+        rows, device = len(tokens), self.net.device
         per_pass = max(1, RESTART_TOKENS // tokens.shape[1])  # a restart's rows, a few at a time
         with torch.inference_mode():
-            hidden = [
-                self.net.forward(
-                    tokens[a : a + per_pass].to(self.net.device),
-                    self.cache if per_pass >= rows else self.cache.rows(a, a + per_pass),
-                    pos,
-                )[:, -1]
+            last = [
+                self.net.forward(tokens[a : a + per_pass].to(device), self.cache.rows(a, a + per_pass), pos)[:, -1]
                 for a in range(0, rows, per_pass)
             ]
-            self.freqs = frequencies(self.net.logits(torch.cat(hidden)))
+            self.freqs = frequencies(self.net.logits(torch.cat(last)))
         self.pos = pos + tokens.shape[1]
 
     def advance(self, tokens: np.ndarray) -> None:

@@ -358,7 +358,9 @@ class KVCache:
         self.k_scale[..., :n], self.v_scale[..., :n] = source.k_scale[..., :n], source.v_scale[..., :n]
 
     def rows(self, start: int, end: int) -> KVCache:
-        """Rows start .. end − 1 of the batch, as a cache that shares this one's memory."""
+        """Rows start .. end − 1 of the batch, as a cache that shares this one's memory (this cache, if all)."""
+        if start == 0 and end >= self.k.shape[1]:
+            return self
         view = copy.copy(self)
         for name in ("k", "v", "k_scale", "v_scale"):
             setattr(view, name, getattr(self, name)[:, start:end])

@@ -15,9 +15,10 @@ out in memory (C order); nothing is bounds-checked.
 - ``add_weighted_values``: the vector holds non-negative weights (≤ 127, read as unsigned), the matrix int8
   values.
 
-Where the CPU has AMX (Intel's tile unit: a 16×64-byte by 64×16 int8 product in one instruction), a packed weight
-product goes through it instead (``tile_products``): a decoding step's products then run at the speed of reading
-the weights from memory, where VNNI's vector products are bound by compute beyond a few rows.
+Where the CPU has AMX (Intel's tile unit: a 16×64-byte by 64×16 int8 product in one instruction), ``tile_products``
+multiplies the same layouts 16 rows at a time: packed weights (every weight product but a step of one or two rows:
+VNNI's vector products are bound by compute beyond a few rows, the tiles only by reading the weights), and a full
+pass's keys and values.
 
 Every sum is of integers and far below 2**31, so the result is the same on every machine; where the CPU has
 no AVX512-VNNI (numba compiles for the machine it runs on, ``NUMBA_CPU_FEATURES`` overriding), the same
@@ -173,11 +174,15 @@ def _block_products(keys: bool, vnni: bool, rows: int = 1):
     return products
 
 
+def _void(builder: ir.IRBuilder, name: str, args: list[ir.Value]) -> None:
+    """Call the LLVM intrinsic ``name`` that returns nothing."""
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [a.type for a in args]), name)
+    builder.call(fn, args)
+
+
 def _prefetch(builder: ir.IRBuilder, at: ir.Value) -> None:
-    fn = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(ir.VoidType(), [at.type, _I32, _I32, _I32]), "llvm.prefetch.p0"
-    )
-    builder.call(fn, [at, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])  # read, keep, data
+    read, keep, data = (ir.Constant(_I32, c) for c in (0, 3, 1))
+    _void(builder, "llvm.prefetch.p0", [at, read, keep, data])
 
 
 @intrinsic
@@ -190,12 +195,6 @@ def prefetch(typingctx, array, index):
         return context.get_dummy_value()
 
     return types.void(array, index), codegen
-
-
-def _void(builder: ir.IRBuilder, name: str, args: list[ir.Value]) -> None:
-    """Call the LLVM intrinsic ``name`` that returns nothing."""
-    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [a.type for a in args]), name)
-    builder.call(fn, args)
 
 
 def _tile(number: int) -> ir.Constant:
