@@ -53,8 +53,9 @@ from .simd import (
 _F = np.float32
 _I = np.int32
 _MAGIC = _F(1.5 * 2**23)
-# Everything the arithmetic depends on, in one array: c0..c4, LIMIT, Q8, TINY, 2**−SCORE_FRAC.
-_PARAMS = np.array([*EXP2_POLY, LIMIT, Q8, TINY, 2.0**-SCORE_FRAC], dtype=np.float32)
+# Everything the arithmetic depends on, in one array: c0..c4, LIMIT, Q8, TINY, 2**−SCORE_FRAC, Q16.
+_PARAMS = np.array([*EXP2_POLY, LIMIT, Q8, TINY, 2.0**-SCORE_FRAC, Q16], dtype=np.float32)
+_SIGMOID = np.array([SIGMOID_FRAC, SIGMOID_SPAN], dtype=np.int32)
 _SHAPE = np.array([SCORE_FRAC, SCORE_ONE], dtype=np.int32)
 _LOGITS = np.array([LOGIT_FRAC, LOGIT_ONE, 1 << 24], dtype=np.int32)  # and the frequencies' total
 _TWO23 = _F(2**23)
@@ -625,24 +626,123 @@ def _tile_product(x, w, out, jobs):  # pragma: no cover (compiled)
         tile_release()
 
 
+@njit(boundscheck=False, cache=True)
+def _tiled(m, amx):  # pragma: no cover (compiled)
+    """Whether a product of m operand rows runs on AMX's tiles (where ``amx``): not with only a few rows (a
+    decoding step's, where reading the weights is all the work and VNNI's vector products read faster)."""
+    return amx and m > WEIGHT_ROWS
+
+
+@njit(boundscheck=False, cache=True)
+def _operand_space(m, w, tiles):  # pragma: no cover (compiled)
+    """Zeros for the operand of a product of m rows with packed weights w, as ``_product`` takes it: K' columns,
+    and rows rounded up to a multiple of ``TILE_ROWS`` for the tiles."""
+    return np.zeros((-(-m // TILE_ROWS) * TILE_ROWS if tiles else m, 4 * w.shape[1]), np.int8)
+
+
+def _padded(x, w, tiles):
+    """Operand rows x [m, K] (numpy) laid out as ``_operand_space`` says."""
+    operand = _operand_space(len(x), w, tiles)
+    if x.shape == operand.shape:
+        return np.ascontiguousarray(x)
+    operand[: len(x), : x.shape[1]] = x  # in numpy: for a step's few rows a torch call costs more
+    return operand
+
+
+@njit(boundscheck=False, cache=True)
+def _product(x, w, tiles, threads):  # pragma: no cover (compiled)
+    """The int32 product [M', N'] of operand rows x (as ``_operand_space`` lays them out) and packed weights w, on
+    ``threads`` threads. (numba's ``get_num_threads`` in compiled code would keep its callers out of the cache.)"""
+    out = np.empty((x.shape[0], w.shape[0] * LANES), np.int32)
+    if tiles:
+        _tile_product(x, w, out, min(w.shape[0], threads))
+    else:
+        _packed_product(x, w, out)
+    return out
+
+
 def packed_product(x, packed, n, amx: bool | None = None):
     """The exact int32 product [M, n] of int8 rows x [M, K] and the weights packed by ``llama.Linear.pack``
-    (any gemm backend's integers). On AMX tiles where this process may use them, unless there are only a few
-    rows (a decoding step's, where reading the weights is all the work and vector products read faster);
-    ``amx`` forces the choice."""
-    m, k = x.shape[0], 4 * packed.shape[1]
-    amx = AMX and m > WEIGHT_ROWS if amx is None else amx
-    rows = -(-m // TILE_ROWS) * TILE_ROWS if amx else m
-    x = x.numpy()
-    if x.shape != (rows, k):  # padded with zeros, in numpy: for a step's few rows a torch call costs more
-        x, given = np.zeros((rows, k), np.int8), x
-        x[:m, : given.shape[1]] = given
-    out = np.empty((rows, packed.shape[0] * LANES), np.int32)
-    if amx:
-        _tile_product(np.ascontiguousarray(x), packed.numpy(), out, min(packed.shape[0], get_num_threads()))
-    else:
-        _packed_product(np.ascontiguousarray(x), packed.numpy(), out)
+    (any gemm backend's integers): on AMX's tiles where this process may use them and ``_tiled`` says so, ``amx``
+    forcing the choice."""
+    m, w = x.shape[0], packed.numpy()
+    tiles = _tiled(m, AMX) if amx is None else amx
+    out = _product(_padded(x.numpy(), w, tiles), w, tiles, get_num_threads())
     return torch.from_numpy(out[:m] if out.shape[1] == n else out[:m, :n].copy())
+
+
+@njit(inline="always")
+def _next_operand(rows, two, w, amx, params):  # pragma: no cover (compiled)
+    """Space for the operand of ``rows`` rows into packed weights w (16-bit if ``two``), its row factors, and the
+    largest integer of its quantisation."""
+    m = 2 * rows if two else rows
+    return _operand_space(m, w, _tiled(m, amx)), np.empty(rows, np.float32), params[9] if two else params[6]
+
+
+@njit(boundscheck=False, cache=True)
+def _layer_step(
+    x,
+    operand,
+    factor,
+    weights,
+    scales,
+    two,
+    cos,
+    sin,
+    pos,
+    keys,
+    values,
+    k_scale,
+    v_scale,
+    kappa,
+    rep,
+    hd,
+    table,
+    eps,
+    amx,
+    threads,
+    params,
+    shape,
+    sigmoid,
+):  # pragma: no cover (compiled)
+    """A layer of a decoding step whose weights are all packed, in one call: ``ExactLlama._step``'s products and
+    kernels, from hidden states x [B, hidden] and the query, key and value product's operand (as
+    ``_operand_space`` lays it out) and factors, to the new hidden states and the next layer's operand and
+    factors. ``weights``, ``scales`` and ``two`` (16-bit operand or not): the qkv, o, gate_up and down products'."""
+    rows, tiny = x.shape[0], params[7]
+    acc = _product(operand, weights[0], _tiled(operand.shape[0], amx), threads)
+    y, y_factor, q = _next_operand(rows, two[1], weights[1], amx, params)
+    args = (pos, keys, values, k_scale, v_scale, kappa, rep, hd, q, two[1], y, y_factor, params, shape)
+    _attention_step(acc, two[0], scales[0], factor, cos, sin, *args)
+    acc = _product(y, weights[1], _tiled(y.shape[0], amx), threads)
+    h = np.empty_like(x)
+    operand, factor, q = _next_operand(rows, two[2], weights[2], amx, params)
+    _residual_operand(x, acc, two[1], scales[1], y_factor, q, two[2], eps, tiny, h, operand, factor)
+    acc = _product(operand, weights[2], _tiled(operand.shape[0], amx), threads)
+    y, y_factor, q = _next_operand(rows, two[3], weights[3], amx, params)
+    _swiglu_operand(acc, two[2], scales[2], factor, table, sigmoid[0], sigmoid[1], q, two[3], tiny, y, y_factor)
+    acc = _product(y, weights[3], _tiled(y.shape[0], amx), threads)
+    x_out = np.empty_like(x)
+    operand, factor, q = _next_operand(rows, two[0], weights[0], amx, params)
+    _residual_operand(h, acc, two[3], scales[3], y_factor, q, two[0], eps, tiny, x_out, operand, factor)
+    return x_out, operand, factor
+
+
+def layers_step(layers, x, operand, factor, cos, sin, pos, cache, kappa, rep, table, eps, bits):
+    """``ExactLlama._step``'s layers where all their weights are packed, a layer a call (``_layer_step``): from
+    the new rows' embeddings x and the first product's operand and factors to the hidden states after the last
+    layer. ``bits``: ``llama.BITS``."""
+    two = tuple(bits[name] == 16 for name in ("qkv", "o", "gate_up", "down"))
+    operand = _padded(operand.numpy(), layers[0].qkv.packed.numpy(), _tiled(len(operand), AMX))
+    x, factor, cos, sin, table = (t.numpy() for t in (x, factor, cos, sin, table))
+    keys, values, k_scale, v_scale = (t.numpy() for t in (cache.k, cache.v, cache.k_scale, cache.v_scale))
+    attention = (_F(kappa), rep, cache.head_dim, table, eps, AMX, get_num_threads(), _PARAMS, _SHAPE, _SIGMOID)
+    for i, layer in enumerate(layers):
+        linears = (layer.qkv, layer.o, layer.gate_up, layer.down)
+        weights, scales = tuple(lin.packed.numpy() for lin in linears), tuple(lin.scale.numpy() for lin in linears)
+        args = (cos, sin, pos, keys[i], values[i], k_scale[i], v_scale[i], *attention)
+        x, operand, factor = _layer_step(x, operand, factor, weights, scales, two, *args)
+    return torch.from_numpy(x)
 
 
 @njit(parallel=True, boundscheck=False, cache=True)

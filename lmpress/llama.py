@@ -505,16 +505,21 @@ class ExactLlama:
 
     def _step(self, tokens: Tensor, cache: KVCache, pos: int) -> Tensor:
         """``forward`` for one new position per row (a decoding step) on a CPU: the same arithmetic, with all
-        the work between two products fused into one compiled kernel (``kernels.py``), four a layer."""
+        the work between two products fused into one compiled kernel (``kernels.py``), four a layer; a layer in one
+        call where all the weights are packed (on AMX, or for a narrow step)."""
         k, eps, rep = _kernels(), self.cfg.rms_norm_eps, self.cfg.num_attention_heads // self.cfg.num_key_value_heads
         cos, sin = self._rope(pos + 1)
         x = self._embed(tokens.reshape(-1))
         operand, factor = product_operand(x, BITS["qkv"], eps)
         factor = factor.view(-1)
+        if all(lin.packed is not None for lin in self.linears()):
+            args = (cos[pos], sin[pos], pos, cache, self.key_constant, rep, self.sigmoid, eps, BITS)
+            x = k.layers_step(self.layers, x, operand, factor, *args)
+            return x.view(len(x), 1, -1)
         for i, layer in enumerate(self.layers):
             acc = layer.qkv.product(self.gemm, operand)
-            attention = (cos[pos], sin[pos], pos, cache, i, self.key_constant, rep, BITS["o"])
-            operand, factor = k.attention_step(acc, BITS["qkv"], layer.qkv.scale, factor, *attention)
+            args = (cos[pos], sin[pos], pos, cache, i, self.key_constant, rep, BITS["o"])
+            operand, factor = k.attention_step(acc, BITS["qkv"], layer.qkv.scale, factor, *args)
             x, operand, factor = self._rest_of_layer(layer, x, operand, factor)
         return x.view(len(x), 1, -1)
 

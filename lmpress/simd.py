@@ -201,12 +201,23 @@ def _tile(number: int) -> ir.Constant:
     return ir.Constant(_I8, number)
 
 
+def _no_tiles(builder: ir.IRBuilder) -> bool:
+    """Whether this process may not use AMX; if so, the tile intrinsic being compiled becomes a trap instead (LLVM
+    cannot emit tile instructions for a CPU without them), so that code choosing the tiles at run time compiles on
+    any CPU, and would stop rather than compute if it chose them anyway."""
+    if not AMX:
+        _void(builder, "llvm.trap", [])
+    return not AMX
+
+
 @intrinsic
 def tile_config(typingctx):
     """Configure this thread's AMX tiles for ``tile_products`` (tiles 0–7: 16 rows of 64 bytes). The configuration
     is the thread's own: call it in the job that uses the tiles, and ``tile_release`` at the job's end."""
 
     def codegen(context, builder, signature, args):
+        if _no_tiles(builder):
+            return context.get_dummy_value()
         layout = bytearray(64)  # palette 1; bytes per row of tile i at 16 + 2i (u16); rows of tile i at 48 + i
         layout[0] = 1
         for i in range(8):
@@ -224,7 +235,8 @@ def tile_release(typingctx):
     """Give this thread's AMX tiles back (their state no longer saved at each context switch)."""
 
     def codegen(context, builder, signature, args):
-        _void(builder, "llvm.x86.tilerelease", [])
+        if not _no_tiles(builder):
+            _void(builder, "llvm.x86.tilerelease", [])
         return context.get_dummy_value()
 
     return types.void(), codegen
@@ -240,6 +252,8 @@ def tile_products(typingctx, out, o, o_stride, matrix, off, stride, vector, v_of
     step and 16 channels; the tiles must be configured (``tile_config``)."""
 
     def codegen(context, builder, signature, args):
+        if _no_tiles(builder):
+            return context.get_dummy_value()
         out_, o_, o_stride_, matrix_, off_, stride_, vector_, v_off_, v_stride_, n_ = _indices(
             context, builder, signature, args
         )
