@@ -31,7 +31,7 @@ def frequencies(logits: Tensor) -> Tensor:
     f_v = c_v + 1, so every token stays codable.
     """
     if logits.device.type == "cpu":
-        return torch.from_numpy(_kernels().counts(logits)).to(torch.int64) + 1
+        return _kernels().frequencies(logits)
     return _frequencies(logits)
 
 
@@ -79,7 +79,7 @@ def code_length_bits(freqs: Tensor, tokens: Tensor) -> Tensor:
 def _counts(freqs: Tensor) -> np.ndarray:
     """What constriction's model is given: f − 1, as binary64 (integers, exactly), in C order (constriction
     reads the buffer's rows as if it were)."""
-    return np.ascontiguousarray((freqs - 1).cpu().numpy(), dtype=np.float64)
+    return np.subtract(freqs.cpu().numpy(), 1, dtype=np.float64, order="C")
 
 
 def intervals(freqs: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:

@@ -174,12 +174,12 @@ def _row_counts(z, e, spare, params, shape):  # pragma: no cover (compiled)
 
 
 @njit(parallel=True, boundscheck=False, cache=True)
-def _counts(z, out, params, shape):  # pragma: no cover (compiled)
+def _frequencies(z, out, params, shape):  # pragma: no cover (compiled)
     for r in prange(z.shape[0]):
         e, spare = np.empty(z.shape[1], np.int32), np.empty(z.shape[1], np.int32)  # per row: stays in cache
         first, remainder = _row_counts(z[r], e, spare, params, shape)
         for v in range(z.shape[1]):
-            out[r, v] = e[v]
+            out[r, v] = e[v] + 1
         out[r, first] += remainder
 
 
@@ -196,12 +196,12 @@ def _intervals(z, tokens, left, width, params, shape):  # pragma: no cover (comp
         width[r] = e[t] + 1 + (remainder if first == t else 0)
 
 
-def counts(logits):
-    """``coding.frequencies`` − 1 as binary64 [N, V]: what constriction's model is given."""
+def frequencies(logits):
+    """``coding.frequencies``, compiled: int64 [N, V]."""
     z = logits.contiguous().numpy()
-    out = np.empty(z.shape, np.float64)
-    _counts(z, out, _PARAMS, _LOGITS)
-    return out
+    out = np.empty(z.shape, np.int64)
+    _frequencies(z, out, _PARAMS, _LOGITS)
+    return torch.from_numpy(out)
 
 
 def intervals(logits, tokens):
