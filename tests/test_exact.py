@@ -3,6 +3,7 @@ device, batch shape, and full-sequence pass or step-by-step."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import subprocess
@@ -117,6 +118,26 @@ def test_narrow_and_wide_steps_agree(tiny):
         wide = net.new_cache(len(ids), 2)
         second = [net.logits(net.forward(ids[:, i : i + 1], wide, i)[:, 0]) for i in range(2)]
     assert all(torch.equal(w[:1], n) for w, n in zip(second, first))
+
+
+def test_a_layer_in_one_call_equals_four_kernels_a_layer(tiny):
+    """A step whose weights are all packed runs each layer in one compiled call (``kernels.layers_step``); with
+    plain weights, four kernels a layer around the backend's products: the same logits and the same cache."""
+    packed = tiny.net
+    plain = copy.deepcopy(packed)
+    for lin in plain.linears():
+        lin.wq, lin.packed = lin.plain().clone(), None
+    packed.prepare_steps(1)
+    assert all(lin.packed is not None for lin in packed.linears())
+    ids = torch.tensor(tiny.tokenize(TRAINING_TEXT.encode()[:200])[:30]).view(3, -1)
+    logits, caches = [], []
+    with torch.inference_mode():
+        for net in (packed, plain):
+            cache = net.new_cache(len(ids), ids.shape[1])
+            logits.append([net.logits(net.forward(ids[:, i : i + 1], cache, i)[:, 0]) for i in range(ids.shape[1])])
+            caches.append(cache)
+    assert all(torch.equal(a, b) for a, b in zip(*logits))
+    assert all(torch.equal(getattr(caches[0], n), getattr(caches[1], n)) for n in ("k", "v", "k_scale", "v_scale"))
 
 
 def test_cache_keeps_rows_in_place(tiny):
