@@ -10,7 +10,9 @@ runs in one pass while it is in cache, which is most of lmpress's speed on a CPU
 same bits, and the tests check that they do. One more is a product backend of its own: ``packed_product``, a
 narrow decoding step's weight products, and on a CPU with AMX every weight product (exact integers, like every
 backend in ``gemm.py``); and on AMX ``attention_tiles`` computes a full pass's attention (``ExactLlama.attend``
-and what surrounds it) a tile of 16 queries at a time.
+and what surrounds it) a tile of 16 queries at a time. Where a decoding step's weights are all packed,
+``layers_step`` runs each layer, products included, in one call (a Python call and its conversions cost more than
+a small kernel's work).
 
 No fast-math: LLVM may not reassociate or fuse. Rounding to nearest even is (x + 1.5·2**23) − 1.5·2**23,
 exact for |x| ≤ 2**22, which holds for every value rounded that way here. The arithmetic's parameters are
@@ -709,7 +711,7 @@ def _layer_step(
     kernels, from hidden states x [B, hidden] and the query, key and value product's operand (as
     ``_operand_space`` lays it out) and factors, to the new hidden states and the next layer's operand and
     factors. ``weights``, ``scales`` and ``two`` (16-bit operand or not): the qkv, o, gate_up and down products'."""
-    rows, tiny = x.shape[0], params[7]
+    rows, tiny = x.shape[0], params[7]  # an operand is padded only for the tiles, so _tiled of its rows is its route
     acc = _product(operand, weights[0], _tiled(operand.shape[0], amx), threads)
     y, y_factor, q = _next_operand(rows, two[1], weights[1], amx, params)
     args = (pos, keys, values, k_scale, v_scale, kappa, rep, hd, q, two[1], y, y_factor, params, shape)

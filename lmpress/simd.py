@@ -18,7 +18,8 @@ out in memory (C order); nothing is bounds-checked.
 Where the CPU has AMX (Intel's tile unit: a 16×64-byte by 64×16 int8 product in one instruction), ``tile_products``
 multiplies the same layouts 16 rows at a time: packed weights (every weight product but a step of one or two rows:
 VNNI's vector products are bound by compute beyond a few rows, the tiles only by reading the weights), and a full
-pass's keys and values.
+pass's keys and values. For a CPU without AMX, the tile intrinsics compile to a trap, so that code choosing the
+tiles at run time compiles for any CPU.
 
 Every sum is of integers and far below 2**31, so the result is the same on every machine; where the CPU has
 no AVX512-VNNI (numba compiles for the machine it runs on, ``NUMBA_CPU_FEATURES`` overriding), the same
@@ -63,11 +64,16 @@ def has_vnni() -> bool:
     return {"+avx512vnni", "+avx512bw", "+avx512f"} <= _cpu_flags()
 
 
+def _compiles_tiles() -> bool:
+    """Whether numba compiles for a CPU with AMX's int8 tiles (whether or not this process may use them)."""
+    return {"+amx-tile", "+amx-int8"} <= _cpu_flags()
+
+
 def has_amx() -> bool:
     """Whether numba compiles for a CPU with AMX's int8 tiles and this process may use them: Linux gives a
     process the tiles' 8 KiB of register state only when asked (arch_prctl ARCH_REQ_XCOMP_PERM for
     XFEATURE_XTILEDATA; oneDNN asks the same), and a tile instruction without it is a SIGILL."""
-    if not {"+amx-tile", "+amx-int8"} <= _cpu_flags():
+    if not _compiles_tiles():
         return False
     if sys.platform != "linux" or platform.machine() != "x86_64":
         return False
@@ -202,12 +208,13 @@ def _tile(number: int) -> ir.Constant:
 
 
 def _no_tiles(builder: ir.IRBuilder) -> bool:
-    """Whether this process may not use AMX; if so, the tile intrinsic being compiled becomes a trap instead (LLVM
-    cannot emit tile instructions for a CPU without them), so that code choosing the tiles at run time compiles on
-    any CPU, and would stop rather than compute if it chose them anyway."""
-    if not AMX:
+    """Whether numba compiles for a CPU without AMX; if so, the tile intrinsic being compiled becomes a trap instead
+    (LLVM cannot emit tile instructions for it), so that code choosing the tiles at run time compiles for any CPU,
+    and would stop rather than compute if it chose them anyway. (Decided by the CPU features, as numba's cache is:
+    a process that may not use the tiles still compiles them, for another that may.)"""
+    if not _compiles_tiles():
         _void(builder, "llvm.trap", [])
-    return not AMX
+    return not _compiles_tiles()
 
 
 @intrinsic
