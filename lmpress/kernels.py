@@ -652,11 +652,13 @@ def _padded(x, w, tiles):
 
 
 @njit(boundscheck=False, cache=True)
-def _product(x, w, tiles, threads):  # pragma: no cover (compiled)
+def _product(x, w, amx, threads):  # pragma: no cover (compiled)
     """The int32 product [M', N'] of operand rows x (as ``_operand_space`` lays them out) and packed weights w, on
-    ``threads`` threads. (numba's ``get_num_threads`` in compiled code would keep its callers out of the cache.)"""
+    ``threads`` threads: on the tiles if ``_tiled`` says so of x's rows (rows are padded only for the tiles, to
+    more than ``WEIGHT_ROWS``, so padded or not they choose the same). (numba's ``get_num_threads`` in compiled
+    code would keep its callers out of the cache.)"""
     out = np.empty((x.shape[0], w.shape[0] * LANES), np.int32)
-    if tiles:
+    if _tiled(x.shape[0], amx):
         _tile_product(x, w, out, min(w.shape[0], threads))
     else:
         _packed_product(x, w, out)
@@ -711,19 +713,19 @@ def _layer_step(
     kernels, from hidden states x [B, hidden] and the query, key and value product's operand (as
     ``_operand_space`` lays it out) and factors, to the new hidden states and the next layer's operand and
     factors. ``weights``, ``scales`` and ``two`` (16-bit operand or not): the qkv, o, gate_up and down products'."""
-    rows, tiny = x.shape[0], params[7]  # an operand is padded only for the tiles, so _tiled of its rows is its route
-    acc = _product(operand, weights[0], _tiled(operand.shape[0], amx), threads)
+    rows, tiny = x.shape[0], params[7]
+    acc = _product(operand, weights[0], amx, threads)
     y, y_factor, q = _next_operand(rows, two[1], weights[1], amx, params)
     args = (pos, keys, values, k_scale, v_scale, kappa, rep, hd, q, two[1], y, y_factor, params, shape)
     _attention_step(acc, two[0], scales[0], factor, cos, sin, *args)
-    acc = _product(y, weights[1], _tiled(y.shape[0], amx), threads)
+    acc = _product(y, weights[1], amx, threads)
     h = np.empty_like(x)
     operand, factor, q = _next_operand(rows, two[2], weights[2], amx, params)
     _residual_operand(x, acc, two[1], scales[1], y_factor, q, two[2], eps, tiny, h, operand, factor)
-    acc = _product(operand, weights[2], _tiled(operand.shape[0], amx), threads)
+    acc = _product(operand, weights[2], amx, threads)
     y, y_factor, q = _next_operand(rows, two[3], weights[3], amx, params)
     _swiglu_operand(acc, two[2], scales[2], factor, table, sigmoid[0], sigmoid[1], q, two[3], tiny, y, y_factor)
-    acc = _product(y, weights[3], _tiled(y.shape[0], amx), threads)
+    acc = _product(y, weights[3], amx, threads)
     x_out = np.empty_like(x)
     operand, factor, q = _next_operand(rows, two[0], weights[0], amx, params)
     _residual_operand(h, acc, two[3], scales[3], y_factor, q, two[0], eps, tiny, x_out, operand, factor)

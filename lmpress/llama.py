@@ -512,13 +512,13 @@ class ExactLlama:
         x = self._embed(tokens.reshape(-1))
         operand, factor = product_operand(x, BITS["qkv"], eps)
         factor = factor.view(-1)
+        where = (cos[pos], sin[pos], pos, cache)
         if all(lin.packed is not None for lin in self.linears()):
-            args = (cos[pos], sin[pos], pos, cache, self.key_constant, rep, self.sigmoid, eps, BITS)
-            x = k.layers_step(self.layers, x, operand, factor, *args)
+            x = k.layers_step(self.layers, x, operand, factor, *where, self.key_constant, rep, self.sigmoid, eps, BITS)
             return x.view(len(x), 1, -1)
         for i, layer in enumerate(self.layers):
             acc = layer.qkv.product(self.gemm, operand)
-            args = (cos[pos], sin[pos], pos, cache, i, self.key_constant, rep, BITS["o"])
+            args = (*where, i, self.key_constant, rep, BITS["o"])
             operand, factor = k.attention_step(acc, BITS["qkv"], layer.qkv.scale, factor, *args)
             x, operand, factor = self._rest_of_layer(layer, x, operand, factor)
         return x.view(len(x), 1, -1)
