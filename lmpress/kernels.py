@@ -40,12 +40,15 @@ from .llama import (
 )
 from .simd import (
     AMX,
+    HEADS,
     LANES,
+    STREAM_AHEAD,
     TILE_ROWS,
     WEIGHT_ROWS,
+    add_heads_dots,
+    add_heads_values,
     add_key_dots,
     add_weight_dots,
-    add_weighted_values,
     prefetch,
     tile_config,
     tile_products,
@@ -398,13 +401,15 @@ def _attention_step(
     of the output product (out [B, H·hd], its factors out_factor [B]): rotate and quantise each row's heads,
     write its key and value into the cache at ``pos``, attend over positions 0 .. pos.
     The cache is laid out as ``llama.KVCache`` says (keys [B, G, W/64, hd'/4, 64, 4], values [B, G, W/4, hd', 4],
-    hd' ≥ hd padded with zeros); its products are ``simd``'s. One job per (row, key head)."""
+    hd' ≥ hd padded with zeros); its products are ``simd``'s. One job per (row, key head), which reads the key
+    head's keys and values once for its query heads, ``HEADS`` at a time."""
     rows, groups, _, quads, _, _ = keys.shape
     padded = 4 * quads
     heads = groups * rep
     q_limit, tiny = params[6], params[7]
     width = pos + 1
     blocks = -(-width // LANES) * LANES  # positions whose dots are computed, 64 at once
+    fours = -(-width // 4) * 4  # positions whose values are weighed, 4 at once
     qkv = np.empty((rows, scale.shape[0]), np.float32)
     y = np.empty((rows, heads * hd), np.float32)
     for m in prange(rows):
@@ -419,25 +424,35 @@ def _attention_step(
         key_factor = np.empty(width, np.float32)
         for s in range(width):
             key_factor[s] = k_scale[b, g, s] * kappa
-        query, dots, total_wv = np.zeros(padded, np.int8), np.empty(blocks, np.int32), np.empty(padded, np.int32)
-        wq = np.zeros(-(-width // 4) * 4, np.int8)
         z, ints, w = np.empty(width, np.int32), np.empty(width, np.int32), np.empty(width, np.float32)
-        for h in range(g * rep, (g + 1) * rep):
-            _rotate(qkv[b, h * hd : (h + 1) * hd], cos, sin, head)
-            qd = _quantize_head(head, q_limit, tiny, query)
-            excess = _excess(query)
+        n = min(rep, HEADS)
+        query, dots = np.zeros((n, padded), np.int8), np.empty((n, blocks), np.int32)
+        wq, total_wv = np.zeros((n, fours), np.int8), np.empty((n, padded), np.int32)
+        qd, wd, total = np.empty(n, np.float32), np.empty(n, np.float32), np.empty(n, np.int64)
+        for h0 in range(g * rep, (g + 1) * rep, HEADS):
+            n = min(HEADS, (g + 1) * rep - h0)
+            for i in range(n):
+                _rotate(qkv[b, (h0 + i) * hd : (h0 + i + 1) * hd], cos, sin, head)
+                qd[i] = _quantize_head(head, q_limit, tiny, query[i])
             dots[:] = 0
             for s0 in range(0, width, LANES):
-                add_key_dots(dots, s0, 0, keys[b, g], s0 * padded, 4 * LANES, query, 0, 0, quads)
-            for s in range(width):
-                dots[s] -= excess
-            wd, total = _weights_row(dots, key_factor, qd, v_scale[b, g], width, z, ints, w, wq, params, shape)
+                add_heads_dots(n, dots, s0, blocks, keys[b, g], s0 * padded, 4 * LANES, query, 0, padded, quads)
+            for line in range(0, min(STREAM_AHEAD, fours * padded), 64):  # what add_heads_values will not ask for
+                prefetch(values[b, g], line)  # ahead: on its way while the weights are computed
+            for i in range(n):
+                excess = _excess(query[i])
+                for s in range(width):
+                    dots[i, s] -= excess
+                wd[i], total[i] = _weights_row(
+                    dots[i], key_factor, qd[i], v_scale[b, g], width, z, ints, w, wq[i], params, shape
+                )
             total_wv[:] = 0
             for j0 in range(0, padded, LANES):
-                add_weighted_values(total_wv, j0, 0, values[b, g], 4 * j0, 4 * padded, wq, 0, 0, len(wq) // 4)
-            f = _F(np.float64(wd) / np.float64(total))
-            for j in range(hd):
-                y[b, h * hd + j] = _F(total_wv[j]) * f
+                add_heads_values(n, total_wv, j0, padded, values[b, g], 4 * j0, 4 * padded, wq, 0, fours, fours // 4)
+            for i in range(n):
+                f = _F(np.float64(wd[i]) / np.float64(total[i]))
+                for j in range(hd):
+                    y[b, (h0 + i) * hd + j] = _F(total_wv[i, j]) * f
     for m in prange(rows):
         out_factor[m] = _operand_row(y[m], m, rows, q, two_out, False, 0.0, tiny, out)
 
@@ -732,21 +747,34 @@ def _layer_step(
     return x_out, operand, factor
 
 
-def layers_step(layers, x, operand, factor, cos, sin, pos, cache, kappa, rep, table, eps, bits):
-    """``ExactLlama._step``'s layers where all their weights are packed, a layer a call (``_layer_step``): from
-    the new rows' embeddings x and the first product's operand and factors to the hidden states after the last
-    layer. ``bits``: ``llama.BITS``."""
+@njit(boundscheck=False, cache=True)
+def _layers_step(x, operand, factor, weights, scales, two, cos, sin, pos, keys, values, k_scale, v_scale, *rest):
+    """``_layer_step`` of every layer in turn (``weights``, ``scales``: a tuple of the layer's four a layer)."""
+    for i in range(len(weights)):
+        args = (cos, sin, pos, keys[i], values[i], k_scale[i], v_scale[i])
+        x, operand, factor = _layer_step(x, operand, factor, weights[i], scales[i], two, *args, *rest)
+    return x
+
+
+def step_weights(layers):
+    """The packed weights and the scales of ``layers`` as ``layers_step`` takes them: numpy arrays, the qkv, o,
+    gate_up and down products' a layer. Worth keeping: converting them is ~1 ms, a tenth of a step."""
+    linears = [vars(layer).values() for layer in layers]
+    return tuple(tuple(lin.packed.numpy() for lin in four) for four in linears), tuple(
+        tuple(lin.scale.numpy() for lin in four) for four in linears
+    )
+
+
+def layers_step(weights, x, operand, factor, cos, sin, pos, cache, kappa, rep, table, eps, bits):
+    """``ExactLlama._step``'s layers where all their weights are packed, in one call: from the new rows'
+    embeddings x and the first product's operand and factors to the hidden states after the last layer.
+    ``weights``: ``step_weights`` of the layers; ``bits``: ``llama.BITS``."""
     two = tuple(bits[name] == 16 for name in ("qkv", "o", "gate_up", "down"))
-    operand = _padded(operand.numpy(), layers[0].qkv.packed.numpy(), _tiled(len(operand), AMX))
+    operand = _padded(operand.numpy(), weights[0][0][0], _tiled(len(operand), AMX))
     x, factor, cos, sin, table = (t.numpy() for t in (x, factor, cos, sin, table))
-    keys, values, k_scale, v_scale = (t.numpy() for t in (cache.k, cache.v, cache.k_scale, cache.v_scale))
-    attention = (_F(kappa), rep, cache.head_dim, table, eps, AMX, get_num_threads(), _PARAMS, _SHAPE, _SIGMOID)
-    for i, layer in enumerate(layers):
-        linears = (layer.qkv, layer.o, layer.gate_up, layer.down)
-        weights, scales = tuple(lin.packed.numpy() for lin in linears), tuple(lin.scale.numpy() for lin in linears)
-        args = (cos, sin, pos, keys[i], values[i], k_scale[i], v_scale[i], *attention)
-        x, operand, factor = _layer_step(x, operand, factor, weights, scales, two, *args)
-    return torch.from_numpy(x)
+    rest = (_F(kappa), rep, cache.head_dim, table, eps, AMX, get_num_threads(), _PARAMS, _SHAPE, _SIGMOID)
+    cache = tuple(t.numpy() for t in (cache.k, cache.v, cache.k_scale, cache.v_scale))
+    return torch.from_numpy(_layers_step(x, operand, factor, *weights, two, cos, sin, pos, *cache, *rest))
 
 
 @njit(parallel=True, boundscheck=False, cache=True)

@@ -403,6 +403,8 @@ class ExactLlama:
         self.logit_scale = logit_constant.expand(1, 1).to(self.device)  # a row factor, for product_result
         self.key_constant = torch.tensor(2.0**SCORE_FRAC / LN2 / math.sqrt(cfg.head_dim), dtype=torch.float32)
         self._rope_cache: tuple[Tensor, Tensor] = (torch.empty(0), torch.empty(0))
+        self._packed: list[Tensor] = []  # the packed weights ``_step_weights`` last converted, and its result
+        self._packed_arrays: tuple = ()
         self.gemm = gemm_.choose(self.device, self.shapes())
         self.attention_weights = _kernels().attention_weights if self.device.type == "cpu" else attention_weights
         self.tiles = AMX and self.device.type == "cpu"  # AMX's tiles: packed weights at any rows, and attention
@@ -505,16 +507,17 @@ class ExactLlama:
 
     def _step(self, tokens: Tensor, cache: KVCache, pos: int) -> Tensor:
         """``forward`` for one new position per row (a decoding step) on a CPU: the same arithmetic, with all
-        the work between two products fused into one compiled kernel (``kernels.py``), four a layer; a layer in one
-        call where all the weights are packed (on AMX, or for a narrow step)."""
+        the work between two products fused into one compiled kernel (``kernels.py``), four a layer; every layer in
+        one call where all the weights are packed (on AMX, or for a narrow step)."""
         k, eps, rep = _kernels(), self.cfg.rms_norm_eps, self.cfg.num_attention_heads // self.cfg.num_key_value_heads
         cos, sin = self._rope(pos + 1)
         x = self._embed(tokens.reshape(-1))
         operand, factor = product_operand(x, BITS["qkv"], eps)
         factor = factor.view(-1)
         where = (cos[pos], sin[pos], pos, cache)
-        if all(lin.packed is not None for lin in self.linears()):
-            x = k.layers_step(self.layers, x, operand, factor, *where, self.key_constant, rep, self.sigmoid, eps, BITS)
+        weights = self._step_weights()
+        if weights is not None:
+            x = k.layers_step(weights, x, operand, factor, *where, self.key_constant, rep, self.sigmoid, eps, BITS)
             return x.view(len(x), 1, -1)
         for i, layer in enumerate(self.layers):
             acc = layer.qkv.product(self.gemm, operand)
@@ -522,6 +525,16 @@ class ExactLlama:
             operand, factor = k.attention_step(acc, BITS["qkv"], layer.qkv.scale, factor, *args)
             x, operand, factor = self._rest_of_layer(layer, x, operand, factor)
         return x.view(len(x), 1, -1)
+
+    def _step_weights(self) -> tuple | None:
+        """``kernels.step_weights`` of the layers if all their weights are packed, else None; kept while the packed
+        weights are the same tensors."""
+        packed = [lin.packed for layer in self.layers for lin in vars(layer).values()]
+        if any(p is None for p in packed):
+            return None
+        if len(packed) != len(self._packed) or any(a is not b for a, b in zip(packed, self._packed)):
+            self._packed, self._packed_arrays = packed, _kernels().step_weights(self.layers)
+        return self._packed_arrays
 
     def _rest_of_layer(self, layer: Layer, x: Tensor, operand: Tensor, factor: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """A layer after its attention, for rows of hidden states x: from the output product's operand (row

@@ -129,55 +129,77 @@ def _block_products(keys: bool, vnni: bool, rows: int = 1):
     @intrinsic
     def products(typingctx, out, o, o_stride, matrix, off, stride, vector, v_off, v_stride, n):
         def codegen(context, builder, signature, args):
-            out_, o_, o_stride_, matrix_, off_, stride_, vector_, v_off_, v_stride_, n_ = _indices(
-                context, builder, signature, args
-            )
-            out_ty, matrix_ty, vector_ty = signature.args[0], signature.args[3], signature.args[6]
-
-            def at(array_ty, array, index, ty):
-                return builder.bitcast(_element(context, builder, array_ty, array, index), ty.as_pointer())
-
-            def plus(value, constant):
-                return builder.add(value, ir.Constant(value.type, constant))
-
-            def row(start, row_stride, r):
-                return builder.add(start, builder.mul(row_stride, ir.Constant(row_stride.type, r)))
-
-            outs = [
-                [at(out_ty, out_, plus(row(o_, o_stride_, r), 16 * b), _WORDS) for b in range(4)] for r in range(rows)
-            ]
-            lanes = _WORDS if vnni else _PAIRS
-            accs = [
-                [cgutils.alloca_once_value(builder, ir.Constant(lanes, None)) for _ in range(4)] for _ in range(rows)
-            ]
-            flip = ir.Constant(_BYTES, [0x80] * 64)
-            with cgutils.for_range(builder, n_) as loop:
-                k = loop.index
-                base = builder.add(off_, builder.mul(k, stride_))
-                blocks = [builder.load(at(matrix_ty, matrix_, plus(base, 64 * b), _BYTES), align=1) for b in range(4)]
-                if keys:
-                    blocks = [builder.xor(block, flip) for block in blocks]
-                at_four = builder.add(v_off_, builder.mul(k, ir.Constant(k.type, 4)))
-                for r in range(rows):
-                    four = builder.load(at(vector_ty, vector_, row(at_four, v_stride_, r), _I32), align=1)
-                    broadcast = builder.shuffle_vector(
-                        builder.insert_element(ir.Constant(_WORDS, ir.Undefined), four, ir.Constant(_I32, 0)),
-                        ir.Constant(_WORDS, ir.Undefined),
-                        ir.Constant(_WORDS, [0] * 16),
-                    )
-                    broadcast = builder.bitcast(broadcast, _BYTES)
-                    for block, acc in zip(blocks, accs[r]):
-                        pair = (block, broadcast) if keys else (broadcast, block)
-                        builder.store(_accumulate(builder, builder.load(acc), *pair, vnni), acc)
-            for r in range(rows):
-                for acc, place in zip(accs[r], outs[r]):
-                    total = builder.add(builder.load(place, align=4), _fold(builder, builder.load(acc), vnni))
-                    builder.store(total, place, align=4)
+            args = _indices(context, builder, signature, args)
+            _emit_products(context, builder, signature.args, args, rows, keys, vnni)
             return context.get_dummy_value()
 
         return types.void(out, o, o_stride, matrix, off, stride, vector, v_off, v_stride, n), codegen
 
     return products
+
+
+def _heads_products(keys: bool, vnni: bool):
+    """The intrinsic (heads, out, o, …, n): ``_block_products``' for a count of vectors known at run time, 1 to
+    ``HEADS``, reading a matrix laid out as one stream (stride 256 bytes) and asking for it ``STREAM_AHEAD``
+    bytes ahead of its reads (into L2)."""
+
+    @intrinsic
+    def products(typingctx, heads, out, o, o_stride, matrix, off, stride, vector, v_off, v_stride, n):
+        def codegen(context, builder, signature, args):
+            heads_, *rest = _indices(context, builder, signature, args)
+            for rows in range(1, HEADS + 1):
+                with builder.if_then(builder.icmp_signed("==", heads_, ir.Constant(heads_.type, rows))):
+                    _emit_products(context, builder, signature.args[1:], rest, rows, keys, vnni, STREAM_AHEAD)
+            return context.get_dummy_value()
+
+        return types.void(heads, out, o, o_stride, matrix, off, stride, vector, v_off, v_stride, n), codegen
+
+    return products
+
+
+def _emit_products(context, builder: ir.IRBuilder, arg_types, args: list, rows: int, keys: bool, vnni: bool, ahead=0):
+    """The code of a ``_block_products`` intrinsic: ``rows`` vectors, the matrix asked for ``ahead`` bytes on."""
+    out_, o_, o_stride_, matrix_, off_, stride_, vector_, v_off_, v_stride_, n_ = args
+    out_ty, matrix_ty, vector_ty = arg_types[0], arg_types[3], arg_types[6]
+
+    def at(array_ty, array, index, ty):
+        return builder.bitcast(_element(context, builder, array_ty, array, index), ty.as_pointer())
+
+    def plus(value, constant):
+        return builder.add(value, ir.Constant(value.type, constant))
+
+    def row(start, row_stride, r):
+        return builder.add(start, builder.mul(row_stride, ir.Constant(row_stride.type, r)))
+
+    outs = [[at(out_ty, out_, plus(row(o_, o_stride_, r), 16 * b), _WORDS) for b in range(4)] for r in range(rows)]
+    lanes = _WORDS if vnni else _PAIRS
+    accs = [[cgutils.alloca_once_value(builder, ir.Constant(lanes, None)) for _ in range(4)] for _ in range(rows)]
+    flip = ir.Constant(_BYTES, [0x80] * 64)
+    with cgutils.for_range(builder, n_) as loop:
+        k = loop.index
+        base = builder.add(off_, builder.mul(k, stride_))
+        if ahead:
+            for b in range(4):
+                _prefetch(builder, at(matrix_ty, matrix_, plus(base, ahead + 64 * b), _I8), _L2)
+        blocks = [builder.load(at(matrix_ty, matrix_, plus(base, 64 * b), _BYTES), align=1) for b in range(4)]
+        if keys:
+            blocks = [builder.xor(block, flip) for block in blocks]
+        at_four = builder.add(v_off_, builder.mul(k, ir.Constant(k.type, 4)))
+        for r in range(rows):
+            four = builder.load(at(vector_ty, vector_, row(at_four, v_stride_, r), _I32), align=1)
+            broadcast = builder.shuffle_vector(
+                builder.insert_element(ir.Constant(_WORDS, ir.Undefined), four, ir.Constant(_I32, 0)),
+                ir.Constant(_WORDS, ir.Undefined),
+                ir.Constant(_WORDS, [0] * 16),
+            )
+            broadcast = builder.bitcast(broadcast, _BYTES)
+            for block, acc in zip(blocks, accs[r]):
+                pair = (block, broadcast) if keys else (broadcast, block)
+                builder.store(_accumulate(builder, builder.load(acc), *pair, vnni), acc)
+    for r in range(rows):
+        for acc, place in zip(accs[r], outs[r]):
+            total = builder.add(builder.load(place, align=4), _fold(builder, builder.load(acc), vnni))
+            builder.store(total, place, align=4)
 
 
 def _void(builder: ir.IRBuilder, name: str, args: list[ir.Value]) -> None:
@@ -186,8 +208,11 @@ def _void(builder: ir.IRBuilder, name: str, args: list[ir.Value]) -> None:
     builder.call(fn, args)
 
 
-def _prefetch(builder: ir.IRBuilder, at: ir.Value) -> None:
-    read, keep, data = (ir.Constant(_I32, c) for c in (0, 3, 1))
+_L1, _L2 = 3, 2  # LLVM's prefetch locality: into every cache level (x86 prefetcht0), or from L2 on (prefetcht1)
+
+
+def _prefetch(builder: ir.IRBuilder, at: ir.Value, keep: int = _L1) -> None:
+    read, keep, data = (ir.Constant(_I32, c) for c in (0, keep, 1))
     _void(builder, "llvm.prefetch.p0", [at, read, keep, data])
 
 
@@ -304,4 +329,10 @@ AMX = has_amx()
 WEIGHT_ROWS = 4  # activation rows per weight block read: 16 accumulators, 4 blocks and 4 broadcasts in 32 registers
 add_key_dots = _block_products(keys=True, vnni=VNNI)
 add_weight_dots = _block_products(keys=True, vnni=VNNI, rows=WEIGHT_ROWS)
-add_weighted_values = _block_products(keys=False, vnni=VNNI)
+# A decoding step's attention reads a key head's keys, then its values, once for all its query heads (up to
+# ``HEADS`` at once), and keeps the memory busy ahead of its reads: one core alone reads memory at about half the
+# machine's rate, and only with many reads in flight.
+HEADS = 4
+STREAM_AHEAD = 8192  # measured on a 2-core Xeon with AMX: 8–32 KiB alike, ~18 % faster than none
+add_heads_dots = _heads_products(keys=True, vnni=VNNI)
+add_heads_values = _heads_products(keys=False, vnni=VNNI)

@@ -355,15 +355,26 @@ def test_compiled_products_equal_their_definition(bits, eps):
 
 
 @pytest.mark.parametrize("vnni", sorted({False, simd.VNNI}))
-@pytest.mark.parametrize("keys, rows", [(True, 1), (False, 1), (True, simd.WEIGHT_ROWS)])
-def test_simd_products_are_exact(keys, rows, vnni):
+@pytest.mark.parametrize(
+    "keys, rows, heads",
+    [(True, 1, False), (False, 1, False), (True, simd.WEIGHT_ROWS, False), (True, 3, True), (False, simd.HEADS, True)],
+)
+def test_simd_products_are_exact(keys, rows, vnni, heads):
     """Both lowerings of simd's products (VNNI where this CPU has it, the portable one everywhere) against int64
-    numpy, with every byte's extremes, for one vector and for several."""
-    products = simd._block_products(keys, vnni, rows)
+    numpy, with every byte's extremes, for one vector and for several: a count fixed when compiled, or given at
+    run time (``heads``, the step attention's, which also prefetches)."""
+    if heads:
+        products = simd._heads_products(keys, vnni)
 
-    @numba.njit
-    def run(out, o, o_stride, matrix, off, stride, vector, v_off, v_stride, n):
-        products(out, o, o_stride, matrix, off, stride, vector, v_off, v_stride, n)
+        @numba.njit
+        def run(out, o, o_stride, matrix, off, stride, vector, v_off, v_stride, n):
+            products(rows, out, o, o_stride, matrix, off, stride, vector, v_off, v_stride, n)
+    else:
+        products = simd._block_products(keys, vnni, rows)
+
+        @numba.njit
+        def run(out, o, o_stride, matrix, off, stride, vector, v_off, v_stride, n):
+            products(out, o, o_stride, matrix, off, stride, vector, v_off, v_stride, n)
 
     rng = np.random.default_rng(keys + 2 * vnni + 4 * rows)
     n, stride, off, o, o_stride, v_stride = 7, 320, 40, 3, 70, 4 * 7 + 3
