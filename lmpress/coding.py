@@ -79,7 +79,7 @@ def code_length_bits(freqs: Tensor, tokens: Tensor) -> Tensor:
 def _counts(freqs: Tensor) -> np.ndarray:
     """What constriction's model is given: f − 1, as binary64 (integers, exactly), in C order (constriction
     reads the buffer's rows as if it were)."""
-    return np.subtract(freqs.cpu().numpy(), 1, dtype=np.float64, order="C")
+    return _kernels().counts(freqs.cpu())
 
 
 def intervals(freqs: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:

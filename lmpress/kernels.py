@@ -209,6 +209,22 @@ def frequencies(logits):
     return torch.from_numpy(out)
 
 
+@njit(parallel=True, boundscheck=False, cache=True)
+def _counts(freqs, out):  # pragma: no cover (compiled)
+    for r in prange(freqs.shape[0]):
+        for v in range(freqs.shape[1]):
+            out[r, v] = np.float64(freqs[r, v] - 1)
+
+
+def counts(freqs):
+    """``coding``'s counts for constriction, f − 1 as binary64 [N, V] in C order, on every thread (a step's
+    [rows, 49152] is 3 MiB each way)."""
+    f = np.ascontiguousarray(freqs.numpy())
+    out = np.empty(f.shape, np.float64)
+    _counts(f, out)
+    return out
+
+
 def intervals(logits, tokens):
     """``coding.intervals(coding.frequencies(logits), tokens)``: (L, f) int64 [N]."""
     z = logits.contiguous().numpy()
@@ -281,6 +297,16 @@ def _result(acc, two, scale, factor, out):  # pragma: no cover (compiled)
 
 
 @njit(parallel=True, boundscheck=False, cache=True)
+def _fixed_logits(acc, two, scale, factor, r, limit, out):  # pragma: no cover (compiled)
+    rows = r.shape[0]
+    for m in prange(rows):
+        z = np.empty(scale.shape[0], np.float32)
+        _result_row(acc, m, rows, two, scale, factor[m], z)
+        for j in range(z.shape[0]):
+            out[m, j] = _I((min(max(z[j] * r[m], -limit), limit) + _MAGIC) - _MAGIC)
+
+
+@njit(parallel=True, boundscheck=False, cache=True)
 def _residual_operand(x, acc, two, scale, factor, q, two_out, eps, tiny, h, out, out_factor):  # pragma: no cover
     """h = x + product_result(acc), and h's RMS-normalised operand: a residual connection and the next
     product's input in one pass."""
@@ -321,6 +347,16 @@ def product_result(acc, two, scale, factor):
     out = torch.empty((rows, acc.shape[1]), dtype=torch.float32)
     factor = factor.expand(rows, 1).contiguous()
     _result(acc.contiguous().numpy(), two, scale.numpy(), factor.numpy()[:, 0], out.numpy())
+    return out
+
+
+def fixed_logits(acc, two, scale, factor, r):
+    """``llama.fixed_logits``, compiled: the product's result and the logits' rounding in one pass a row."""
+    rows = r.shape[0]
+    out = torch.empty((rows, acc.shape[1]), dtype=torch.int32)
+    factor = factor.expand(rows, 1).contiguous()
+    args = (scale.numpy(), factor.numpy()[:, 0], r.contiguous().numpy()[:, 0], _F(LIMIT), out.numpy())
+    _fixed_logits(acc.contiguous().numpy(), two, *args)
     return out
 
 

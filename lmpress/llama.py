@@ -157,6 +157,17 @@ def _product_result(acc: Tensor, bits: int, scale: Tensor, factor: Tensor) -> Te
     return a * scale * factor
 
 
+def fixed_logits(acc: Tensor, bits: int, scale: Tensor, factor: Tensor, r: Tensor) -> Tensor:
+    """int32 round(clamp(``product_result``(acc, bits, scale, factor) · r, ±LIMIT)), r [M, 1]: the head's logits."""
+    if acc.device.type == "cpu":
+        return _kernels().fixed_logits(acc, bits == 16, scale, factor, r)
+    return _fixed_logits(acc, bits, scale, factor, r)
+
+
+def _fixed_logits(acc: Tensor, bits: int, scale: Tensor, factor: Tensor, r: Tensor) -> Tensor:
+    return torch.round((_product_result(acc, bits, scale, factor) * r).clamp_(-LIMIT, LIMIT)).to(torch.int32)
+
+
 def swiglu(gate_up: Tensor, sigmoid: Tensor) -> Tensor:
     """gate · σ(gate) · up for rows [gate | up], σ from the table at round(clamp(gate · 2**8, ±16·2**8))."""
     gate, up = gate_up.chunk(2, dim=-1)
@@ -615,8 +626,8 @@ class ExactLlama:
         output head): round(clamp(((a · scale) · (2**8·log2 e)) · r, ±LIMIT)), a the product as in
         ``product_result``."""
         operand, r = product_operand(hidden, BITS["head"], self.cfg.rms_norm_eps)
-        z = product_result(self.head.product(self.gemm, operand), BITS["head"], self.head.scale, self.logit_scale)
-        return torch.round((z * r).clamp_(-LIMIT, LIMIT)).to(torch.int32)
+        acc = self.head.product(self.gemm, operand)
+        return fixed_logits(acc, BITS["head"], self.head.scale, self.logit_scale, r)
 
 
 def _blocks(n: int, size: int = ROW_BLOCK) -> list[slice]:

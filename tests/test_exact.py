@@ -352,6 +352,9 @@ def test_compiled_products_equal_their_definition(bits, eps):
     acc = gemm.Gemm("reference").mm(got[0], w.t())
     scale = torch.rand(50, generator=gen)
     assert torch.equal(L.product_result(acc, bits, scale, got[1]), L._product_result(acc, bits, scale, got[1]))
+    r = torch.rand(37, 1, generator=gen) / 2  # the logits' row factors: most round, some clamp at ±LIMIT
+    factor = torch.tensor([[1.5]])
+    assert torch.equal(L.fixed_logits(acc, bits, scale, factor, r), L._fixed_logits(acc, bits, scale, factor, r))
 
 
 @pytest.mark.parametrize("vnni", sorted({False, simd.VNNI}))
