@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -364,7 +365,8 @@ def notes(meta: dict, lm: dict) -> str:
         f"lmpress {meta['lmpress_version']} (engine {meta['engine']}), model {lm['model']} (loaded in "
         f"{meta['load_s']:.1f} s), torch {meta['torch']}, {meta['cpu']}: {lm['tokens']:,} tokens, ideal code length "
         f"{lm['ideal_bits'] / 8:,.0f} bytes, range-coder overhead {lm['overhead_pct']:.2f}%.",
-        f"Exact-product roofline of this machine: {meta['roofline_gflops']:.0f} GOP/s ({meta['gemm']}, the model's "
+        f"Exact-product roofline of this machine: {meta['roofline_gflops']:.0f} GOP/s "
+        f"({meta.get('roofline_backend', meta['gemm'])}, the model's "
         f"weight products with 8-bit operands), {meta['flops_per_token'] / 1e6:.0f} MOP per token; lmpress at "
         f"{lm['roofline_pct']:.1f}% of it compressing and {lm['decode_roofline_pct']:.1f}% decompressing.",
         *(
@@ -443,6 +445,8 @@ def main() -> int:
         "--levels", help="lmpress at each of these levels, e.g. 1,3,6,9 (one row each; default: lmpress's default)"
     )
     args = parser.parse_args()
+    if not args.no_chart and importlib.util.find_spec("matplotlib") is None:
+        sys.exit('benchmark: the chart needs matplotlib (pip install -e ".[bench]"), or pass --no-chart')
     results = args.out / "results.json"
     if args.report:
         return report_only(results, args)
@@ -513,6 +517,7 @@ def main() -> int:
     roofline = exact_roofline(net)
     meta.update(
         roofline_gflops=roofline["ops_per_s"] / 1e9,
+        roofline_backend=roofline["backend"],
         roofline_tokens_per_s=roofline["tokens_per_s"],
         flops_per_token=flops_per_token(net),
         finished=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
