@@ -1,9 +1,10 @@
 """Compiled CPU kernels: the integer model's work between its matrix products, fused.
 
 Each function here is the compiled twin of a definition written in torch operations (which GPUs run):
-``llama.product_operand``, ``llama.product_result``, ``llama.swiglu``, ``llama.attention_weights`` and
-``coding.frequencies`` / ``coding.intervals``; and, for a decoding step (``ExactLlama._step``), of all the
-work between two products of ``ExactLlama.forward`` for one new position per row, each chain in one call;
+``llama.product_operand``, ``llama.product_result``, ``llama.fixed_logits``, ``llama.swiglu``,
+``llama.attention_weights`` and ``coding.frequencies`` / ``coding.intervals``; and, for a decoding step
+(``ExactLlama._step``), of all the work between two products of ``ExactLlama.forward`` for one new position per
+row, each chain in one call;
 and of ``mixing.mixed_frequencies`` (numpy, one row) for a whole step's rows.
 A torch operation is a full pass over memory and a call costing microseconds; here a row's whole chain
 runs in one pass while it is in cache, which is most of lmpress's speed on a CPU. The twins must give the
@@ -11,7 +12,7 @@ same bits, and the tests check that they do. One more is a product backend of it
 narrow decoding step's weight products, and on a CPU with AMX every weight product (exact integers, like every
 backend in ``gemm.py``); and on AMX ``attention_tiles`` computes a full pass's attention (``ExactLlama.attend``
 and what surrounds it) a tile of 16 queries at a time. Where a decoding step's weights are all packed,
-``layers_step`` runs each layer, products included, in one call (a Python call and its conversions cost more than
+``layers_step`` runs every layer, products included, in one call (a Python call and its conversions cost more than
 a small kernel's work).
 
 No fast-math: LLVM may not reassociate or fuse. Rounding to nearest even is (x + 1.5·2**23) − 1.5·2**23,

@@ -10,10 +10,11 @@ k < n. Each block of the matrix is read once for all the rows. Offsets count ele
 out in memory (C order); nothing is bounds-checked.
 
 - ``add_key_dots``: the matrix is int8 read as unsigned (m + 128), the vector int8: each lane gains
-  dot + 128·Σ(vector bytes used), which the caller subtracts. Keys and a query (one row), or packed weights
-  and a few rows of activations (``add_weight_dots``, ``WEIGHT_ROWS`` rows).
-- ``add_weighted_values``: the vector holds non-negative weights (≤ 127, read as unsigned), the matrix int8
-  values.
+  dot + 128·Σ(vector bytes used), which the caller subtracts. Packed weights and a row of activations, or a
+  few (``add_weight_dots``, ``WEIGHT_ROWS`` rows); keys and up to ``HEADS`` queries, their count given first
+  (``add_heads_dots``).
+- ``add_heads_values``: the vectors hold non-negative weights (≤ 127, read as unsigned), the matrix int8
+  values; up to ``HEADS`` vectors, their count given first.
 
 Where the CPU has AMX (Intel's tile unit: a 16×64-byte by 64×16 int8 product in one instruction), ``tile_products``
 multiplies the same layouts 16 rows at a time: packed weights (every weight product but a step of one or two rows:
