@@ -462,10 +462,10 @@ def _attention_step(
         for s in range(width):
             key_factor[s] = k_scale[b, g, s] * kappa
         z, ints, w = np.empty(width, np.int32), np.empty(width, np.int32), np.empty(width, np.float32)
-        n = min(rep, HEADS)
-        query, dots = np.zeros((n, padded), np.int8), np.empty((n, blocks), np.int32)
-        wq, total_wv = np.zeros((n, fours), np.int8), np.empty((n, padded), np.int32)
-        qd, wd, total = np.empty(n, np.float32), np.empty(n, np.float32), np.empty(n, np.int64)
+        most = min(rep, HEADS)  # query heads at a time
+        query, dots = np.zeros((most, padded), np.int8), np.empty((most, blocks), np.int32)
+        wq, total_wv = np.zeros((most, fours), np.int8), np.empty((most, padded), np.int32)
+        qd, wd, total = np.empty(most, np.float32), np.empty(most, np.float32), np.empty(most, np.int64)
         for h0 in range(g * rep, (g + 1) * rep, HEADS):
             n = min(HEADS, (g + 1) * rep - h0)
             for i in range(n):

@@ -366,18 +366,12 @@ def test_simd_products_are_exact(keys, rows, vnni, heads):
     """Both lowerings of simd's products (VNNI where this CPU has it, the portable one everywhere) against int64
     numpy, with every byte's extremes, for one vector and for several: a count fixed when compiled, or given at
     run time (``heads``, the step attention's, which also prefetches)."""
-    if heads:
-        products = simd._heads_products(keys, vnni)
+    products = simd._heads_products(keys, vnni) if heads else simd._block_products(keys, vnni, rows)
+    count = (rows,) if heads else ()  # the run-time count comes first
 
-        @numba.njit
-        def run(out, o, o_stride, matrix, off, stride, vector, v_off, v_stride, n):
-            products(rows, out, o, o_stride, matrix, off, stride, vector, v_off, v_stride, n)
-    else:
-        products = simd._block_products(keys, vnni, rows)
-
-        @numba.njit
-        def run(out, o, o_stride, matrix, off, stride, vector, v_off, v_stride, n):
-            products(out, o, o_stride, matrix, off, stride, vector, v_off, v_stride, n)
+    @numba.njit
+    def run(*args):
+        products(*count, *args)
 
     rng = np.random.default_rng(keys + 2 * vnni + 4 * rows)
     n, stride, off, o, o_stride, v_stride = 7, 320, 40, 3, 70, 4 * 7 + 3
