@@ -54,6 +54,7 @@ from .simd import (
     tile_config,
     tile_products,
     tile_release,
+    wide_vectors,
 )
 
 _F = np.float32
@@ -71,6 +72,7 @@ PACKED_QUADS = 32  # quads of a weight tile's input columns (8 KiB) applied to e
 @njit(inline="always", boundscheck=False)
 def _weights_row(dots, key_factor, qf, v_scale, n, z, ints, w, wq, params, shape):  # pragma: no cover
     """One row of ``llama.attention_weights`` over its n visible keys: fills wq[:n], returns (wd, total)."""
+    wide_vectors()
     c0, c1, c2, c3, c4 = params[0], params[1], params[2], params[3], params[4]
     limit, q, tiny, unit = params[5], params[6], params[7], params[8]
     frac, one = shape[0], shape[1]
@@ -148,6 +150,7 @@ def _row_counts(z, e, spare, params, shape):  # pragma: no cover (compiled)
     """``coding.frequencies`` of one row of logits z, less one, before the remainder: fills e with c_v (spare:
     scratch of the same size) and returns (first top token, remainder). Weights up to 2**30 round as
     y ≥ 2**23 ? y : (y + 2**23) − 2**23."""
+    wide_vectors()
     c0, c1, c2, c3, c4 = params[0], params[1], params[2], params[3], params[4]
     frac, one, total = shape[0], shape[1], shape[2]
     vocab = z.shape[0]

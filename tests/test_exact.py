@@ -393,6 +393,28 @@ def test_simd_products_are_exact(keys, rows, vnni, heads):
     assert np.array_equal(out, want)
 
 
+def test_wide_vectors_compiles_its_function_for_the_widest_vectors():
+    """The attention weights' and the frequencies' passes ask LLVM for 512-bit vectors (it tunes for 256 on
+    Intel's AVX-512 servers): the request reaches the compiled function, and where the CPU has AVX-512 its loop
+    uses the 512-bit registers."""
+
+    @numba.njit
+    def scaled(x, y):
+        simd.wide_vectors()
+        for i in range(x.shape[0]):
+            y[i] = x[i] * np.float32(3.0) + np.float32(1.0)
+
+    x = np.arange(1000, dtype=np.float32)
+    y = np.empty_like(x)
+    scaled(x, y)
+    assert np.array_equal(y, x * np.float32(3.0) + np.float32(1.0))
+    [code] = scaled.inspect_llvm().values()
+    assert '"prefer-vector-width"="512"' in code
+    if "+avx512f" in simd._cpu_flags():
+        [asm] = scaled.inspect_asm().values()
+        assert "zmm" in asm
+
+
 @pytest.mark.parametrize("amx", sorted({False, simd.AMX}))
 @pytest.mark.parametrize("m, n, k", [(1, 64, 576), (7, 100, 30), (9, 200, 1536), (24, 130, 36), (33, 64, 128)])
 def test_packed_product_is_exact(m, n, k, amx):
