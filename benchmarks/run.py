@@ -34,7 +34,7 @@ import torch
 
 import lmpress
 from lmpress.engine import Settings, windows
-from lmpress.llama import ENGINE
+from lmpress.llama import BITS, ENGINE
 from lmpress.models import load_model, return_freed_memory
 
 BENCH = (Path(__file__).resolve().parents[2] / "shared" / "bench").resolve()  # resolved: ../shared may be a link
@@ -245,6 +245,13 @@ def flops_per_token(net) -> int:
     return 2 * sum(t.numel() for name, t in net.tensors().items() if name.endswith(".wq") and "embed" not in name)
 
 
+def engine_ops_per_token(net) -> int:
+    """The operations of lmpress's own weight products per token: a 16-bit activation (``llama.BITS``) is two
+    int8 operand rows, so its products count twice."""
+    lins = [(name, lin) for layer in net.layers for name, lin in vars(layer).items()] + [("head", net.head)]
+    return sum(2 * lin.shape[0] * lin.shape[1] * BITS[name] // 8 for name, lin in lins)
+
+
 def files_of(paths: list[Path]) -> list[Path]:
     out = []
     for p in paths:
@@ -296,6 +303,9 @@ def summary(rows: list[dict], meta: dict) -> list[dict]:
     lm["flops_per_byte"] = meta["flops_per_token"] * lm["tokens"] / max(lm["bytes"], 1)
     for key, seconds in (("roofline_pct", "compress_s"), ("decode_roofline_pct", "decompress_s")):
         lm[key] = 100 * meta["flops_per_token"] * lm["tokens"] / lm[seconds] / meta["roofline_gflops"] / 1e9
+    if "engine_ops_per_token" in meta:  # results of older runs lack it
+        at_roofline = meta["engine_ops_per_token"] * lm["tokens"] / meta["roofline_gflops"] / 1e9
+        lm["products_share_pct"] = 100 * at_roofline / lm["compress_s"]
     mine = [r for r in rows if r["compressor"] == lm["compressor"]]
     if all(r.get("float_ideal_bits") is not None for r in mine):
         lm["float_ideal_bits"] = sum(r["float_ideal_bits"] for r in mine)
@@ -368,7 +378,14 @@ def notes(meta: dict, lm: dict) -> str:
         f"Exact-product roofline of this machine: {meta['roofline_gflops']:.0f} GOP/s "
         f"({meta.get('roofline_backend', meta['gemm'])}, the model's "
         f"weight products with 8-bit operands), {meta['flops_per_token'] / 1e6:.0f} MOP per token; lmpress at "
-        f"{lm['roofline_pct']:.1f}% of it compressing and {lm['decode_roofline_pct']:.1f}% decompressing.",
+        f"{lm['roofline_pct']:.1f}% of it compressing and {lm['decode_roofline_pct']:.1f}% decompressing"
+        + (
+            f". Its own products, with 16-bit activations (two int8 rows each) into all but one, are "
+            f"{meta['engine_ops_per_token'] / 1e6:.0f} MOP per token: at the roofline's rate they alone would take "
+            f"{lm['products_share_pct']:.0f}% of the compressing time."
+            if "products_share_pct" in lm
+            else "."
+        ),
         *(
             [
                 f"The float model (float32, what lmpress 0.1 coded with) on the same chunks: "
@@ -520,6 +537,7 @@ def main() -> int:
         roofline_backend=roofline["backend"],
         roofline_tokens_per_s=roofline["tokens_per_s"],
         flops_per_token=flops_per_token(net),
+        engine_ops_per_token=engine_ops_per_token(net),
         finished=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     )
     final = {"meta": meta, "complete": True, "totals": summary(rows, meta), "files": rows}

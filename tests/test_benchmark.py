@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from lmpress.models import load_model
+
 _spec = importlib.util.spec_from_file_location("bench", Path(__file__).parents[1] / "benchmarks" / "run.py")
 bench = sys.modules["bench"] = importlib.util.module_from_spec(_spec)  # registered first: run.py has dataclasses
 _spec.loader.exec_module(bench)
@@ -34,6 +36,7 @@ META = {
     "peers": {"xz -9e": {"compress": "xz -9e -T1 -c {in}", "decompress": "xz -d -c {in}"}},
     "roofline_gflops": 100.0,
     "flops_per_token": 2e8,
+    "engine_ops_per_token": 3.5e8,
 }
 
 
@@ -70,6 +73,17 @@ def test_totals_per_group_and_compressor():
     assert lm["overhead_pct"] == pytest.approx(100 * (480 * 8 / 3920 - 1))
     assert lm["flops_per_byte"] == pytest.approx(2e8 * 1250 / 7000)
     assert lm["roofline_pct"] == pytest.approx(100 * 2e8 * 1250 / 132 / 100e9)
+    assert lm["products_share_pct"] == pytest.approx(100 * 3.5e8 * 1250 / 100e9 / 132)
+
+
+def test_engine_ops_count_16_bit_activations_twice(tiny_model_dir, monkeypatch):
+    """The engine's products per token: the model's own operations when every activation is 8-bit, more (at most
+    twice) with the 16-bit ones."""
+    net = load_model(str(tiny_model_dir)).net
+    model = bench.flops_per_token(net)
+    assert model < bench.engine_ops_per_token(net) <= 2 * model
+    monkeypatch.setattr(bench, "BITS", dict.fromkeys(bench.BITS, 8))
+    assert bench.engine_ops_per_token(net) == model
 
 
 def test_bits_table_bolds_the_smallest_of_each_line():
