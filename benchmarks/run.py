@@ -429,7 +429,7 @@ def chart(rows: list[dict], totals_rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = plt.get_cmap("tab10" if len(totals_rows) <= 10 else "tab20").colors  # a colour of its own each
     for i, t in enumerate(totals_rows):
         c = colours[i % len(colours)]
         mine = [r for r in rows if r["compressor"] == t["compressor"]]
