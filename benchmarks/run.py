@@ -380,7 +380,7 @@ def notes(meta: dict, lm: dict) -> str:
         f"weight products with 8-bit operands), {meta['flops_per_token'] / 1e6:.0f} MOP per token; lmpress at "
         f"{lm['roofline_pct']:.1f}% of it compressing and {lm['decode_roofline_pct']:.1f}% decompressing"
         + (
-            f". Its own products, with 16-bit activations (two int8 rows each) into all but one, are "
+            f". Its own products, with its 16-bit activations counted as two int8 rows each, are "
             f"{meta['engine_ops_per_token'] / 1e6:.0f} MOP per token: at the roofline's rate they alone would take "
             f"{lm['products_share_pct']:.0f}% of the compressing time."
             if "products_share_pct" in lm
