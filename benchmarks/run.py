@@ -242,14 +242,14 @@ def exact_roofline(net, rows: int = 512) -> dict:
 
 def flops_per_token(net) -> int:
     """The model's own operations per token: 2 × the parameters of every weight product (not the embedding)."""
-    return 2 * sum(t.numel() for name, t in net.tensors().items() if name.endswith(".wq") and "embed" not in name)
+    return engine_ops_per_token(net, dict.fromkeys(BITS, 8))
 
 
-def engine_ops_per_token(net) -> int:
-    """The operations of lmpress's own weight products per token: a 16-bit activation (``llama.BITS``) is two
-    int8 operand rows, so its products count twice."""
+def engine_ops_per_token(net, bits: dict[str, int] = BITS) -> int:
+    """The operations of lmpress's own weight products per token, with activations of ``bits`` (``llama.BITS``):
+    a 16-bit activation is two int8 operand rows, so its products count twice."""
     lins = [(name, lin) for layer in net.layers for name, lin in vars(layer).items()] + [("head", net.head)]
-    return sum(2 * lin.shape[0] * lin.shape[1] * BITS[name] // 8 for name, lin in lins)
+    return sum(2 * lin.shape[0] * lin.shape[1] * bits[name] // 8 for name, lin in lins)
 
 
 def files_of(paths: list[Path]) -> list[Path]:
