@@ -26,8 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import TRAINING_TEXT, build_tiny_model  # noqa: E402
 
 import lmpress  # noqa: E402
-from lmpress import engine, gemm, models  # noqa: E402
-from lmpress import format as fmt  # noqa: E402
+from lmpress import models  # noqa: E402
+from lmpress.codec import format as fmt  # noqa: E402
+from lmpress.codec import segments  # noqa: E402
+from lmpress.exact import gemm  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -123,7 +125,7 @@ def main() -> None:
     big_cpu, big_gpu = shaped_model(CPU), shaped_model(GPU)
     text = b"".join(p.read_bytes() for p in sorted(Path(__file__).resolve().parents[1].rglob("*.py")))
     text = (text * (1 + args.bytes // len(text)))[: args.bytes].decode("utf-8", "ignore").encode()
-    engine._classical = lambda data: (fmt.METHOD_STORED, data)  # keep every chunk on the model (see above)
+    segments._classical = lambda data: (fmt.METHOD_STORED, data)  # keep every chunk on the model (see above)
 
     @section(report, "shaped_model_across_devices")
     def _():
@@ -143,7 +145,7 @@ def main() -> None:
 
     runs = {  # name: (settings, share of the text)
         "default settings": ({}, 4),
-        "wide: 2 KiB chunks, 1024 rows": ({"chunk_size": 2048, "max_batch": 1024}, 1),
+        "wide: 2 KiB chunks, 1024 rows": ({"chunk_size": 2048, "batch": 1024}, 1),
     }
     for name, (settings, share) in runs.items():
 

@@ -33,8 +33,10 @@ from pathlib import Path
 import torch
 
 import lmpress
-from lmpress.engine import Settings, windows
-from lmpress.llama import BITS, ENGINE
+from lmpress.codec.scoring import windows
+from lmpress.codec.settings import Settings
+from lmpress.exact import ENGINE
+from lmpress.exact.arithmetic import BITS
 from lmpress.models import load_model, return_freed_memory
 
 BENCH = (Path(__file__).resolve().parents[2] / "shared" / "bench").resolve()  # resolved: ../shared may be a link

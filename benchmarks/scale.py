@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from lmpress import format as fmt
+from lmpress.codec import format as fmt
 
 BENCH = (Path(__file__).resolve().parents[2] / "shared" / "bench").resolve()
 CONFIGURATIONS = {  # name: (lmpress options, cores it may use)

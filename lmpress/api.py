@@ -9,12 +9,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from . import format as fmt
-from . import mixing
+from .codec import format as fmt
+from .codec import mixing
+from .codec.chunking import segment_length
+from .codec.segments import decode_segment, encode_segment
+from .codec.settings import Progress, Settings, Stats
 from .dictionary import Dictionary
-from .engine import Progress, Settings, Stats, decode_segment, encode_segment, segment_length, torch_threads
 from .errors import DictionaryMismatchError, FormatError, LmpressError, ModelMismatchError
-from .llama import ENGINE
+from .exact import ENGINE
+from .exact.runner import compute_threads
 from .models import LanguageModel, adapted, load_model
 
 ModelSpec = str | os.PathLike | LanguageModel | None
@@ -58,7 +61,7 @@ class Compressor:
     """Incremental compressor: ``compress()`` pieces, then ``flush()`` once, as ``lzma.LZMACompressor``.
 
     ``level`` 1 (fastest) … 9 (smallest), default ``engine.DEFAULT_LEVEL``, as ``lzma``'s ``preset``; settings
-    (``window``, ``keep``, ``chunk_size``, ``max_batch``, ``mix``, ``threads``, ``start_token``) are those of
+    (``window``, ``keep``, ``chunk_size``, ``batch``, ``mix``, ``threads``, ``start_token``) are those of
     ``engine.Settings`` and override the level's. The archive decodes the same on any machine, whatever the
     threads or device.
     ``dictionary``: a ``Dictionary`` or the path of a ``.lmpd`` file (``lmpress train``); decoding needs it too.
@@ -91,7 +94,7 @@ class Compressor:
             start_token=self.settings.start(self.model),
             window=self.settings.window,
             keep=self.settings.keep,
-            group=self.settings.max_batch,
+            batch=self.settings.batch,
             dictionary=self.dictionary.id if self.dictionary else "",
             mixer=mixing.NAME if self.settings.mix else "",
         )
@@ -100,7 +103,7 @@ class Compressor:
     def segment(self, data: bytes, offset: int) -> tuple[bytes, Stats]:
         """One segment frame of ``data``, found at ``offset`` in the input, and what it cost. A segment depends on
         nothing else, so segments may be coded anywhere, in any order (``parallel.py`` does)."""
-        with torch_threads(self.settings.threads):
+        with compute_threads(self.settings.threads):
             segment, stats = encode_segment(self.model, data, self.settings, offset, self._progress)
         raw = segment.to_bytes()
         stats.bytes_out = len(raw)
@@ -159,7 +162,7 @@ def _settings(header: fmt.Header, dictionary: Dictionary | None) -> Settings:
         return Settings(
             header.window,
             header.keep,
-            max_batch=header.group,
+            batch=header.batch,
             start_token=header.start_token,
             primer=primer,
             mix=header.mixer == mixing.NAME,
@@ -291,7 +294,7 @@ class Decompressor:
                     f"corrupted archive ({where} follows original byte {self._size:,}: a segment is missing "
                     f"or out of order)"
                 )
-            with torch_threads(self._threads):
+            with compute_threads(self._threads):
                 piece = decode_segment(self.model, frame, settings, where, self._progress)
             self._segments += 1
             self._size += len(piece)
@@ -387,7 +390,7 @@ def salvage(
             if base + frame.offset > size:
                 yield Damage(size, base + frame.offset, "damaged or missing segments")
             try:
-                with torch_threads(threads):
+                with compute_threads(threads):
                     piece = decode_segment(lm, frame, settings, segment_name(index, frame), progress)
             except FormatError as e:
                 yield Damage(base + frame.offset, base + frame.offset + frame.raw_size, str(e))

@@ -24,14 +24,15 @@ from typing import IO
 from tqdm import tqdm
 
 from . import __version__, api, parallel
-from . import format as fmt
-from .analysis import LOCAL_WINDOW, audit_document, local_settings, score_document
+from .codec import format as fmt
+from .codec.settings import DEFAULT_LEVEL, LEVELS, Settings, Stats
 from .dictionary import ADAPTER_RANK, ADAPTER_STEPS, DEFAULT_TOKENS, Dictionary, train, train_adapter
-from .engine import DEFAULT_LEVEL, LEVELS, Settings, Stats, torch_threads
 from .errors import DictionaryMismatchError, LmpressError, ModelMismatchError, ModelUnavailableError
-from .llama import ENGINE
+from .exact import ENGINE
+from .exact.runner import compute_threads
+from .lens.analysis import LOCAL_WINDOW, audit_document, local_settings, score_document
+from .lens.report import render
 from .models import DEFAULT_MODEL, cache_dir, fetch_default, load_model
-from .report import render
 
 SUFFIX = ".lmp"
 BLOCK = 1 << 20
@@ -142,7 +143,7 @@ def _blocks(f: IO[bytes]) -> Iterator[bytes]:
 def _scoring(args: argparse.Namespace) -> dict:
     """The level, and the settings given that override it (``Settings.at_level``'s arguments)."""
     given = {"window": args.window, "keep": args.keep_tokens, "chunk_size": args.chunk_size}
-    given["max_batch"] = getattr(args, "batch", None)
+    given["batch"] = getattr(args, "batch", None)
     return {"level": args.level} | {k: v for k, v in given.items() if v is not None}
 
 
@@ -408,7 +409,7 @@ def _list_member(label: str, data: memoryview, member: fmt.MemberLayout) -> None
     print(f"{label}: model {h.model_name} ({model})")
     print(
         f"  engine {h.engine}{' mixed with ' + h.mixer if h.mixer else ''}, window {h.window}, keep {h.keep}, "
-        f"{h.group} chunks decoded side by side, "
+        f"{h.batch} chunks decoded side by side, "
         f"start token {h.start_token}, format version {h.version}"
     )
     if h.dictionary:
@@ -891,7 +892,7 @@ def main(argv: list[str] | None = None) -> int:
             Settings.at_level(**_settings(args))  # report bad settings before any work
         with _workers(args) as args.pool:
             if args.command in ANALYSES:
-                with torch_threads(args.threads):
+                with compute_threads(args.threads):
                     ANALYSES[args.command](args)
                 return EXIT_OK
             status = EXIT_OK

@@ -42,7 +42,7 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from . import format as fmt
+from .codec import format as fmt
 from .errors import DictionaryMismatchError, FormatError
 from .models import adapted
 

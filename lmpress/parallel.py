@@ -31,11 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from . import api
-from . import format as fmt
-from .analysis import TokenScores, local_settings, score_document
+from .codec import format as fmt
+from .codec.segments import decode_segment
+from .codec.settings import Settings
 from .dictionary import Dictionary
-from .engine import Settings, decode_segment, torch_threads
 from .errors import FormatError, LmpressError
+from .exact.runner import compute_threads
+from .lens.analysis import TokenScores, local_settings, score_document
 from .models import load_model
 
 IN_FLIGHT = 3  # units handed out per worker at a time: one running, the next ones queued, none idle
@@ -102,13 +104,13 @@ class Worker:
         segment, _ = parsed
         if not isinstance(segment, fmt.Segment):
             raise FormatError(f"corrupted archive ({member}segment {index} is not a segment frame)")
-        with torch_threads(self.job.threads):
+        with compute_threads(self.job.threads):
             return decode_segment(lm, segment, settings, member + api.segment_name(index, segment))
 
     def score(self, data: bytes, detail: int, local: int) -> list[tuple]:
         """(model name, scores, short-context scores or None) of one document under each model."""
         out = []
-        with torch_threads(self.job.threads):
+        with compute_threads(self.job.threads):
             for lm in self.models:
                 model, settings = api.scoring_setup(lm, self.job.dictionary, **self.job.settings)
                 scores = score_document(model, data, settings, detail)

@@ -1,13 +1,17 @@
-"""Shared fixtures: a tiny random-initialised llama model built here, never downloaded."""
+"""Shared fixtures: a tiny random-initialised llama model built here (never downloaded), and the command line."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM
+
+from lmpress.models import LanguageModel, load_model
 
 TRAINING_TEXT = (
     "The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs.\n"
@@ -80,3 +84,15 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def other_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "other", seed=1)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir) -> LanguageModel:
+    """The tiny model, loaded once a test module."""
+    return load_model(str(tiny_model_dir))
+
+
+def run(*args, stdin: bytes | None = None, cwd=None, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
+    """The ``lmpress`` command with these arguments, as a user runs it (a process of its own)."""
+    command = [sys.executable, "-m", "lmpress", *map(str, args)]
+    return subprocess.run(command, input=stdin, capture_output=True, cwd=cwd, timeout=timeout, **kw)

@@ -37,12 +37,13 @@ from conftest import TRAINING_TEXT, build_tiny_model  # noqa: E402
 # them lazily, which would be after instrumentation); not kernels.py, whose compiled code cannot be traced.
 with atheris.instrument_imports(include=["lmpress"]):
     import lmpress
-    from lmpress import api, coding, engine  # noqa: F401
-    from lmpress import format as fmt
+    from lmpress import api  # noqa: F401
+    from lmpress.codec import coding, segments  # noqa: F401
+    from lmpress.codec import format as fmt
     from lmpress.models import load_model
 
 MAX_CLAIMED_TOKENS = 500  # inputs whose tables claim more are skipped (seeds claim up to 225): see claimed_tokens
-SETTINGS = {"chunk_size": 48, "max_batch": 3, "window": 24, "keep": 8}  # small: many chunks, groups, restarts
+SETTINGS = {"chunk_size": 48, "batch": 3, "window": 24, "keep": 8}  # small: many chunks, groups, restarts
 
 
 def seeds(model, dictionary) -> dict[str, bytes]:

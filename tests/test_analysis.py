@@ -6,21 +6,14 @@ import json
 import random
 import shutil
 import string
-import subprocess
-import sys
 
 import pytest
-from conftest import TRAINING_TEXT
+from conftest import TRAINING_TEXT, run
 
 import lmpress
-from lmpress.analysis import audit_document, local_settings, min_k_percent_pp, score_document
-from lmpress.engine import Settings, windows
-from lmpress.models import load_model
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir):
-    return load_model(str(tiny_model_dir))
+from lmpress.codec.scoring import windows
+from lmpress.codec.settings import Settings
+from lmpress.lens.analysis import audit_document, local_settings, min_k_percent_pp, score_document
 
 
 @pytest.mark.parametrize(
@@ -61,10 +54,6 @@ def test_audit_scores(tiny):
     assert known.spans[0] in TRAINING_TEXT
     assert audits["letters"].ratio > 0.9
     assert min_k_percent_pp([3.0, -1.0, 2.0, -2.0, 0.0], k=0.4) == -1.5
-
-
-def run(*args):
-    return subprocess.run([sys.executable, "-m", "lmpress", *map(str, args)], capture_output=True, timeout=300)
 
 
 def test_measure_and_audit_cli(tiny_model_dir, tmp_path):

@@ -10,15 +10,9 @@ import sys
 import time
 
 import pytest
-from conftest import TRAINING_TEXT
+from conftest import TRAINING_TEXT, run
 
 TEXT = TRAINING_TEXT.encode()[:3000] + bytes(range(256))
-
-
-def run(*args, stdin: bytes | None = None, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "lmpress", *map(str, args)], input=stdin, capture_output=True, cwd=cwd, timeout=300
-    )
 
 
 @pytest.fixture

@@ -4,30 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import TRAINING_TEXT
+from conftest import TRAINING_TEXT, run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lmpress
-from lmpress import format as fmt
+from lmpress.codec import format as fmt
+from lmpress.codec.scoring import score_rows
+from lmpress.codec.settings import Settings
 from lmpress.dictionary import SEGMENT, Dictionary, select, train_adapter
-from lmpress.engine import Settings, score_rows
 from lmpress.errors import DictionaryMismatchError, FormatError, ModelMismatchError
-from lmpress.llama import merge_low_rank
+from lmpress.exact.arithmetic import merge_low_rank
 from lmpress.models import adapted, load_model
 
 SAMPLES = [TRAINING_TEXT.encode()[i : i + 160] for i in range(0, 3000, 80)]
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir):
-    return load_model(str(tiny_model_dir))
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +67,7 @@ def test_file_round_trip_and_damage(dictionary, tmp_path):
 
 CASES = {
     "one chunk": {},
-    "chunks and groups": {"chunk_size": 150, "max_batch": 2},
+    "chunks and groups": {"chunk_size": 150, "batch": 2},
     "restarts": {"window": 80, "keep": 8, "chunk_size": 2000},
     "restarts, nothing kept": {"window": 60, "keep": 0},
 }
@@ -138,10 +132,6 @@ def test_file_objects_and_recover_take_a_dictionary(tiny, dictionary, tmp_path):
         assert f.read() == TRAINING_TEXT[:500]
     data, damage = lmpress.recover(path.read_bytes(), tiny, dictionary=dictionary)
     assert data == TRAINING_TEXT[:500].encode() and damage == []
-
-
-def run(*args):
-    return subprocess.run([sys.executable, "-m", "lmpress", *map(str, args)], capture_output=True, timeout=300)
 
 
 def test_command_line(tiny_model_dir, tmp_path):
@@ -226,7 +216,7 @@ def test_adapter_round_trip_and_file(tiny, adapter, tmp_path):
     path.write_bytes(adapter.to_bytes())
     assert Dictionary.read(path) == adapter
     data = TRAINING_TEXT.encode()[:900] + bytes(range(30))
-    blob = lmpress.compress(data, model=tiny, dictionary=path, chunk_size=300, max_batch=2)
+    blob = lmpress.compress(data, model=tiny, dictionary=path, chunk_size=300, batch=2)
     assert lmpress.decompress(blob, model=tiny, dictionary=adapter) == data
     c = lmpress.Compressor(tiny, dictionary=adapter)
     assert c.model.model_id != tiny.model_id  # the coding model is the adapted one ...

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmpress import format as fmt
+from lmpress.codec import format as fmt
 from lmpress.errors import FormatError, UnsupportedVersionError
 
 HEADER = fmt.Header(
@@ -19,7 +19,7 @@ HEADER = fmt.Header(
     start_token=7,
     window=1024,
     keep=256,
-    group=24,
+    batch=24,
 )
 
 
@@ -148,7 +148,7 @@ def test_unknown_engine_and_oversized_window_are_refused():
     with pytest.raises(FormatError, match="window"):
         fmt.parse_header(dataclasses.replace(HEADER, window=fmt.MAX_WINDOW + 1).to_bytes())
     with pytest.raises(FormatError, match="group"):
-        fmt.parse_header(dataclasses.replace(HEADER, group=0).to_bytes())
+        fmt.parse_header(dataclasses.replace(HEADER, batch=0).to_bytes())
 
 
 def test_unknown_frame_type():

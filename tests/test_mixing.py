@@ -15,24 +15,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lmpress
-from lmpress import coding, engine, kernels, mixing
-from lmpress import format as fmt
-from lmpress.engine import LEVELS, Settings
-from lmpress.models import load_model
+from lmpress.codec import format as fmt
+from lmpress.codec import mixing
+from lmpress.codec.scoring import code_rows
+from lmpress.codec.segments import Lockstep, MatchMixer, groups
+from lmpress.codec.settings import DEFAULT_LEVEL, LEVELS, Settings
+from lmpress.exact import arithmetic as A
+from lmpress.exact import kernels
+from lmpress.exact.ops import frequencies
 
 VOCAB = 320
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir):
-    return load_model(str(tiny_model_dir))
 
 
 def _frequencies(seed: int, peak: int) -> np.ndarray:
     """A valid frequency row (Σ = 2**24, each ≥ 1), as peaked as ``peak`` (0: flat … 40: one token has nearly all)."""
     gen = torch.Generator().manual_seed(seed)
     logits = (torch.randn(1, VOCAB, generator=gen) * peak * 256).round().to(torch.int32)
-    return coding.frequencies(logits)[0].numpy()
+    return frequencies(logits)[0].numpy()
 
 
 @settings(max_examples=300, deadline=None)
@@ -46,10 +45,10 @@ def test_mixed_frequencies_are_a_distribution_and_intervals_agree(seed, peak, pr
     """The decoder's whole rows and the encoder's token-by-token intervals are the same numbers."""
     f = _frequencies(seed, peak)
     g = mixing.mixed_frequencies(f.copy(), predicted, p)
-    assert g.sum() == coding.TOTAL and g.min() >= 1
+    assert g.sum() == A.TOTAL and g.min() >= 1
     assert (kernels.mixed_frequencies(f[None], [predicted], [p])[0] == g).all()  # the decoder's compiled twin
-    if f[predicted] - 1 < coding.TOTAL - VOCAB:
-        assert g[predicted] == 1 + ((p * (coding.TOTAL - VOCAB)) >> 16)
+    if f[predicted] - 1 < A.TOTAL - VOCAB:
+        assert g[predicted] == 1 + ((p * (A.TOTAL - VOCAB)) >> 16)
     tokens = np.arange(VOCAB)
     left = np.concatenate([[0], np.cumsum(f)[:-1]])
     got_left, got_width = mixing.mixed_intervals(
@@ -63,7 +62,7 @@ def test_compiled_mixing_keeps_rows_without_a_prediction_or_without_room():
     """A row with no prediction, and one whose LM gives the predicted token every count, stay the LM's."""
     f = np.stack([_frequencies(2, 4), _frequencies(3, 4)])
     f[1] = 1
-    f[1, 5] += coding.TOTAL - VOCAB
+    f[1, 5] += A.TOTAL - VOCAB
     assert (kernels.mixed_frequencies(f, [-1, 5], [0, mixing.P_MAX]) == f).all()
 
 
@@ -124,10 +123,10 @@ def _repetitive(n_lines: int, seed: int = 1) -> bytes:
     return "".join(rng.choice(lines) for _ in range(n_lines)).encode()
 
 
-@pytest.mark.parametrize("max_batch", [1, 3, 24])
-def test_mixed_archives_round_trip_across_rows_and_groups(tiny, max_batch):
+@pytest.mark.parametrize("batch", [1, 3, 24])
+def test_mixed_archives_round_trip_across_rows_and_groups(tiny, batch):
     data = _repetitive(120)
-    blob = lmpress.compress(data, model=tiny, chunk_size=700, max_batch=max_batch, mix=True)
+    blob = lmpress.compress(data, model=tiny, chunk_size=700, batch=batch, mix=True)
     assert fmt.parse_header(blob)[0].mixer == mixing.NAME
     assert lmpress.decompress(blob, model=tiny) == data
 
@@ -150,19 +149,19 @@ def test_a_chunk_that_leaves_the_model_s_rows_is_recoded_without_it(tiny):
 
 
 def test_encoder_intervals_are_the_decoder_s_frequencies(tiny):
-    """``code_rows`` (full passes, mixing after) against ``Lockstep`` with ``_Mixer`` (step by step)."""
+    """``code_rows`` (full passes, mixing after) against ``Lockstep`` with ``MatchMixer`` (step by step)."""
     rng = random.Random(3)
     rows = [tiny.tokenize(_repetitive(rng.randrange(5, 30), seed=k)) for k in range(5)]
-    s = Settings(mix=True, max_batch=2, window=64, keep=16)
-    left, width, _ = engine.code_rows(tiny, rows, s)
-    mixer = engine._Mixer(len(rows))
-    for group in engine.groups(list(range(len(rows))), s.max_batch):
-        steps = engine.Lockstep(tiny, [len(rows[r]) for r in group], s)
+    s = Settings(mix=True, batch=2, window=64, keep=16)
+    left, width, _ = code_rows(tiny, rows, s)
+    mixer = MatchMixer(len(rows))
+    for group in groups(list(range(len(rows))), s.batch):
+        steps = Lockstep(tiny, [len(rows[r]) for r in group], s)
         for t in range(max(len(rows[r]) for r in group)):
             active = [group[row] for row in steps.rows]
             freqs = mixer.frequencies(active, steps.freqs)
             tokens = np.array([rows[r][t] for r in active])
-            lo, w = coding.intervals(freqs, torch.from_numpy(tokens))
+            lo, w = A.intervals(freqs, torch.from_numpy(tokens))
             assert lo.tolist() == [int(left[r][t]) for r in active]
             assert w.tolist() == [int(width[r][t]) for r in active]
             mixer.update(active, tokens)
@@ -170,10 +169,10 @@ def test_encoder_intervals_are_the_decoder_s_frequencies(tiny):
 
 
 def test_levels():
-    assert Settings() == Settings.at_level(engine.DEFAULT_LEVEL)
+    assert Settings() == Settings.at_level(DEFAULT_LEVEL)
     assert Settings.at_level(9, chunk_size=100).chunk_size == 100
     assert not Settings.at_level(3).mix and Settings.at_level(9).mix
-    assert all(level.window * level.max_batch == 2048 * 24 for level in LEVELS.values())
+    assert all(level.window * level.batch == 2048 * 24 for level in LEVELS.values())
     with pytest.raises(ValueError, match="level must be 1 to 9"):
         Settings.at_level(10)
 

@@ -17,28 +17,18 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TRAINING_TEXT
+from conftest import TRAINING_TEXT, run
 
 import lmpress
 from lmpress import parallel
-from lmpress.analysis import score_document
 from lmpress.api import scoring_setup
-from lmpress.engine import Settings
-from lmpress.models import load_model
+from lmpress.codec.settings import Settings
+from lmpress.lens.analysis import score_document
 
-SMALL = {"chunk_size": 60, "max_batch": 4}  # 64 chunks of ~60 bytes a segment: 3.8 KB segments
+SMALL = {"chunk_size": 60, "batch": 4}  # 64 chunks of ~60 bytes a segment: 3.8 KB segments
 TEXT = TRAINING_TEXT.encode()
 NOISE = random.Random(5).randbytes(2000)
 MIXED = TEXT * 2 + NOISE + TEXT[:5000]  # 16 KB: three segments, one with a classical chunk
-
-
-def run(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "lmpress", *map(str, args)], capture_output=True, timeout=600, **kw)
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir):
-    return load_model(str(tiny_model_dir))
 
 
 @pytest.fixture(scope="module")
@@ -267,7 +257,7 @@ def test_ray_archives_are_plain_archives_and_back(ray_cluster, tmp_path, tiny_mo
 def test_a_killed_ray_run_resumes_to_the_same_archive(ray_cluster, tmp_path, tiny_model_dir, tiny):
     (tmp_path / "in.txt").write_bytes(MIXED * 2)
     _killed_then_resumed(tmp_path, tiny_model_dir, ["--address", ray_cluster, "-j", "2"])
-    settings = {"chunk_size": 30, "max_batch": 4}
+    settings = {"chunk_size": 30, "batch": 4}
     assert (tmp_path / "in.txt.lmp").read_bytes() == lmpress.compress(MIXED * 2, model=tiny, **settings)
 
 

@@ -11,11 +11,10 @@ import pytest
 from conftest import TRAINING_TEXT
 
 import lmpress
-from lmpress import format as fmt
-from lmpress.models import load_model
+from lmpress.codec import format as fmt
 
 TEXT = TRAINING_TEXT.encode()
-SEGMENTED = {"chunk_size": 40, "max_batch": 64}  # 64 chunks of ~40 bytes a segment: several segments from 7 KB
+SEGMENTED = {"chunk_size": 40, "batch": 64}  # 64 chunks of ~40 bytes a segment: several segments from 7 KB
 ARCHIVES = {
     "empty": b"",
     "text": TEXT[:700],
@@ -25,11 +24,6 @@ ARCHIVES = {
     # model's are the slow ones (a frame's damage is caught before any of it is decoded).
     "segments": bytes(range(256)) * 12 + bytes(3000) + TEXT[:900],
 }
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir):
-    return load_model(str(tiny_model_dir))
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +213,7 @@ def test_short_fuzz_pass(tmp_path):
 
 def test_fuzzer_findings(tiny):
     """Inputs the fuzzer found crashing, as regression tests: each must be a clear LmpressError."""
-    header = fmt.Header(tiny.name, tiny.model_id, "int8-v1", start_token=3065, window=64, keep=8, group=2)
-    segment = lmpress.compress(TEXT[:100], model=tiny, window=64, keep=8, max_batch=2)[len(header.to_bytes()) :]
+    header = fmt.Header(tiny.name, tiny.model_id, "int8-v1", start_token=3065, window=64, keep=8, batch=2)
+    segment = lmpress.compress(TEXT[:100], model=tiny, window=64, keep=8, batch=2)[len(header.to_bytes()) :]
     with pytest.raises(lmpress.FormatError, match="start token 3065 is outside"):
         lmpress.decompress(header.to_bytes() + segment, model=tiny)

@@ -12,16 +12,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lmpress
-from lmpress import engine
-from lmpress.engine import Settings, split
+from lmpress.codec import segments
+from lmpress.codec.chunking import split
+from lmpress.codec.settings import Settings
 from lmpress.models import load_model
 
-SMALL = {"chunk_size": 300, "max_batch": 4}  # several chunks and segments from small inputs
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir):
-    return load_model(str(tiny_model_dir))
+SMALL = {"chunk_size": 300, "batch": 4}  # several chunks and segments from small inputs
 
 
 BYTE_CLASSES = {
@@ -55,7 +51,7 @@ def test_text_goes_through_the_model(tiny):
     blob = comp.compress(data) + comp.flush()
     assert comp.stats.chunks.get("lm", 0) > 0
     assert comp.stats.tokens > 0
-    segments = -(-len(data) // (SMALL["chunk_size"] * SMALL["max_batch"]))
+    segments = -(-len(data) // (SMALL["chunk_size"] * SMALL["batch"]))
     # The range coder costs at most a few words per segment above the ideal code length.
     assert comp.stats.ideal_bits * 0.99 <= comp.stats.lm_bytes_out * 8 <= comp.stats.ideal_bits + 64 * segments
     assert lmpress.decompress(blob, model=tiny) == data
@@ -64,13 +60,13 @@ def test_text_goes_through_the_model(tiny):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.binary(max_size=600) | st.text(max_size=300).map(str.encode))
 def test_round_trip_arbitrary_bytes(tiny, data):
-    blob = lmpress.compress(data, model=tiny, chunk_size=100, max_batch=3)
+    blob = lmpress.compress(data, model=tiny, chunk_size=100, batch=3)
     assert lmpress.decompress(blob, model=tiny) == data
 
 
 def test_incremental_objects_and_many_segments(tiny):
     data = TRAINING_TEXT.encode() * 2
-    comp = lmpress.Compressor(tiny, chunk_size=200, max_batch=3)
+    comp = lmpress.Compressor(tiny, chunk_size=200, batch=3)
     pieces = [comp.compress(data[i : i + 777]) for i in range(0, len(data), 777)]
     blob = b"".join(pieces) + comp.flush()
     dec = lmpress.Decompressor(tiny)
@@ -186,7 +182,7 @@ def test_file_objects(tiny, tmp_path):
 
 def test_split_respects_lines_and_characters():
     data = ("ünïcödé line\n" * 100).encode()
-    pieces = split(data, Settings(chunk_size=97, max_batch=64))
+    pieces = split(data, Settings(chunk_size=97, batch=64))
     assert b"".join(pieces) == data and len(pieces) > 1
     for p in pieces:
         p.decode("utf-8")
@@ -207,18 +203,18 @@ def test_start_token_is_taken_from_the_archive(tiny):
 
 
 def test_chunks_are_decoded_in_groups(tiny, monkeypatch):
-    """A segment of many chunks decodes max_batch of them at a time: that many contexts, whatever its size."""
+    """A segment of many chunks decodes batch of them at a time: that many contexts, whatever its size."""
     data = TRAINING_TEXT.encode()[:3000]
-    comp = lmpress.Compressor(tiny, chunk_size=150, max_batch=3)
+    comp = lmpress.Compressor(tiny, chunk_size=150, batch=3)
     blob = comp.compress(data) + comp.flush()
     assert comp.stats.chunks["lm"] > 6
     seen = []
-    original = engine.Lockstep.__init__
+    original = segments.Lockstep.__init__
 
     def spy(self, lm, lengths, settings):
         seen.append(len(lengths))
         original(self, lm, lengths, settings)
 
-    monkeypatch.setattr(engine.Lockstep, "__init__", spy)
+    monkeypatch.setattr(segments.Lockstep, "__init__", spy)
     assert lmpress.decompress(blob, model=tiny) == data
     assert max(seen) == 3 and sum(seen) == comp.stats.chunks["lm"]

@@ -1,23 +1,17 @@
-"""Compiled CPU kernels: the integer model's work between its matrix products, fused.
+"""Compiled CPU twins of ``arithmetic``'s operations, and the fused work of a decoding step.
 
-Each function here is the compiled twin of a definition written in torch operations (which GPUs run):
-``llama.product_operand``, ``llama.product_result``, ``llama.fixed_logits``, ``llama.swiglu``,
-``llama.attention_weights`` and ``coding.frequencies`` / ``coding.intervals``; and, for a decoding step
-(``ExactLlama._step``), of all the work between two products of ``ExactLlama.forward`` for one new position per
-row, each chain in one call;
-and of ``mixing.mixed_frequencies`` (numpy, one row) for a whole step's rows.
-A torch operation is a full pass over memory and a call costing microseconds; here a row's whole chain
-runs in one pass while it is in cache, which is most of lmpress's speed on a CPU. The twins must give the
-same bits, and the tests check that they do. One more is a product backend of its own: ``packed_product``, a
-narrow decoding step's weight products, and on a CPU with AMX every weight product (exact integers, like every
-backend in ``gemm.py``); and on AMX ``attention_tiles`` computes a full pass's attention (``ExactLlama.attend``
-and what surrounds it) a tile of 16 queries at a time. Where a decoding step's weights are all packed,
-``layers_step`` runs every layer, products included, in one call (a Python call and its conversions cost more than
-a small kernel's work).
+Each public function here with a name from ``arithmetic`` is its compiled twin: same arguments, same bits
+(the tests check every one), so ``ops.py`` can hand either to the model. A torch operation is a full pass over
+memory and a call costing microseconds; here a row's whole chain runs in one pass while it is in cache, which
+is most of lmpress's speed on a CPU. Beyond the twins, for ``runner.py``: ``packed_product`` multiplies by weights
+packed as ``model.Linear.pack`` lays them out (exact integers, like every backend in ``gemm.py``; on AMX's tiles
+where the CPU has them); ``attention_step`` and ``layers_step`` run a decoding step's work between products, or
+all of a step's layers, in one call; ``attention_tiles`` a full pass's attention a tile of 16 queries at a time
+(AMX); ``mixed_frequencies`` is ``codec.mixing``'s for a whole step's rows; ``counts`` the coder's input.
 
-No fast-math: LLVM may not reassociate or fuse. Rounding to nearest even is (x + 1.5·2**23) − 1.5·2**23,
-exact for |x| ≤ 2**22, which holds for every value rounded that way here. The arithmetic's parameters are
-arguments, not constants, because numba's on-disk cache would not notice them change in ``llama.py``.
+No fast-math: LLVM may not reassociate or fuse. The arithmetic's parameters are arguments, not constants, because
+numba's on-disk cache would not notice them change in ``arithmetic.py``. ``bits16`` flags a 16-bit operand (two
+int8 halves a row) where the definitions take ``bits``.
 """
 
 from __future__ import annotations
@@ -26,7 +20,7 @@ import numpy as np
 import torch
 from numba import get_num_threads, njit, prange
 
-from .llama import (
+from .arithmetic import (
     EXP2_POLY,
     LIMIT,
     LOGIT_FRAC,
@@ -38,6 +32,7 @@ from .llama import (
     SIGMOID_FRAC,
     SIGMOID_SPAN,
     TINY,
+    TOTAL,
 )
 from .simd import (
     AMX,
@@ -59,19 +54,33 @@ from .simd import (
 
 _F = np.float32
 _I = np.int32
-_MAGIC = _F(1.5 * 2**23)
+_MAGIC = _F(1.5 * 2**23)  # x + 1.5·2**23 rounds x to an integer, to nearest even, wherever |x| ≤ 2**22
+_TWO23 = _F(2**23)  # binary32 values from 2**23 on are integers
 # Everything the arithmetic depends on, in one array: c0..c4, LIMIT, Q8, TINY, 2**−SCORE_FRAC, Q16.
 _PARAMS = np.array([*EXP2_POLY, LIMIT, Q8, TINY, 2.0**-SCORE_FRAC, Q16], dtype=np.float32)
 _SIGMOID = np.array([SIGMOID_FRAC, SIGMOID_SPAN], dtype=np.int32)
 _SHAPE = np.array([SCORE_FRAC, SCORE_ONE], dtype=np.int32)
-_LOGITS = np.array([LOGIT_FRAC, LOGIT_ONE, 1 << 24], dtype=np.int32)  # and the frequencies' total
-_TWO23 = _F(2**23)
+_LOGITS = np.array([LOGIT_FRAC, LOGIT_ONE, TOTAL], dtype=np.int32)  # and the frequencies' total
 PACKED_QUADS = 32  # quads of a weight tile's input columns (8 KiB) applied to every row at once
+
+
+@njit(inline="always")
+def _round_even(x):  # pragma: no cover (compiled)
+    """torch.round of binary32 x (to nearest, ties to even) for |x| ≤ 2**22, which holds wherever it is used:
+    (x + 1.5·2**23) − 1.5·2**23, two rounded binary32 operations."""
+    return (x + _MAGIC) - _MAGIC
+
+
+@njit(inline="always")
+def _round_weight(y):  # pragma: no cover (compiled)
+    """torch.round of a binary32 weight 0 ≤ y ≤ 2**30: y itself from 2**23 on (already an integer), else
+    (y + 2**23) − 2**23."""
+    return y if y >= _TWO23 else (y + _TWO23) - _TWO23
 
 
 @njit(inline="always", boundscheck=False)
 def _weights_row(dots, key_factor, qf, v_scale, n, z, ints, w, wq, params, shape):  # pragma: no cover
-    """One row of ``llama.attention_weights`` over its n visible keys: fills wq[:n], returns (wd, total)."""
+    """One row of ``arithmetic.attention_weights`` over its n visible keys: fills wq[:n], returns (wd, total)."""
     wide_vectors()
     c0, c1, c2, c3, c4 = params[0], params[1], params[2], params[3], params[4]
     limit, q, tiny, unit = params[5], params[6], params[7], params[8]
@@ -79,7 +88,7 @@ def _weights_row(dots, key_factor, qf, v_scale, n, z, ints, w, wq, params, shape
     dmax, mask = _I(((one + 2) << frac) - 1), _I((1 << frac) - 1)
     for s in range(n):
         y = min(max(_F(dots[s]) * key_factor[s] * qf, -limit), limit)
-        z[s] = _I((y + _MAGIC) - _MAGIC)
+        z[s] = _I(_round_even(y))
     top = z[0]
     for s in range(1, n):
         top = max(top, z[s])
@@ -91,7 +100,7 @@ def _weights_row(dots, key_factor, qf, v_scale, n, z, ints, w, wq, params, shape
     for s in range(n):
         u = w[s]
         p = (((u * c4 + c3) * u + c2) * u + c1) * u + c0
-        z[s] = _I((p * scale[s] + _MAGIC) - _MAGIC)
+        z[s] = _I(_round_even(p * scale[s]))
     total = np.int64(0)
     for s in range(n):
         total += z[s]
@@ -105,7 +114,7 @@ def _weights_row(dots, key_factor, qf, v_scale, n, z, ints, w, wq, params, shape
     amax = max(ints[:1].view(np.float32)[0], tiny)
     f = q / amax
     for s in range(n):
-        wq[s] = np.int8((w[s] * f + _MAGIC) - _MAGIC)
+        wq[s] = np.int8(_round_even(w[s] * f))
     return amax / q, total
 
 
@@ -123,7 +132,7 @@ def _weights(dots, key_factor, q_factor, visible, v_scale, wq, wd, total, params
 
 
 def attention_weights(dots, key_factor, q_factor, visible, v_scale):
-    """``llama.attention_weights``, compiled: same arguments, same results."""
+    """``arithmetic.attention_weights``, compiled: same arguments, same results."""
     lead = dots.shape[:-2]
     rows, width = dots.shape[-2:]
     flat = dots.reshape(-1, rows, width)
@@ -147,7 +156,7 @@ def attention_weights(dots, key_factor, q_factor, visible, v_scale):
 
 @njit(inline="always", boundscheck=False)
 def _row_counts(z, e, spare, params, shape):  # pragma: no cover (compiled)
-    """``coding.frequencies`` of one row of logits z, less one, before the remainder: fills e with c_v (spare:
+    """``arithmetic.frequencies`` of one row of logits z, less one, before the remainder: fills e with c_v (spare:
     scratch of the same size) and returns (first top token, remainder). Weights up to 2**30 round as
     y ≥ 2**23 ? y : (y + 2**23) − 2**23."""
     wide_vectors()
@@ -169,7 +178,7 @@ def _row_counts(z, e, spare, params, shape):  # pragma: no cover (compiled)
         x = u[v]
         p = (((x * c4 + c3) * x + c2) * x + c1) * x + c0
         y = p * scale[v]
-        e[v] = _I(y if y >= _TWO23 else (y + _TWO23) - _TWO23)
+        e[v] = _I(_round_weight(y))
     sum_e = np.int64(0)
     for v in range(vocab):
         sum_e += e[v]
@@ -206,7 +215,7 @@ def _intervals(z, tokens, left, width, params, shape):  # pragma: no cover (comp
 
 
 def frequencies(logits):
-    """``coding.frequencies``, compiled: int64 [N, V]."""
+    """``arithmetic.frequencies``, compiled: int64 [N, V]."""
     z = logits.contiguous().numpy()
     out = np.empty(z.shape, np.int64)
     _frequencies(z, out, _PARAMS, _LOGITS)
@@ -229,17 +238,17 @@ def counts(freqs):
     return out
 
 
-def intervals(logits, tokens):
-    """``coding.intervals(coding.frequencies(logits), tokens)``: (L, f) int64 [N]."""
+def token_intervals(logits, tokens):
+    """``arithmetic.token_intervals``, compiled, without the whole rows: (L, f) int64 [N]."""
     z = logits.contiguous().numpy()
     left, width = np.empty(len(z), np.int64), np.empty(len(z), np.int64)
     _intervals(z, tokens.numpy().astype(np.int64), left, width, _PARAMS, _LOGITS)
-    return left, width
+    return torch.from_numpy(left), torch.from_numpy(width)
 
 
 @njit(inline="always", boundscheck=False)
-def _operand_row(x, m, rows, q, two, normed, eps, tiny, out):  # pragma: no cover (compiled)
-    """Row m (of ``rows``) of ``llama.product_operand``: x [K] into out (the his at m, the los at rows + m);
+def _operand_row(x, m, rows, q, bits16, normed, eps, tiny, out):  # pragma: no cover (compiled)
+    """Row m (of ``rows``) of ``arithmetic.product_operand``: x [K] into out (the his at m, the los at rows + m);
     returns the row's factor."""
     k = x.shape[0]
     amax = _F(0)
@@ -249,9 +258,9 @@ def _operand_row(x, m, rows, q, two, normed, eps, tiny, out):  # pragma: no cove
     f = q / amax
     sum_squares = np.int64(0)
     for j in range(k):
-        v = _I((x[j] * f + _MAGIC) - _MAGIC)  # |v| ≤ q ≤ 2**15
+        v = _I(_round_even(x[j] * f))  # |v| ≤ q ≤ 2**15
         sum_squares += np.int64(v) * v
-        if two:
+        if bits16:
             hi = _I(_I(v + 128) >> 8)
             out[m, j] = hi
             out[rows + m, j] = v - (hi << 8)
@@ -264,9 +273,9 @@ def _operand_row(x, m, rows, q, two, normed, eps, tiny, out):  # pragma: no cove
 
 
 @njit(inline="always", boundscheck=False)
-def _result_row(acc, m, rows, two, scale, factor, out):  # pragma: no cover (compiled)
-    """Row m of ``llama.product_result`` into out [N]."""
-    if two:
+def _result_row(acc, m, rows, bits16, scale, factor, out):  # pragma: no cover (compiled)
+    """Row m of ``arithmetic.product_result`` into out [N]."""
+    if bits16:
         for j in range(out.shape[0]):
             out[j] = ((_F(acc[m, j]) * _F(256.0) + _F(acc[rows + m, j])) * scale[j]) * factor
     else:
@@ -276,91 +285,94 @@ def _result_row(acc, m, rows, two, scale, factor, out):  # pragma: no cover (com
 
 @njit(inline="always", boundscheck=False)
 def _swiglu_row(gate_up, table, frac, span, out):  # pragma: no cover (compiled)
-    """One row of ``llama.swiglu``: gate_up [2W] into out [W]."""
+    """One row of ``arithmetic.swiglu``: gate_up [2W] into out [W]."""
     width = out.shape[0]
     n = span << frac
     unit, limit = _F(1 << frac), _F(n)
     for j in range(width):
         g = gate_up[j]
-        index = _I((min(max(g * unit, -limit), limit) + _MAGIC) - _MAGIC) + n
+        index = _I(_round_even(min(max(g * unit, -limit), limit))) + n
         out[j] = (g * table[index]) * gate_up[width + j]
 
 
 @njit(parallel=True, boundscheck=False, cache=True)
-def _operand(x, q, two, normed, eps, tiny, out, factor):  # pragma: no cover (compiled)
+def _operand(x, q, bits16, normed, eps, tiny, out, factor):  # pragma: no cover (compiled)
     rows = x.shape[0]
     for m in prange(rows):
-        factor[m] = _operand_row(x[m], m, rows, q, two, normed, eps, tiny, out)
+        factor[m] = _operand_row(x[m], m, rows, q, bits16, normed, eps, tiny, out)
 
 
 @njit(parallel=True, boundscheck=False, cache=True)
-def _result(acc, two, scale, factor, out):  # pragma: no cover (compiled)
+def _result(acc, bits16, scale, factor, out):  # pragma: no cover (compiled)
     rows = out.shape[0]
     for m in prange(rows):
-        _result_row(acc, m, rows, two, scale, factor[m], out[m])
+        _result_row(acc, m, rows, bits16, scale, factor[m], out[m])
 
 
 @njit(parallel=True, boundscheck=False, cache=True)
-def _fixed_logits(acc, two, scale, factor, r, limit, out):  # pragma: no cover (compiled)
+def _fixed_logits(acc, bits16, scale, factor, r, limit, out):  # pragma: no cover (compiled)
     rows = r.shape[0]
     for m in prange(rows):
         z = np.empty(scale.shape[0], np.float32)
-        _result_row(acc, m, rows, two, scale, factor[m], z)
+        _result_row(acc, m, rows, bits16, scale, factor[m], z)
         for j in range(z.shape[0]):
-            out[m, j] = _I((min(max(z[j] * r[m], -limit), limit) + _MAGIC) - _MAGIC)
+            out[m, j] = _I(_round_even(min(max(z[j] * r[m], -limit), limit)))
 
 
 @njit(parallel=True, boundscheck=False, cache=True)
-def _residual_operand(x, acc, two, scale, factor, q, two_out, eps, tiny, h, out, out_factor):  # pragma: no cover
+def _residual_operand(x, acc, bits16, scale, factor, q, bits16_out, eps, tiny, h, out, out_factor):  # pragma: no cover
     """h = x + product_result(acc), and h's RMS-normalised operand: a residual connection and the next
     product's input in one pass."""
     rows = x.shape[0]
     for m in prange(rows):
-        _result_row(acc, m, rows, two, scale, factor[m], h[m])
+        _result_row(acc, m, rows, bits16, scale, factor[m], h[m])
         for j in range(h.shape[1]):
             h[m, j] = x[m, j] + h[m, j]
-        out_factor[m] = _operand_row(h[m], m, rows, q, two_out, True, eps, tiny, out)
+        out_factor[m] = _operand_row(h[m], m, rows, q, bits16_out, True, eps, tiny, out)
 
 
 @njit(parallel=True, boundscheck=False, cache=True)
-def _swiglu_operand(acc, two, scale, factor, table, frac, span, q, two_out, tiny, out, out_factor):  # pragma: no cover
+def _swiglu_operand(
+    acc, bits16, scale, factor, table, frac, span, q, bits16_out, tiny, out, out_factor
+):  # pragma: no cover
     """The gate and up product's result, swiglu, and the down product's operand, a row at a time."""
     rows = factor.shape[0]
     for m in prange(rows):
         gate_up = np.empty(scale.shape[0], np.float32)
         y = np.empty(scale.shape[0] // 2, np.float32)
-        _result_row(acc, m, rows, two, scale, factor[m], gate_up)
+        _result_row(acc, m, rows, bits16, scale, factor[m], gate_up)
         _swiglu_row(gate_up, table, frac, span, y)
-        out_factor[m] = _operand_row(y, m, rows, q, two_out, False, 0.0, tiny, out)
+        out_factor[m] = _operand_row(y, m, rows, q, bits16_out, False, 0.0, tiny, out)
 
 
-def product_operand(x, q, two, eps):
-    """``llama.product_operand``, compiled: (int8 operand, row factors [M, 1])."""
+def product_operand(x, bits, eps=None):
+    """``arithmetic.product_operand``, compiled: (int8 operand, row factors [M, 1])."""
     x = x.contiguous()
-    rows = x.shape[0]
-    out = torch.empty((2 * rows if two else rows, x.shape[1]), dtype=torch.int8)
+    rows, bits16 = x.shape[0], bits == 16
+    out = torch.empty((2 * rows if bits16 else rows, x.shape[1]), dtype=torch.int8)
     factor = torch.empty((rows, 1), dtype=torch.float32)
-    normed = eps is not None
-    _operand(x.numpy(), _F(q), two, normed, eps if normed else 0.0, _F(TINY), out.numpy(), factor.numpy()[:, 0])
+    normed, q = eps is not None, _F(Q16 if bits16 else Q8)
+    _operand(x.numpy(), q, bits16, normed, eps if normed else 0.0, _F(TINY), out.numpy(), factor.numpy()[:, 0])
     return out, factor
 
 
-def product_result(acc, two, scale, factor):
-    """``llama.product_result``, compiled."""
-    rows = acc.shape[0] // 2 if two else acc.shape[0]
+def product_result(acc, bits, scale, factor):
+    """``arithmetic.product_result``, compiled."""
+    bits16 = bits == 16
+    rows = acc.shape[0] // 2 if bits16 else acc.shape[0]
     out = torch.empty((rows, acc.shape[1]), dtype=torch.float32)
     factor = factor.expand(rows, 1).contiguous()
-    _result(acc.contiguous().numpy(), two, scale.numpy(), factor.numpy()[:, 0], out.numpy())
+    _result(acc.contiguous().numpy(), bits16, scale.numpy(), factor.numpy()[:, 0], out.numpy())
     return out
 
 
-def fixed_logits(acc, two, scale, factor, r):
-    """``llama.fixed_logits``, compiled: the product's result and the logits' rounding in one pass a row."""
+def fixed_logits(acc, bits, scale, factor, r):
+    """``arithmetic.fixed_logits``, compiled: the product's result and the logits' rounding in one pass a row."""
     rows = r.shape[0]
     out = torch.empty((rows, acc.shape[1]), dtype=torch.int32)
     factor = factor.expand(rows, 1).contiguous()
     args = (scale.numpy(), factor.numpy()[:, 0], r.contiguous().numpy()[:, 0], _F(LIMIT), out.numpy())
-    _fixed_logits(acc.contiguous().numpy(), two, *args)
+    _fixed_logits(acc.contiguous().numpy(), bits == 16, *args)
     return out
 
 
@@ -376,20 +388,20 @@ def _excess(v):  # pragma: no cover (compiled)
 
 @njit(inline="always", boundscheck=False)
 def _quantize_head(x, q, tiny, out):  # pragma: no cover (compiled)
-    """``llama.quantize_rows`` of one head x into out (int8); returns its factor."""
+    """``arithmetic.quantize_rows`` of one head x into out (int8); returns its factor."""
     amax = _F(0)
     for j in range(x.shape[0]):
         amax = max(amax, abs(x[j]))
     amax = max(amax, tiny)
     f = q / amax
     for j in range(x.shape[0]):
-        out[j] = np.int8((x[j] * f + _MAGIC) - _MAGIC)
+        out[j] = np.int8(_round_even(x[j] * f))
     return amax / q
 
 
 @njit(inline="always", boundscheck=False)
 def _rotate(x, cos, sin, out):  # pragma: no cover (compiled)
-    """``llama.rotate`` of one head: x·cos + (−x₂, x₁)·sin."""
+    """``arithmetic.rotate`` of one head: x·cos + (−x₂, x₁)·sin."""
     half = x.shape[0] // 2
     for j in range(half):
         out[j] = x[j] * cos[j] + (-x[half + j]) * sin[j]
@@ -401,7 +413,7 @@ def _write_key_value(
     qkv, g, groups, heads, hd, cos, sin, q_limit, tiny, keys, values, k_scale, v_scale, b, p, head, row
 ):  # pragma: no cover (compiled)
     """Key head g of one row's query, key and value product result ``qkv`` rotated and quantised, its value head
-    quantised, both written at position p of row b of a cache layer (laid out as ``llama.KVCache`` says);
+    quantised, both written at position p of row b of a cache layer (laid out as ``model.KVCache`` says);
     ``head`` and ``row`` are scratch of hd."""
     _rotate(qkv[(heads + g) * hd : (heads + g + 1) * hd], cos, sin, head)
     k_scale[b, g, p] = _quantize_head(head, q_limit, tiny, row)
@@ -417,7 +429,7 @@ def _write_key_value(
 @njit(parallel=True, boundscheck=False, cache=True)
 def _attention_step(
     acc,
-    two,
+    bits16,
     scale,
     factor,
     cos,
@@ -431,7 +443,7 @@ def _attention_step(
     rep,
     hd,
     q,
-    two_out,
+    bits16_out,
     out,
     out_factor,
     params,
@@ -440,7 +452,7 @@ def _attention_step(
     """Attention for one new position per row, from the query, key and value product ``acc`` to the operand
     of the output product (out [B, H·hd], its factors out_factor [B]): rotate and quantise each row's heads,
     write its key and value into the cache at ``pos``, attend over positions 0 .. pos.
-    The cache is laid out as ``llama.KVCache`` says (keys [B, G, W/64, hd'/4, 64, 4], values [B, G, W/4, hd', 4],
+    The cache is laid out as ``model.KVCache`` says (keys [B, G, W/64, hd'/4, 64, 4], values [B, G, W/4, hd', 4],
     hd' ≥ hd padded with zeros); its products are ``simd``'s. One job per (row, key head), which reads the key
     head's keys and values once for its query heads, ``HEADS`` at a time."""
     rows, groups, _, quads, _, _ = keys.shape
@@ -453,7 +465,7 @@ def _attention_step(
     qkv = np.empty((rows, scale.shape[0]), np.float32)
     y = np.empty((rows, heads * hd), np.float32)
     for m in prange(rows):
-        _result_row(acc, m, rows, two, scale, factor[m], qkv[m])
+        _result_row(acc, m, rows, bits16, scale, factor[m], qkv[m])
     for job in prange(rows * groups):
         b, g = job // groups, job % groups
         head = np.empty(hd, np.float32)
@@ -494,7 +506,7 @@ def _attention_step(
                 for j in range(hd):
                     y[b, (h0 + i) * hd + j] = _F(total_wv[i, j]) * f
     for m in prange(rows):
-        out_factor[m] = _operand_row(y[m], m, rows, q, two_out, False, 0.0, tiny, out)
+        out_factor[m] = _operand_row(y[m], m, rows, q, bits16_out, False, 0.0, tiny, out)
 
 
 @njit(parallel=True, boundscheck=False, cache=True)
@@ -503,7 +515,7 @@ def _attention_tiles(
 ):  # pragma: no cover (compiled)
     """Attention of a full pass on AMX tiles, from the query, key and value product's result ``qkv`` [B·t, (H + 2G)·hd]
     (row b·t + i at position pos + i) to binary32 y [B, t, G, rep, hd]: rotate and quantise each row's heads, write
-    its keys and values into the cache (laid out as ``llama.KVCache`` says, hd' ≥ hd its padded head size), then one
+    its keys and values into the cache (laid out as ``model.KVCache`` says, hd' ≥ hd its padded head size), then one
     job per (row, key head, 16 queries): the queries' dots with every key they see, their weights, and the weights'
     products with the values."""
     batch, t, groups, rep, hd = y.shape
@@ -586,17 +598,23 @@ def attention_tiles(qkv, cos, sin, pos, cache, layer, kappa, rep, out):
 
 def _operand_buffers(rows, k, bits):
     """An empty ``bits``-bit operand for ``rows`` rows of k (two int8 halves for 16 bits), its row factors, and
-    the (q, two) of ``llama.product_operand`` that fill them."""
-    two = bits == 16
-    return np.empty((2 * rows if two else rows, k), np.int8), np.empty(rows, np.float32), _F(Q16 if two else Q8), two
+    the (q, two) of ``arithmetic.product_operand`` that fill them."""
+    bits16 = bits == 16
+    return (
+        np.empty((2 * rows if bits16 else rows, k), np.int8),
+        np.empty(rows, np.float32),
+        _F(Q16 if bits16 else Q8),
+        bits16,
+    )
 
 
 def attention_step(acc, bits, scale, factor, cos, sin, pos, cache, layer, kappa, rep, out_bits):
     """``ExactLlama``'s attention for one new position per row (decoding), fused with the products around it:
     from the query, key and value product ``acc`` (of ``bits``-bit operands) to the output product's operand
-    (``out_bits``), as ``llama.product_result``, rotate, attend, ``llama.product_operand``: (operand, factors [B])."""
+    (``out_bits``), as ``arithmetic.product_result``, rotate, attend, ``arithmetic.product_operand``:
+    (operand, factors [B])."""
     rows, groups, hd = *cache.k.shape[1:3], cache.head_dim
-    out, out_factor, q, two_out = _operand_buffers(rows, groups * rep * hd, out_bits)
+    out, out_factor, q, bits16_out = _operand_buffers(rows, groups * rep * hd, out_bits)
     _attention_step(
         acc.numpy(),
         bits == 16,
@@ -613,7 +631,7 @@ def attention_step(acc, bits, scale, factor, cos, sin, pos, cache, layer, kappa,
         rep,
         hd,
         q,
-        two_out,
+        bits16_out,
         out,
         out_factor,
         _PARAMS,
@@ -623,27 +641,27 @@ def attention_step(acc, bits, scale, factor, cos, sin, pos, cache, layer, kappa,
 
 
 def residual_operand(x, acc, bits, scale, factor, out_bits, eps):
-    """h = x + ``llama.product_result``(acc, bits, ...) and ``llama.product_operand``(h, out_bits, eps):
+    """h = x + ``arithmetic.product_result``(acc, bits, ...) and ``arithmetic.product_operand``(h, out_bits, eps):
     (h, operand, factors [B])."""
     h = np.empty(x.shape, np.float32)
-    out, out_factor, q, two_out = _operand_buffers(x.shape[0], x.shape[1], out_bits)
-    args = (q, two_out, eps, _F(TINY), h, out, out_factor)
+    out, out_factor, q, bits16_out = _operand_buffers(x.shape[0], x.shape[1], out_bits)
+    args = (q, bits16_out, eps, _F(TINY), h, out, out_factor)
     _residual_operand(x.numpy(), acc.numpy(), bits == 16, scale.numpy(), factor.numpy(), *args)
     return torch.from_numpy(h), torch.from_numpy(out), torch.from_numpy(out_factor)
 
 
 def swiglu_operand(acc, bits, scale, factor, table, out_bits):
-    """``llama.product_operand``(``llama.swiglu``(``llama.product_result``(acc, bits, ...)), out_bits):
+    """``arithmetic.product_operand``(``arithmetic.swiglu``(``arithmetic.product_result``(acc, bits, ...)), out_bits):
     (operand, factors [B])."""
-    out, out_factor, q, two_out = _operand_buffers(factor.shape[0], scale.shape[0] // 2, out_bits)
-    args = (SIGMOID_FRAC, SIGMOID_SPAN, q, two_out, _F(TINY), out, out_factor)
+    out, out_factor, q, bits16_out = _operand_buffers(factor.shape[0], scale.shape[0] // 2, out_bits)
+    args = (SIGMOID_FRAC, SIGMOID_SPAN, q, bits16_out, _F(TINY), out, out_factor)
     _swiglu_operand(acc.numpy(), bits == 16, scale.numpy(), factor.numpy(), table.numpy(), *args)
     return torch.from_numpy(out), torch.from_numpy(out_factor)
 
 
 @njit(parallel=True, boundscheck=False, cache=True)
 def _packed_product(x, w, out):  # pragma: no cover (compiled)
-    """out [M, N'] = x [M, K'] times the weights packed as ``llama.Linear.pack`` lays them out. One job per
+    """out [M, N'] = x [M, K'] times the weights packed as ``model.Linear.pack`` lays them out. One job per
     tile of 64 output columns, which reads its weights once for every ``WEIGHT_ROWS`` rows."""
     m, k = x.shape
     tiles, quads = w.shape[0], w.shape[1]
@@ -721,7 +739,7 @@ def _product(x, w, amx, threads):  # pragma: no cover (compiled)
 
 
 def packed_product(x, packed, n, amx: bool | None = None):
-    """The exact int32 product [M, n] of int8 rows x [M, K] and the weights packed by ``llama.Linear.pack``
+    """The exact int32 product [M, n] of int8 rows x [M, K] and the weights packed by ``model.Linear.pack``
     (any gemm backend's integers): on AMX's tiles where this process may use them and ``_tiled`` says so, ``amx``
     forcing the choice."""
     m, w = x.shape[0], packed.numpy()
@@ -731,11 +749,11 @@ def packed_product(x, packed, n, amx: bool | None = None):
 
 
 @njit(inline="always")
-def _next_operand(rows, two, w, amx, params):  # pragma: no cover (compiled)
+def _next_operand(rows, bits16, w, amx, params):  # pragma: no cover (compiled)
     """Space for the operand of ``rows`` rows into packed weights w (16-bit if ``two``), its row factors, and the
     largest integer of its quantisation."""
-    m = 2 * rows if two else rows
-    return _operand_space(m, w, _tiled(m, amx)), np.empty(rows, np.float32), params[9] if two else params[6]
+    m = 2 * rows if bits16 else rows
+    return _operand_space(m, w, _tiled(m, amx)), np.empty(rows, np.float32), params[9] if bits16 else params[6]
 
 
 @njit(boundscheck=False, cache=True)
@@ -745,7 +763,7 @@ def _layer_step(
     factor,
     weights,
     scales,
-    two,
+    bits16,
     cos,
     sin,
     pos,
@@ -764,57 +782,57 @@ def _layer_step(
     shape,
     sigmoid,
 ):  # pragma: no cover (compiled)
-    """A layer of a decoding step whose weights are all packed, in one call: ``ExactLlama._step``'s products and
+    """A layer of a decoding step whose weights are all packed, in one call: ``runner.Runner.step``'s products and
     kernels, from hidden states x [B, hidden] and the query, key and value product's operand (as
     ``_operand_space`` lays it out) and factors, to the new hidden states and the next layer's operand and
     factors. ``weights``, ``scales`` and ``two`` (16-bit operand or not): the qkv, o, gate_up and down products'."""
     rows, tiny = x.shape[0], params[7]
     acc = _product(operand, weights[0], amx, threads)
-    y, y_factor, q = _next_operand(rows, two[1], weights[1], amx, params)
-    args = (pos, keys, values, k_scale, v_scale, kappa, rep, hd, q, two[1], y, y_factor, params, shape)
-    _attention_step(acc, two[0], scales[0], factor, cos, sin, *args)
+    y, y_factor, q = _next_operand(rows, bits16[1], weights[1], amx, params)
+    args = (pos, keys, values, k_scale, v_scale, kappa, rep, hd, q, bits16[1], y, y_factor, params, shape)
+    _attention_step(acc, bits16[0], scales[0], factor, cos, sin, *args)
     acc = _product(y, weights[1], amx, threads)
     h = np.empty_like(x)
-    operand, factor, q = _next_operand(rows, two[2], weights[2], amx, params)
-    _residual_operand(x, acc, two[1], scales[1], y_factor, q, two[2], eps, tiny, h, operand, factor)
+    operand, factor, q = _next_operand(rows, bits16[2], weights[2], amx, params)
+    _residual_operand(x, acc, bits16[1], scales[1], y_factor, q, bits16[2], eps, tiny, h, operand, factor)
     acc = _product(operand, weights[2], amx, threads)
-    y, y_factor, q = _next_operand(rows, two[3], weights[3], amx, params)
-    _swiglu_operand(acc, two[2], scales[2], factor, table, sigmoid[0], sigmoid[1], q, two[3], tiny, y, y_factor)
+    y, y_factor, q = _next_operand(rows, bits16[3], weights[3], amx, params)
+    _swiglu_operand(acc, bits16[2], scales[2], factor, table, sigmoid[0], sigmoid[1], q, bits16[3], tiny, y, y_factor)
     acc = _product(y, weights[3], amx, threads)
     x_out = np.empty_like(x)
-    operand, factor, q = _next_operand(rows, two[0], weights[0], amx, params)
-    _residual_operand(h, acc, two[3], scales[3], y_factor, q, two[0], eps, tiny, x_out, operand, factor)
+    operand, factor, q = _next_operand(rows, bits16[0], weights[0], amx, params)
+    _residual_operand(h, acc, bits16[3], scales[3], y_factor, q, bits16[0], eps, tiny, x_out, operand, factor)
     return x_out, operand, factor
 
 
 @njit(boundscheck=False, cache=True)
-def _layers_step(x, operand, factor, weights, scales, two, cos, sin, pos, keys, values, k_scale, v_scale, *rest):
+def _layers_step(x, operand, factor, weights, scales, bits16, cos, sin, pos, keys, values, k_scale, v_scale, *rest):
     """``_layer_step`` of every layer in turn (``weights``, ``scales``: a tuple of the layer's four a layer)."""
     for i in range(len(weights)):
         args = (cos, sin, pos, keys[i], values[i], k_scale[i], v_scale[i])
-        x, operand, factor = _layer_step(x, operand, factor, weights[i], scales[i], two, *args, *rest)
+        x, operand, factor = _layer_step(x, operand, factor, weights[i], scales[i], bits16, *args, *rest)
     return x
 
 
-def step_weights(layers):
-    """The packed weights and the scales of ``layers`` as ``layers_step`` takes them: numpy arrays, the qkv, o,
-    gate_up and down products' a layer. Worth keeping: converting them is ~1 ms, a tenth of a step."""
-    linears = [vars(layer).values() for layer in layers]
-    return tuple(tuple(lin.packed.numpy() for lin in four) for four in linears), tuple(
-        tuple(lin.scale.numpy() for lin in four) for four in linears
+def step_weights(packed, scales):
+    """Packed weights and scales as ``layers_step`` takes them: numpy arrays, a tuple of the qkv, o, gate_up and down
+    products' a layer (``packed``, ``scales``: lists of such lists of tensors). Worth keeping: converting them is
+    ~1 ms, a tenth of a step."""
+    return tuple(tuple(w.numpy() for w in four) for four in packed), tuple(
+        tuple(s.numpy() for s in four) for four in scales
     )
 
 
 def layers_step(weights, x, operand, factor, cos, sin, pos, cache, kappa, rep, table, eps, bits):
-    """``ExactLlama._step``'s layers where all their weights are packed, in one call: from the new rows'
+    """``runner.Runner.step``'s layers where all their weights are packed, in one call: from the new rows'
     embeddings x and the first product's operand and factors to the hidden states after the last layer.
-    ``weights``: ``step_weights`` of the layers; ``bits``: ``llama.BITS``."""
-    two = tuple(bits[name] == 16 for name in ("qkv", "o", "gate_up", "down"))
+    ``weights``: ``step_weights`` of the layers; ``bits``: ``arithmetic.BITS``."""
+    bits16 = tuple(bits[name] == 16 for name in ("qkv", "o", "gate_up", "down"))
     operand = _padded(operand.numpy(), weights[0][0][0], _tiled(len(operand), AMX))
     x, factor, cos, sin, table = (t.numpy() for t in (x, factor, cos, sin, table))
     rest = (_F(kappa), rep, cache.head_dim, table, eps, AMX, get_num_threads(), _PARAMS, _SHAPE, _SIGMOID)
     cache = tuple(t.numpy() for t in (cache.k, cache.v, cache.k_scale, cache.v_scale))
-    return torch.from_numpy(_layers_step(x, operand, factor, *weights, two, cos, sin, pos, *cache, *rest))
+    return torch.from_numpy(_layers_step(x, operand, factor, *weights, bits16, cos, sin, pos, *cache, *rest))
 
 
 @njit(parallel=True, boundscheck=False, cache=True)
@@ -846,7 +864,7 @@ def _mixed(freqs, predicted, p, total, out):  # pragma: no cover (compiled)
 
 
 def mixed_frequencies(freqs, predicted, p):
-    """``mixing.mixed_frequencies`` of every row (``predicted`` −1: the row as it is), compiled: int64 [R, V]."""
+    """``codec.mixing.mixed_frequencies`` of every row (``predicted`` −1: the row as it is), compiled: int64 [R, V]."""
     freqs = np.ascontiguousarray(freqs, dtype=np.int64)
     out = np.empty_like(freqs)
     _mixed(freqs, np.asarray(predicted, np.int64), np.asarray(p, np.int64), int(_LOGITS[2]), out)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import LmpressError
+from ..errors import LmpressError
 
 FLOAT32_EXACT_K = 1024  # 1024 * 128 * 128 = 2**24: every partial sum of int8 products is exact in binary32
 ENV = "LMPRESS_GEMM"  # names the backend to use instead of the fastest

@@ -11,14 +11,17 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .errors import FormatError, UnsupportedVersionError
+from ..errors import FormatError, UnsupportedVersionError
+from ..exact import ENGINE
+from .mixing import NAME as MATCH_MIXER
 
 MAGIC = b"LMPZ"
 VERSION = 4  # the newest this lmpress reads and writes; an archive without a dictionary is written as version 3
 VERSIONS = (3, 4)  # 4: made with a dictionary, which the header names instead of the model
 DEFAULT_MODEL = "smollm2-135m"  # what an empty model name in a header means
 # The arithmetic of docs/FORMAT.md, by the number a header stores: (engine, mixer); mixer "" is the LM alone
-ARITHMETIC = {1: ("int8-v1", ""), 2: ("int8-v1", "match-v1")}
+# (a new engine or mixer gets a new number; these stay as they are)
+ARITHMETIC = {1: (ENGINE, ""), 2: (ENGINE, MATCH_MIXER)}
 
 FRAME_SEGMENT = 0x01
 FRAME_END = 0xFF
@@ -95,7 +98,7 @@ class Header:
     start_token: int
     window: int
     keep: int
-    group: int  # LM chunks decoded side by side: the decoder holds this many contexts at most
+    batch: int  # LM chunks decoded side by side: the decoder holds this many contexts at most
     dictionary: str = ""  # id (hex) of the dictionary every context starts from; "" for none
     mixer: str = ""  # the online models mixed with the LM's frequencies ("match-v1"), "" for none
 
@@ -109,7 +112,7 @@ class Header:
         params = b"".join(
             [
                 bytes.fromhex(self.dictionary or self.model_id),
-                *(uvarint(n) for n in (engine, self.start_token, self.window, self.keep, self.group)),
+                *(uvarint(n) for n in (engine, self.start_token, self.window, self.keep, self.batch)),
                 name.encode("utf-8"),
             ]
         )
@@ -125,19 +128,19 @@ class Header:
         start, offset = read_uvarint(params, offset)
         window, offset = read_uvarint(params, offset)
         keep, offset = read_uvarint(params, offset)
-        group, offset = read_uvarint(params, offset)
+        batch, offset = read_uvarint(params, offset)
         if engine not in ARITHMETIC:
             raise UnsupportedVersionError(
                 f"archive needs arithmetic engine {engine}, which this lmpress does not have; upgrade lmpress"
             )
         if not 2 <= window <= MAX_WINDOW or not 0 <= keep <= window - 2:
             raise ValueError(f"window {window} with keep {keep}")
-        if not 1 <= group <= MAX_CHUNKS:
-            raise ValueError(f"group of {group} chunks")
+        if not 1 <= batch <= MAX_CHUNKS:
+            raise ValueError(f"batch of {batch} chunks")
         name = params[offset:].decode("utf-8") or DEFAULT_MODEL
         model_id, dictionary = ("", named) if version == 4 else (named, "")
         engine_name, mixer = ARITHMETIC[engine]
-        return cls(name, model_id, engine_name, start, window, keep, group, dictionary, mixer)
+        return cls(name, model_id, engine_name, start, window, keep, batch, dictionary, mixer)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .coding import TOTAL
+from ..exact.arithmetic import TOTAL
 
 NAME = "match-v1"
 MIN_MATCH = 3  # tokens of context a match needs

@@ -18,10 +18,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import mixing
-from .coding import PRECISION_BITS, TOTAL, frequencies
-from .engine import Settings, chunks_of, score_rows
-from .models import LanguageModel
+from ..codec import mixing
+from ..codec.chunking import chunks_of
+from ..codec.scoring import score_rows
+from ..codec.settings import Settings
+from ..exact.arithmetic import PRECISION_BITS, TOTAL
+from ..exact.ops import frequencies
+from ..models import LanguageModel
 
 
 @dataclass
@@ -65,7 +68,7 @@ def score_document(
             rows.append(ids)
     # With the match model mixed in (as the compressor codes), bits come from the mixed intervals, the rest from
     # the LM alone; the rows are mixed as one segment (the compressor restarts the match model every segment).
-    plan = mixing.Plan(rows, settings.max_batch) if settings.mix else None
+    plan = mixing.Plan(rows, settings.batch) if settings.mix else None
     left = [np.zeros(len(ids), np.int64) for ids in rows]
     width = [np.zeros(len(ids), np.int64) for ids in rows]
     z = [np.zeros(len(ids)) for ids in rows]

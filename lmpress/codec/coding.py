@@ -1,10 +1,8 @@
-"""Entropy coding of tokens under exact integer frequencies.
+"""The range coder: tokens coded under exact integer frequencies (``exact.arithmetic.frequencies``).
 
-The model side (``frequencies``) turns the integer model's fixed-point logits into integer frequencies
-that sum to 2**24; the coder side (``TokenEncoder`` / ``TokenDecoder``) is constriction's range coder
-(32-bit words, 24-bit probabilities). The two meet through numbers that are integers on every machine:
-constriction's categorical model is handed the floats c_v = f_v − 1, which sum to exactly 2**24 − V, so
-its quantiser scales them by exactly 1 and codes with exactly the frequencies f_v.
+The coder is constriction's range coder (32-bit words, 24-bit probabilities). It meets the model through numbers
+that are integers on every machine: constriction's categorical model is handed the floats c_v = f_v − 1, which
+sum to exactly 2**24 − V, so its quantiser scales them by exactly 1 and codes with exactly the frequencies f_v.
 """
 
 from __future__ import annotations
@@ -16,37 +14,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .llama import LOGIT_FRAC, LOGIT_ONE, exp2_fixed
+from ..exact import kernels
+from ..exact.arithmetic import PRECISION_BITS, TOTAL
 
-PRECISION_BITS = 24
-TOTAL = 1 << PRECISION_BITS
 _FAMILY = constriction.stream.model.Categorical(perfect=False)
-
-
-def frequencies(logits: Tensor) -> Tensor:
-    """Integer frequencies f ≥ 1 summing to 2**24, int64 [N, V], from fixed-point logits [N, V] (1/256 bits).
-
-    e_v = ``exp2_fixed``(max − z_v) ≤ 2**30; R = ⌊2**32 · (2**24 − V) / Σe⌋ (one division per row);
-    c_v = (e_v · R) >> 32, so Σc ≤ 2**24 − V; the remainder goes to the first token of largest logit;
-    f_v = c_v + 1, so every token stays codable.
-    """
-    if logits.device.type == "cpu":
-        return _kernels().frequencies(logits)
-    return _frequencies(logits)
-
-
-def _frequencies(logits: Tensor) -> Tensor:
-    """The definition of ``frequencies``, in torch operations (any device)."""
-    vocab = logits.shape[-1]
-    budget = TOTAL - vocab
-    top = logits.amax(-1, keepdim=True)
-    e = exp2_fixed(top - logits, LOGIT_FRAC, LOGIT_ONE).to(torch.int64)
-    reciprocal = torch.div(budget << 32, e.sum(-1, keepdim=True), rounding_mode="floor")
-    c = (e * reciprocal) >> 32
-    first = torch.arange(vocab, device=logits.device).expand_as(logits)
-    first_top = torch.where(logits == top, first, vocab).amin(-1, keepdim=True)
-    c.scatter_add_(1, first_top, budget - c.sum(-1, keepdim=True))
-    return c + 1
 
 
 def max_tokens(stream_bytes: int, vocab: int) -> int:
@@ -54,20 +25,6 @@ def max_tokens(stream_bytes: int, vocab: int) -> int:
     −log2((2**24 − V + 1) / 2**24) bits, and the coder never writes fewer bits than the code length (64 bits of
     slack). Bounds a decoder's work by the bytes it was given, whatever a chunk table claims."""
     return math.floor((8 * stream_bytes + 64) / -math.log2((TOTAL - vocab + 1) / TOTAL))
-
-
-def token_intervals(logits: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
-    """``intervals(frequencies(logits), tokens)``, without the whole rows where a compiled kernel can."""
-    if logits.device.type == "cpu":
-        left, width = _kernels().intervals(logits, tokens)
-        return torch.from_numpy(left), torch.from_numpy(width)
-    return intervals(_frequencies(logits), tokens)
-
-
-def _kernels():
-    from . import kernels  # compiled on first use
-
-    return kernels
 
 
 def code_length_bits(freqs: Tensor, tokens: Tensor) -> Tensor:
@@ -79,14 +36,7 @@ def code_length_bits(freqs: Tensor, tokens: Tensor) -> Tensor:
 def _counts(freqs: Tensor) -> np.ndarray:
     """What constriction's model is given: f − 1, as binary64 (integers, exactly), in C order (constriction
     reads the buffer's rows as if it were)."""
-    return _kernels().counts(freqs.cpu())
-
-
-def intervals(freqs: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
-    """Each row's token as its interval of the cumulative frequencies: (start L, width f), int64."""
-    tokens = tokens.view(-1, 1).to(freqs.device)
-    f = freqs.gather(1, tokens)
-    return (freqs.cumsum(-1).gather(1, tokens) - f)[:, 0], f[:, 0]
+    return kernels.counts(freqs.cpu())
 
 
 class TokenEncoder:

@@ -1,0 +1,10 @@
+"""The codec: archives and how data becomes them, around the exact model (``lmpress.exact``).
+
+- ``format``: the .lmp byte layout and its parser (docs/FORMAT.md);
+- ``coding``: the range coder, fed integer frequencies;
+- ``mixing``: the match model mixed with the model's frequencies (``match-v1``);
+- ``settings``: levels and the settings an archive records;
+- ``chunking``: where data is cut into segments and chunks;
+- ``scoring``: every token's frequencies in full-sequence passes (the encoder, the lens);
+- ``segments``: a segment coded and decoded (the decoder's lockstep steps).
+"""

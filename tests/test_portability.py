@@ -1,0 +1,97 @@
+"""Archives are the same bits everywhere: any product backend, kernel ISA and thread count (subprocesses), and
+every committed golden archive decodes and is made again byte for byte."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TRAINING_TEXT
+
+import lmpress
+from lmpress.dictionary import train_adapter
+
+DATA = Path(__file__).parent / "data"
+SAMPLE = (DATA / "sample.txt").read_bytes()
+GOLDEN = DATA / "sample.txt.lmp"  # made once with the default model (level 3); every later version must decode it
+GOLDEN_MIXED = DATA / "sample.txt.mixed.lmp"  # the same at level 6: the match model mixed in (engine 2)
+GOLDENS = {3: GOLDEN, 6: GOLDEN_MIXED}
+
+
+HAS_AVX512 = torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX")
+HASWELL = {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": "+avx2,+fma"}  # numba compiles without AVX-512
+CONFIGS = [
+    {"ATEN_CPU_CAPABILITY": "default", "LMPRESS_GEMM": "float32", "NUMBA_CPU_NAME": "generic", "-T": "1"},
+    {"ATEN_CPU_CAPABILITY": "avx2", "LMPRESS_GEMM": "int_mm", **HASWELL, "-T": "2"},
+    {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "-T": "1"},  # whichever backend verifies
+    {"ATEN_CPU_CAPABILITY": "default", "LMPRESS_GEMM": "int_mm", "-T": "2"},
+    *([{"ATEN_CPU_CAPABILITY": "avx512", "LMPRESS_GEMM": "float32", "-T": "1"}] if HAS_AVX512 else []),
+]
+
+
+def _lmpress(config: dict, *args: str, stdin: bytes) -> bytes:
+    env = {**os.environ, "LMPRESS_DEVICE": "cpu", **{k: v for k, v in config.items() if not k.startswith("-")}}
+    cmd = [sys.executable, "-m", "lmpress", *args, "-T", config.get("-T", "0"), "-c", "-q"]
+    done = subprocess.run(cmd, input=stdin, capture_output=True, env=env, timeout=900)
+    assert done.returncode == 0, (config, done.stderr.decode()[-2000:])
+    return done.stdout
+
+
+def _name(config: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in config.items())
+
+
+def test_tiny_model_archives_are_identical_on_every_configuration(tiny_model_dir):
+    text = TRAINING_TEXT.encode()[:2500] + "Größe 東京 🙂\n".encode()
+    model = ["--model", str(tiny_model_dir), "--chunk-size", "600", "--window", "64", "--keep-tokens", "16"]
+    archives = {_name(c): _lmpress(c, "compress", *model, stdin=text) for c in CONFIGS}
+    assert len(set(archives.values())) == 1, {k: hashlib.sha256(v).hexdigest()[:12] for k, v in archives.items()}
+    blob = next(iter(archives.values()))
+    for config in CONFIGS:
+        assert _lmpress(config, "decompress", "--model", str(tiny_model_dir), stdin=blob) == text, _name(config)
+
+
+def test_dictionary_archives_are_identical_on_every_configuration(tiny, tiny_model_dir, tmp_path):
+    """A dictionary with an adapter and a primed context: the merge, the prefix and the archive are the same
+    under every kernel, ISA, backend and thread count (a merge that differed would fail the adapted model's id)."""
+    pytest.importorskip("peft")
+    samples = [TRAINING_TEXT.encode()[i : i + 150] for i in range(0, 2400, 75)]
+    dictionary = train_adapter(tiny, samples, steps=4, primer=20)
+    (tmp_path / "d.lmpd").write_bytes(dictionary.to_bytes())
+    text = TRAINING_TEXT.encode()[:1200]
+    model = ["--model", str(tiny_model_dir), "-D", str(tmp_path / "d.lmpd"), "--window", "64", "--keep-tokens", "8"]
+    archives = {_name(c): _lmpress(c, "compress", *model, stdin=text) for c in CONFIGS}
+    assert len(set(archives.values())) == 1, {k: hashlib.sha256(v).hexdigest()[:12] for k, v in archives.items()}
+    blob = next(iter(archives.values()))
+    for config in CONFIGS:
+        assert _lmpress(config, "decompress", *model[:4], stdin=blob) == text, _name(config)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("level", GOLDENS)
+def test_golden_archive_decodes_and_is_reproduced(level):
+    """tests/data/sample.txt.lmp and .mixed.lmp were made by the default model once; they must decode, and
+    compressing the same text at the same level must give the same bytes, on every machine and with every
+    lmpress that reads format 3."""
+    golden = GOLDENS[level].read_bytes()
+    assert lmpress.decompress(golden) == SAMPLE
+    assert lmpress.compress(SAMPLE, level=level) == golden
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", CONFIGS[:4], ids=_name)
+def test_default_model_archives_are_identical_on_every_configuration(config):
+    """The mixed archive: its numbers are the model's and then the match model's."""
+    assert _lmpress(config, "compress", "-6", stdin=SAMPLE) == GOLDEN_MIXED.read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", CONFIGS[:2], ids=_name)
+@pytest.mark.parametrize("level", GOLDENS)
+def test_default_model_decodes_the_golden_archive_on_other_configurations(config, level):
+    assert _lmpress(config, "decompress", stdin=GOLDENS[level].read_bytes()) == SAMPLE
