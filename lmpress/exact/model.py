@@ -11,6 +11,7 @@ step-by-step decoding gives: the encoder runs in large passes while the decoder 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import math
 import threading
@@ -42,6 +43,7 @@ ROPE_LENGTH = 2048  # rotary tables are built for this many positions, or the ne
 ROW_BLOCK = 256  # tokens per block of the per-token work, so that its tensors stay in cache
 QUANTIZE_ROWS = 4096  # weight rows quantised at once
 TILE = 1 << 22  # most attention scores computed at once
+_DTYPE_NAMES = {torch.int8: "torch.int8", torch.float32: "torch.float32"}  # as the model digest spells them
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,13 @@ class LlamaConfig:
     rms_norm_eps: float
     rope_theta: float
     tie_word_embeddings: bool
+
+    def identity(self) -> str:
+        """The configuration as the model digest hashes it (docs/FORMAT.md, Model identity): fields in this order,
+        integers in decimal, floats as the shortest decimal that reads back as the same binary64 (Python's repr),
+        booleans as True / False."""
+        fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
+        return f"LlamaConfig({fields})"
 
     @classmethod
     def from_hf(cls, hf: dict) -> LlamaConfig:
@@ -294,9 +303,10 @@ class ExactLlama:
     def digest(self) -> str:
         """sha256 of the engine name, the configuration and every quantised tensor: equal digests compute equal
         bits, so archives name their model by it."""
-        h = hashlib.sha256(f"{ENGINE}|{self.cfg}\n".encode())
+        h = hashlib.sha256(f"{ENGINE}|{self.cfg.identity()}\n".encode())
         for name, t in sorted(self.tensors().items()):
-            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+            shape = ", ".join(map(str, t.shape)) + ("," if t.dim() == 1 else "")
+            h.update(f"{name}|{_DTYPE_NAMES[t.dtype]}|({shape})\n".encode())
             h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
         return h.hexdigest()
 

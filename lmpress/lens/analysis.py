@@ -1,6 +1,6 @@
 """Compression as a lens: how many bits each token of a document costs under a model.
 
-Documents are scored by the compressor's own full-sequence passes (``engine.score_rows``): same chunks,
+Documents are scored by the compressor's own full-sequence passes (``codec.scoring.score_rows``): same chunks,
 same context windows, same integer frequencies, so a document's total here is exactly the ideal code
 length of its archive's model-coded part.
 """
