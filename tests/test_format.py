@@ -147,7 +147,7 @@ def test_unknown_engine_and_oversized_window_are_refused():
         fmt.parse_header(head + zlib.crc32(head).to_bytes(4, "little"))
     with pytest.raises(FormatError, match="window"):
         fmt.parse_header(dataclasses.replace(HEADER, window=fmt.MAX_WINDOW + 1).to_bytes())
-    with pytest.raises(FormatError, match="group"):
+    with pytest.raises(FormatError, match="batch"):
         fmt.parse_header(dataclasses.replace(HEADER, batch=0).to_bytes())
 
 

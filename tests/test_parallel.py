@@ -22,8 +22,9 @@ from conftest import TRAINING_TEXT, run
 import lmpress
 from lmpress import parallel
 from lmpress.api import scoring_setup
+from lmpress.codec import format as fmt
 from lmpress.codec.settings import Settings
-from lmpress.lens.analysis import score_document
+from lmpress.lens.analysis import local_settings, score_document
 
 SMALL = {"chunk_size": 60, "batch": 4}  # 64 chunks of ~60 bytes a segment: 3.8 KB segments
 TEXT = TRAINING_TEXT.encode()
@@ -48,15 +49,15 @@ def test_workers_write_the_archive_one_process_writes(pool, tiny):
 def test_workers_decode_any_archive_and_every_member(pool, tiny):
     one = lmpress.compress(MIXED, model=tiny, **SMALL)
     two = lmpress.compress(TEXT[:700], model=tiny)
-    assert len(list(lmpress.format.members(one))[0].segments) >= 3
+    assert len(list(fmt.members(one))[0].segments) >= 3
     assert b"".join(parallel.decompress(pool, one)) == MIXED
     assert b"".join(parallel.decompress(pool, one + two + one)) == MIXED + TEXT[:700] + MIXED
-    assert parallel.original_size(one + two, list(lmpress.format.members(one + two))) == len(MIXED) + 700
+    assert parallel.original_size(one + two, list(fmt.members(one + two))) == len(MIXED) + 700
 
 
 def test_workers_report_damage_as_a_plain_decoder_does(pool, tiny):
     blob = bytearray(lmpress.compress(MIXED, model=tiny, **SMALL))
-    segments = list(lmpress.format.members(blob))[0].segments
+    segments = list(fmt.members(blob))[0].segments
     blob[segments[-1][1] - 10] ^= 0x55
     with pytest.raises(lmpress.FormatError, match=rf"frame checksum mismatch\) in segment {len(segments) - 1}$"):
         b"".join(parallel.decompress(pool, bytes(blob)))
@@ -78,7 +79,7 @@ def test_scores_on_workers_are_those_of_one_process(pool, tiny):
     ):
         assert (name, data, model_name) == (expected_name, expected_data, tiny.name)
         assert scores.bits == score_document(model, data, settings).bits
-        assert short.bits == score_document(model, data, lmpress.analysis.local_settings(settings, 16)).bits
+        assert short.bits == score_document(model, data, local_settings(settings, 16)).bits
 
 
 class Refusing(parallel.Pool):
@@ -103,7 +104,7 @@ def test_a_journal_keeps_every_unit_and_is_never_computed_twice(pool, tiny, tmp_
     expected = b"".join(parallel.compress(pool, [MIXED], Settings(**SMALL), journal))
     assert expected == lmpress.compress(MIXED, model=tiny, **SMALL)
     units = sorted(p for p in (tmp_path / "parts").iterdir() if p.name != "run.json")
-    assert len(units) == len(list(lmpress.format.members(expected))[0].segments)
+    assert len(units) == len(list(fmt.members(expected))[0].segments)
     again = parallel.Journal(tmp_path / "parts", identity)
     assert b"".join(parallel.compress(Refusing(pool), [MIXED], Settings(**SMALL), again)) == expected
     # A damaged unit is computed again; another run's journal is discarded.
