@@ -583,8 +583,9 @@ def cpu_name() -> str:
 def source_digest() -> str:
     """sha256 of lmpress's own source files: a resumed run must measure the same code."""
     h = hashlib.sha256()
-    for f in sorted(Path(lmpress.__file__).parent.glob("*.py")):
-        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    root = Path(lmpress.__file__).parent
+    for f in sorted(root.rglob("*.py")):  # every package's modules, by their path in the package
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]
 
 
