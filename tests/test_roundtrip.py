@@ -218,3 +218,11 @@ def test_chunks_are_decoded_in_groups(tiny, monkeypatch):
     monkeypatch.setattr(segments.Lockstep, "__init__", spy)
     assert lmpress.decompress(blob, model=tiny) == data
     assert max(seen) == 3 and sum(seen) == comp.stats.chunks["lm"]
+
+
+def test_the_old_name_of_batch_still_works(tiny):
+    """``max_batch`` (lmpress 0.3's name) is read as ``batch``, with a warning that names the new one."""
+    with pytest.warns(DeprecationWarning, match="now called batch"):
+        blob = lmpress.compress(TRAINING_TEXT.encode()[:600], tiny, chunk_size=200, max_batch=2)
+    assert lmpress.decompress(blob, tiny) == TRAINING_TEXT.encode()[:600]
+    assert blob == lmpress.compress(TRAINING_TEXT.encode()[:600], tiny, chunk_size=200, batch=2)

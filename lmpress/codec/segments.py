@@ -63,20 +63,16 @@ class Lockstep:
         step (T = 1), or a restart's pass over the kept tokens."""
         assert self.cache is not None
         rows, t, device = len(tokens), tokens.shape[1], self.net.device
-        per_pass = max(1, RESTART_TOKENS // t)  # a restart's rows, a few at a time
         with torch.inference_mode():
             if t == 1:
                 last = self.run.step(tokens.to(device), self.cache, pos)[:, -1]
             else:
-                passes = range(0, rows, per_pass)
-                last = torch.cat(
-                    [
-                        self.run.forward(tokens[a : a + per_pass].to(device), self.cache.rows(a, a + per_pass), pos)[
-                            :, -1
-                        ]
-                        for a in passes
-                    ]
-                )
+                per_pass = max(1, RESTART_TOKENS // t)  # a restart's rows, a few at a time
+                parts = []
+                for a in range(0, rows, per_pass):
+                    cache = self.cache.rows(a, a + per_pass)
+                    parts.append(self.run.forward(tokens[a : a + per_pass].to(device), cache, pos)[:, -1])
+                last = torch.cat(parts)
             self.freqs = frequencies(self.run.logits(last))
         self.pos = pos + tokens.shape[1]
 

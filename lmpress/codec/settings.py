@@ -7,6 +7,7 @@ are recorded in the archive (the chunk size in its chunk table), so decoding nee
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -67,6 +68,9 @@ class Settings:
         """Level ``level``'s settings (the default level's if None), with ``settings`` overriding them."""
         if level is not None and level not in LEVELS:
             raise ValueError(f"level must be 1 to 9, not {level}")
+        if "max_batch" in settings:  # lmpress 0.3's name for ``batch``
+            warnings.warn("the setting max_batch is now called batch", DeprecationWarning, stacklevel=3)
+            settings["batch"] = settings.pop("max_batch")
         chosen = LEVELS[DEFAULT_LEVEL if level is None else level]
         return cls(**(dataclasses.asdict(chosen) | settings))
 
