@@ -18,6 +18,7 @@ from .errors import (
     LmpressError,
     ModelMismatchError,
     ModelUnavailableError,
+    NotAnArchiveError,
     UnsupportedVersionError,
 )
 
@@ -59,6 +60,7 @@ __all__ = [
     "LmpressError",
     "ModelMismatchError",
     "ModelUnavailableError",
+    "NotAnArchiveError",
     "UnsupportedVersionError",
     "compress",
     "decompress",

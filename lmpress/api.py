@@ -5,7 +5,12 @@ from __future__ import annotations
 import builtins
 import io
 import os
-from collections.abc import Iterator
+
+try:  # Python 3.14 moved the helpers of gzip, bz2 and lzma here
+    from compression._common import _streams as _compression
+except ImportError:
+    import _compression
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -15,14 +20,13 @@ from .codec.chunking import segment_length
 from .codec.segments import decode_segment, encode_segment
 from .codec.settings import Progress, Settings, Stats
 from .dictionary import Dictionary
-from .errors import DictionaryMismatchError, FormatError, LmpressError, ModelMismatchError
+from .errors import DictionaryMismatchError, FormatError, LmpressError, ModelMismatchError, NotAnArchiveError
 from .exact import ENGINE
 from .exact.runner import compute_threads
 from .models import LanguageModel, adapted, load_model
 
 ModelSpec = str | os.PathLike | LanguageModel | None
 DictionarySpec = str | os.PathLike | Dictionary | None
-_READ_SIZE = 1 << 16
 
 
 def _model(model: ModelSpec) -> LanguageModel:
@@ -171,11 +175,6 @@ def _settings(header: fmt.Header, dictionary: Dictionary | None) -> Settings:
         raise FormatError(f"corrupted archive header ({e})") from None
 
 
-def segment_name(index: int, segment: fmt.Segment) -> str:
-    """How errors name a segment: its index and the original bytes it holds."""
-    return f"segment {index} (original bytes {segment.offset:,} to {segment.offset + segment.raw_size:,})"
-
-
 def _checked_model(spec: ModelSpec, header: fmt.Header) -> LanguageModel:
     """The model to decode with; an archive made with a dictionary names it through the dictionary."""
     model = _model(spec)
@@ -245,8 +244,7 @@ class Decompressor:
         self._buffer = bytearray()
         self._out = bytearray()  # decoded, not yet returned
         self._position = 0  # archive bytes consumed
-        self._size = 0  # original bytes produced
-        self._segments = 0
+        self._tally = fmt.Tally()  # the segments read so far
 
     @property
     def eof(self) -> bool:
@@ -267,38 +265,28 @@ class Decompressor:
             raise EOFError("already at the end of the archive")
         self._buffer += data
         if self.header is None:
-            parsed = fmt.parse_header(self._buffer)
-            if parsed is None:
+            found = fmt.parse_header(self._buffer)
+            if found is None:
                 return b""
-            header, n = parsed
+            header, n = found
             self.model, self._decode_settings = decoding(self._model_spec, self._dictionary_spec, header)
             self.header = header
             del self._buffer[:n]
             self._position += n
-        settings = self._decode_settings
+        model, settings = self.model, self._decode_settings
+        assert model is not None and settings is not None  # found with the header
         while not self._ended and not 0 <= max_length <= len(self._out) and (parsed := self._frame()) is not None:
             frame, n = parsed
             del self._buffer[:n]
             self._position += n
             if isinstance(frame, fmt.End):
-                if frame.total_size != self._size:
-                    raise FormatError(
-                        f"corrupted archive (end marker says {frame.total_size:,} bytes, segments hold {self._size:,})"
-                    )
+                self._tally.end(frame.total_size)
                 self._ended = True
                 self.unused_data = bytes(self._buffer)
                 break
-            where = segment_name(self._segments, frame)
-            if frame.offset != self._size:
-                raise FormatError(
-                    f"corrupted archive ({where} follows original byte {self._size:,}: a segment is missing "
-                    f"or out of order)"
-                )
+            where = self._tally.segment(frame.offset, frame.raw_size)
             with compute_threads(self._threads):
-                piece = decode_segment(self.model, frame, settings, where, self._progress)
-            self._segments += 1
-            self._size += len(piece)
-            self._out += piece
+                self._out += decode_segment(model, frame, settings, where, self._progress)
         self._limited = 0 <= max_length <= len(self._out) and not self._ended
         n = len(self._out) if max_length < 0 else max_length
         out = bytes(self._out[:n])
@@ -309,13 +297,14 @@ class Decompressor:
         """The error for an archive that ends here, before its end marker: it says where."""
         if self.header is None:
             return FormatError("truncated archive (it ends inside its header)" if self._buffer else "empty input")
+        tally = self._tally
         where = (
-            f"inside segment {self._segments} (archive byte {self._position:,})"
+            f"inside segment {tally.segments} (archive byte {self._position:,})"
             if self._buffer
-            else f"after {self._segments} segments"
+            else f"after {tally.segments} segments"
         )
         return FormatError(
-            f"truncated archive: it ends {where}, before its end marker, with {self._size:,} original bytes "
+            f"truncated archive: it ends {where}, before its end marker, with {tally.size:,} original bytes "
             f"decoded; `lmpress decompress --recover` saves the intact segments"
         )
 
@@ -323,9 +312,9 @@ class Decompressor:
         try:
             return fmt.parse_frame(self._buffer)
         except FormatError as e:
-            frame = "the end marker" if self._buffer[0] == fmt.FRAME_END else f"segment {self._segments}"
+            frame = "the end marker" if self._buffer[0] == fmt.FRAME_END else f"segment {self._tally.segments}"
             raise FormatError(
-                f"{e} in {frame} at archive byte {self._position:,} (original bytes from {self._size:,}); "
+                f"{e} in {frame} at archive byte {self._position:,} (original bytes from {self._tally.size:,}); "
                 f"`lmpress decompress --recover` saves the intact segments"
             ) from None
 
@@ -344,13 +333,13 @@ class Damage:
 
 
 def salvage(
-    archive: bytes | bytearray | memoryview,
+    archive: fmt.Buffer,
     model: ModelSpec = None,
     *,
     dictionary: DictionarySpec = None,
     progress: Progress | None = None,
     threads: int = 0,
-) -> Iterator[bytes | Damage]:
+) -> Generator[bytes | Damage, None, None]:
     """The intact segments of a damaged archive, in order, with a ``Damage`` for each stretch of lost bytes.
 
     Every frame carries its own checksum, so after damage the next intact frame is found by trying each later
@@ -358,12 +347,12 @@ def salvage(
     header must be intact: it says how the model was run. A member that follows an intact end marker is read on.
     """
     view = memoryview(archive)
-    parsed = fmt.parse_header(view)
-    if parsed is None:
+    head = fmt.parse_header(view)
+    if head is None:
         raise FormatError("truncated archive header: nothing can be recovered")
     base, position = 0, 0  # original bytes before this member; archive byte of its header
-    while parsed is not None:
-        header, n = parsed
+    while head is not None:
+        header, n = head
         lm, settings = decoding(model, dictionary, header)
         size, index, position = base, 0, position + n  # original bytes accounted for; segments seen
         while True:
@@ -389,19 +378,20 @@ def salvage(
                 continue  # a frame that checks out but is not where it claims to be: not this member's
             if base + frame.offset > size:
                 yield Damage(size, base + frame.offset, "damaged or missing segments")
+            where = fmt.segment_name(index, frame.offset, frame.raw_size)
             try:
                 with compute_threads(threads):
-                    piece = decode_segment(lm, frame, settings, segment_name(index, frame), progress)
+                    piece = decode_segment(lm, frame, settings, where, progress)
             except FormatError as e:
                 yield Damage(base + frame.offset, base + frame.offset + frame.raw_size, str(e))
             else:
                 yield piece
             size, index = base + frame.offset + frame.raw_size, index + 1
         try:  # another member after this one's end marker
-            parsed = fmt.parse_header(view[position:]) if position < len(view) else None
+            head = fmt.parse_header(view[position:]) if position < len(view) else None
         except FormatError:
-            parsed = None
-        if parsed is None and position < len(view):
+            head = None
+        if head is None and position < len(view):
             yield Damage(base, None, f"{len(view) - position:,} bytes after an end marker are not a readable member")
             return
 
@@ -410,9 +400,13 @@ def recover(
     archive: bytes, model: ModelSpec = None, *, dictionary: DictionarySpec = None
 ) -> tuple[bytes, list[Damage]]:
     """Every intact segment's bytes of a damaged archive, concatenated, and what was lost (see ``salvage``)."""
-    pieces, damage = [], []
+    pieces: list[bytes] = []
+    damage: list[Damage] = []
     for piece in salvage(archive, model, dictionary=dictionary):
-        (damage if isinstance(piece, Damage) else pieces).append(piece)
+        if isinstance(piece, Damage):
+            damage.append(piece)
+        else:
+            pieces.append(piece)
     return b"".join(pieces), damage
 
 
@@ -429,11 +423,47 @@ def decompress(data: bytes, model: ModelSpec = None, *, dictionary: DictionarySp
         return f.read()
 
 
-class LmpFile(io.BufferedIOBase):
-    """A file object over an .lmp archive: read plain bytes from it, or write plain bytes into it.
+class _Members(_compression.DecompressReader):
+    """The original bytes of every member of an archive, one ``Decompressor`` after another, as Python's own
+    readers go through concatenated streams. Unlike theirs, bytes after a member that do not start another are an
+    error, not ignored, and every error names the member it is in (``format.member_prefix``)."""
+
+    def __init__(self, fp: IO[bytes], **decoding: Any):
+        self._decompressor: Decompressor | None = None
+        self._member, self._member_start = -1, 0  # which member is read (from 0), and its first archive byte
+        super().__init__(fp, self._next_member, **decoding)
+
+    def _next_member(self, **decoding: Any) -> Decompressor:
+        if self._decompressor is not None:
+            self._member_start += self._decompressor.position
+        self._member += 1
+        return Decompressor(**decoding)
+
+    def _rewind(self) -> None:
+        self._decompressor, self._member, self._member_start = None, -1, 0
+        super()._rewind()
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return super().read(size)
+        except EOFError:  # the file ends before the member's end marker
+            assert self._decompressor is not None
+            raise fmt.in_member(self._decompressor.truncated(), self._member, self._member_start) from None
+        except NotAnArchiveError:
+            if self._member:
+                raise fmt.trailing_data(self._member_start) from None
+            raise
+        except LmpressError as e:
+            raise fmt.in_member(e, self._member, self._member_start) from None
+
+
+class LmpFile(_compression.BaseStream):
+    """A file object over an .lmp archive: read plain bytes from it, or write plain bytes into it, as
+    ``lzma.LZMAFile``.
 
     Reading goes on through every member of an archive made by concatenating archives, as gzip, xz and zstd
-    readers do; anything else after a member is an error. ``progress`` (reading) is called as the decoder's is;
+    readers do; anything else after a member is an error. Reading seeks (forward by decoding, backward by decoding
+    again from the start), as ``LZMAFile`` does. ``progress`` (reading) is called as the decoder's is;
     ``settings`` are the Compressor's (writing), or ``threads`` (reading).
     """
 
@@ -447,99 +477,103 @@ class LmpFile(io.BufferedIOBase):
         progress: Progress | None = None,
         **settings: Any,
     ):
+        self._mode = "closed"  # until everything below is in place: close() then has nothing to do
         if mode in ("r", "rb"):
-            self._mode = "r"
+            reading = True
         elif mode in ("w", "wb", "x", "xb"):
-            self._mode = "w"
+            reading = False
         else:
             raise ValueError(f"invalid mode: {mode!r}")
+        if not reading:  # before the file is created: bad settings leave no empty file behind
+            self._encoder = Compressor(model, dictionary=dictionary, progress=progress, **settings)
+            self._pos = 0  # plain bytes written
+        self._fp: IO[bytes]
         if isinstance(filename, (str, bytes, os.PathLike)):
-            self._fp = builtins.open(filename, self._mode + "b" if "x" not in mode else "xb")  # noqa: SIM115 (closed by close())
+            self._fp = builtins.open(filename, "rb" if reading else "xb" if "x" in mode else "wb")  # noqa: SIM115 (closed by close())
             self._owns = True
-        elif hasattr(filename, "read" if self._mode == "r" else "write"):
+        elif hasattr(filename, "read" if reading else "write"):
             self._fp, self._owns = filename, False
         else:
             raise TypeError("filename must be a path or a file object")
-        if self._mode == "r":
-            self._decoding = {"model": model, "dictionary": dictionary, "progress": progress, **settings}
-            self._decoder = Decompressor(**self._decoding)
-            self._member, self._member_start = 1, 0  # which member is being read, and its first archive byte
-            self._out = bytearray()
-        else:
-            self._encoder = Compressor(model, dictionary=dictionary, progress=progress, **settings)
-
-    def readable(self) -> bool:
-        return self._mode == "r" and not self.closed
-
-    def writable(self) -> bool:
-        return self._mode == "w" and not self.closed
-
-    def _fill(self) -> bool:
-        data = b""
-        if self._decoder.eof:  # the end of a member: the end of the archive, or another member
-            data = self._decoder.unused_data
-            while len(data) < len(fmt.MAGIC) and (more := self._fp.read(_READ_SIZE)):
-                data += more
-            if not data:
-                return False
-            if data[: len(fmt.MAGIC)] != fmt.MAGIC[: len(data)]:
-                raise FormatError("trailing data after the archive")
-            self._member_start += self._decoder.position
-            self._member += 1
-            self._decoder = Decompressor(**self._decoding)
-        elif self._decoder.needs_input:
-            data = self._fp.read(_READ_SIZE)
-            if not data:
-                raise self._in_member(self._decoder.truncated())
-        try:
-            self._out += self._decoder.decompress(data, _READ_SIZE)
-        except LmpressError as e:
-            raise self._in_member(e) from None
-        return True
-
-    def _in_member(self, e: LmpressError) -> LmpressError:
-        """``e``, saying which member it is about when the archive has several."""
-        if self._member == 1:
-            return e
-        return type(e)(f"member {self._member} (from archive byte {self._member_start:,}): {e}")
-
-    def read(self, size: int | None = -1) -> bytes:
-        if not self.readable():
-            raise io.UnsupportedOperation("not open for reading")
-        while (size is None or size < 0 or len(self._out) < size) and self._fill():
-            pass
-        n = len(self._out) if size is None or size < 0 else size
-        data = bytes(self._out[:n])
-        del self._out[:n]
-        return data
-
-    def read1(self, size: int = -1) -> bytes:
-        return self.read(size)
-
-    def readinto(self, b) -> int:
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
-
-    def write(self, data) -> int:
-        if not self.writable():
-            raise io.UnsupportedOperation("not open for writing")
-        data = bytes(data)
-        self._fp.write(self._encoder.compress(data))
-        return len(data)
+        if reading:
+            try:
+                raw = _Members(self._fp, model=model, dictionary=dictionary, progress=progress, **settings)
+            except TypeError:  # an argument Decompressor does not take
+                if self._owns:
+                    self._fp.close()
+                raise
+            self._buffer = io.BufferedReader(raw)
+        self._mode = "r" if reading else "w"
 
     def close(self) -> None:
-        if self.closed:
+        if self._mode == "closed":
             return
         try:
-            if self._mode == "w":
+            if self._mode == "r":
+                self._buffer.close()
+            else:
                 self._fp.write(self._encoder.flush())
         finally:
             try:
                 if self._owns:
                     self._fp.close()
             finally:
+                self._mode = "closed"
                 super().close()
+
+    @property
+    def closed(self) -> bool:
+        return self._mode == "closed"
+
+    def fileno(self) -> int:
+        self._check_not_closed()
+        return self._fp.fileno()
+
+    def readable(self) -> bool:
+        self._check_not_closed()
+        return self._mode == "r"
+
+    def writable(self) -> bool:
+        self._check_not_closed()
+        return self._mode == "w"
+
+    def seekable(self) -> bool:
+        return self.readable() and self._buffer.seekable()
+
+    def peek(self, size: int = -1) -> bytes:
+        self._check_can_read()
+        return self._buffer.peek(size)
+
+    def read(self, size: int | None = -1) -> bytes:
+        self._check_can_read()
+        return self._buffer.read(size)
+
+    def read1(self, size: int = -1) -> bytes:
+        self._check_can_read()
+        return self._buffer.read1(io.DEFAULT_BUFFER_SIZE if size < 0 else size)
+
+    def readinto(self, b) -> int:
+        self._check_can_read()
+        return self._buffer.readinto(b)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        self._check_can_read()
+        return self._buffer.readline(size)
+
+    def write(self, data) -> int:
+        self._check_can_write()
+        data = bytes(data)  # any buffer: its bytes
+        self._fp.write(self._encoder.compress(data))
+        self._pos += len(data)
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._check_can_seek()
+        return self._buffer.seek(offset, whence)
+
+    def tell(self) -> int:
+        self._check_not_closed()
+        return self._buffer.tell() if self._mode == "r" else self._pos
 
 
 def open(

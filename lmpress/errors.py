@@ -9,6 +9,10 @@ class FormatError(LmpressError):
     """The data is not an lmpress archive, or it is truncated or corrupted."""
 
 
+class NotAnArchiveError(FormatError):
+    """The data does not start with an archive's magic bytes: not an lmpress archive at all."""
+
+
 class UnsupportedVersionError(FormatError):
     """The archive was written by a newer format version than this lmpress reads."""
 

@@ -16,6 +16,7 @@ import contextlib
 import gc
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import re
@@ -24,7 +25,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,23 +90,22 @@ class Worker:
         return self.compressor().segment(data, offset)[0]
 
     def decode(self, header: bytes, frame: bytes, member: str, index: int) -> bytes:
-        """The original bytes of segment ``index`` (of ``member``: "" or "member N, ", for errors), checked
-        against its crc32."""
+        """The original bytes of segment ``index``, checked against its crc32; ``member`` (``format.member_prefix``)
+        starts every error's message."""
         if header not in self._decoding:
-            parsed = fmt.parse_header(header)
-            if parsed is None:
-                raise FormatError("truncated archive header")
-            self._decoding[header] = api.decoding(self.models[0], self.job.dictionary, parsed[0])
+            self._decoding[header] = api.decoding(self.models[0], self.job.dictionary, fmt.whole_header(header))
         lm, settings = self._decoding[header]
         try:
-            parsed = fmt.parse_frame(frame)
+            segment = fmt.whole_frame(frame)
         except FormatError as e:
-            raise FormatError(f"{e} in {member}segment {index}") from None
-        segment, _ = parsed
+            raise FormatError(f"{member}{e} in segment {index}") from None
         if not isinstance(segment, fmt.Segment):
-            raise FormatError(f"corrupted archive ({member}segment {index} is not a segment frame)")
-        with compute_threads(self.job.threads):
-            return decode_segment(lm, segment, settings, member + api.segment_name(index, segment))
+            raise FormatError(f"{member}corrupted archive (segment {index} is not a segment frame)")
+        try:
+            with compute_threads(self.job.threads):
+                return decode_segment(lm, segment, settings, fmt.segment_name(index, segment.offset, segment.raw_size))
+        except LmpressError as e:
+            raise type(e)(member + str(e)) from None
 
     def score(self, data: bytes, detail: int, local: int) -> list[tuple]:
         """(model name, scores, short-context scores or None) of one document under each model."""
@@ -159,6 +159,8 @@ def _exit_with(parent: int) -> None:
 
 
 def _run_in_process(method: str, args: tuple) -> Any:
+    if _WORKER is None:
+        raise RuntimeError("a unit of work sent to a process that is not a worker")
     return _WORKER.call(method, *args)
 
 
@@ -222,7 +224,7 @@ class RayPool(Pool):
         self._ray = ray
         if not ray.is_initialized():
             try:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+                ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
             except (ConnectionError, ValueError, RuntimeError) as e:
                 hint = "" if os.environ.get("RAY_AUTH_MODE") else " (with token authentication: RAY_AUTH_MODE=token)"
                 where = f" at {address}" if address else ""
@@ -242,7 +244,7 @@ class RayPool(Pool):
         actor = ray.remote(Worker).options(
             num_cpus=job.threads, num_gpus=1 if gpus else 0, runtime_env={"env_vars": _thread_limits(job.threads)}
         )
-        self._actors = [actor.remote(job) for _ in range(workers)]
+        self._actors: list[Any] = [actor.remote(job) for _ in range(workers)]
         self._busy = [0] * workers
 
     def submit(self, method: str, *args: Any) -> concurrent.futures.Future:
@@ -253,10 +255,11 @@ class RayPool(Pool):
         def settle(ref_future: concurrent.futures.Future) -> None:
             self._busy[i] -= 1
             error = ref_future.exception()
+            cause = getattr(error, "cause", None)
             if error is None:
                 future.set_result(ref_future.result())
-            elif isinstance(getattr(error, "cause", None), LmpressError):  # the worker's own, not Ray's wrapper
-                future.set_exception(error.cause)
+            elif isinstance(cause, LmpressError):  # the worker's own, not Ray's wrapper
+                future.set_exception(cause)
             else:  # an actor that died, a node that left: Ray's words, on one line
                 future.set_exception(LmpressError(f"a Ray worker failed: {' '.join(str(error).split())[:300]}"))
 
@@ -368,7 +371,7 @@ def ordered(
     ``IN_FLIGHT`` units per worker handed out or waiting to be returned. With a ``journal`` (results are then
     bytes), a unit already in it is not computed again, and each new result goes into it the moment it arrives,
     whatever its place."""
-    queue: deque[list] = deque()  # [index, arguments, future, result or None], in input order
+    queue: deque[list[Any]] = deque()  # [index, arguments, future, result or None], in input order
     pending = iter(enumerate(units))
     exhausted = False
     while True:
@@ -388,9 +391,9 @@ def ordered(
             done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
             for slot in queue:
                 if slot[3] is None and slot[2] in done:
-                    slot[3] = slot[2].result()  # a worker's error is raised here
+                    slot[3] = result = slot[2].result()  # a worker's error is raised here
                     if journal is not None:
-                        journal.put(slot[0], slot[3])
+                        journal.put(slot[0], result)
             continue
         _, args, _, result = queue.popleft()
         yield args, result
@@ -436,61 +439,51 @@ def compress(
 
 def decompress(
     pool: Pool,
-    archive: bytes | memoryview,
+    archive: fmt.Buffer,
     journal: Journal | None = None,
     progress: Callable[[float, float], None] | None = None,
     layout: list[fmt.MemberLayout] | None = None,
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     """The original bytes of an archive (every member), segment by segment, in order; each segment checked
     as a plain decoder checks it. Raises before anything is decoded if the archive's layout is cut short.
     ``layout``: ``format.members`` of the archive, if the caller has it already."""
     view = memoryview(archive)
     layout = list(fmt.members(view)) if layout is None else layout
     units = (
-        (bytes(view[slice(*member.header)]), bytes(view[a:b]), _member(m, len(layout)), i)
+        (bytes(view[slice(*member.header)]), bytes(view[a:b]), fmt.member_prefix(m, member.header[0]), i)
         for m, member in enumerate(layout)
         for i, (a, b) in enumerate(member.segments)
     )
     results = ordered(pool, "decode", units, journal)
     for m, member in enumerate(layout):
-        size = 0
-        for i, (a, b) in enumerate(member.segments):
-            offset, raw_size = fmt.segment_position(view[a:b])
-            _, data = next(results)
-            where = f"{_member(m, len(layout))}segment {i}"
-            if offset != size:
-                raise FormatError(
-                    f"corrupted archive ({where} follows original byte {size:,}: a segment is missing or out of order)"
-                )
-            if len(data) != raw_size:
-                raise FormatError(f"corrupted archive ({where}: {len(data):,} bytes where it holds {raw_size:,})")
-            size += len(data)
-            if progress is not None:
-                progress(len(data), 8 * (b - a))
-            yield data
-        end, _ = fmt.parse_frame(view[slice(*member.end)])
-        if end.total_size != size:
-            raise FormatError(f"corrupted archive (end marker says {end.total_size:,} bytes, segments hold {size:,})")
+        tally = fmt.Tally()
+        try:
+            for a, b in member.segments:
+                offset, raw_size = fmt.segment_position(view[a:b])
+                tally.segment(offset, raw_size)
+                _, data = next(results)
+                if progress is not None:
+                    progress(len(data), 8 * (b - a))
+                yield data
+            tally.end(fmt.whole_end(view[slice(*member.end)]).total_size)
+        except FormatError as e:
+            raise fmt.in_member(e, m, member.header[0]) from None
 
 
-def original_size(archive: bytes | memoryview, layout: list[fmt.MemberLayout]) -> int | None:
+def original_size(archive: fmt.Buffer, layout: list[fmt.MemberLayout]) -> int | None:
     """What the archive's end markers say it holds (None if one is damaged): a total for progress bars."""
     view = memoryview(archive)
     try:
-        return sum(fmt.parse_frame(view[slice(*member.end)])[0].total_size for member in layout)
+        return sum(fmt.whole_end(view[slice(*member.end)]).total_size for member in layout)
     except LmpressError:
         return None
-
-
-def _member(member: int, members: int) -> str:
-    return f"member {member + 1}, " if members > 1 else ""
 
 
 def score(
     pool: Pool, documents: list[tuple[str, bytes]], detail: int = 0, local: int = 0
 ) -> Iterator[tuple[str, bytes, str, TokenScores, TokenScores | None]]:
     """(name, data, model name, scores, short-context scores) of each document under each of the job's models,
-    in order: what the analyses of ``cli.py`` take, to the bit what one process computes."""
+    in order: what the analyses of ``cli.lens`` take, to the bit what one process computes."""
     results = ordered(pool, "score", ((data, detail, local) for _, data in documents))
     for (name, data), (_, per_model) in zip(documents, results):
         for model_name, scores, short in per_model:

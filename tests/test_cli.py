@@ -133,10 +133,10 @@ def test_interrupt_while_torch_imports_is_one_line(tmp_path):
 
 def test_an_interrupt_swallowed_by_a_library_still_stops_the_commit(tmp_path, monkeypatch):
     """A KeyboardInterrupt lost in a finaliser is remembered: the output is not renamed into place."""
-    from lmpress import cli
+    from lmpress.cli import common
 
-    monkeypatch.setattr(cli._Interrupt, "seen", True)
+    monkeypatch.setattr(common.Interrupt, "seen", True)
     target = tmp_path / "out.lmp"
-    with pytest.raises(KeyboardInterrupt), cli.atomic_output(target, force=False) as (out, _):
+    with pytest.raises(KeyboardInterrupt), common.atomic_output(target, force=False) as (out, _):
         out.write(b"partial")
     assert os.listdir(tmp_path) == []

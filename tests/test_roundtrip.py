@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lmpress
+from lmpress.codec import format as fmt
 from lmpress.codec import segments
 from lmpress.codec.chunking import split
 from lmpress.codec.settings import Settings
@@ -136,6 +137,20 @@ def test_truncated_and_trailing(tiny):
         lmpress.decompress(blob + b"x", model=tiny)
 
 
+def test_every_reader_names_a_member_the_same_way(tiny):
+    """The streaming reader and the layout walk of parallel readers say the same of what follows a member."""
+    blob = lmpress.compress(b"two members", model=tiny, **SMALL)
+    for after in (b"xyz", blob[:7]):
+        with pytest.raises(lmpress.FormatError) as streamed:
+            lmpress.decompress(blob + after, model=tiny)
+        with pytest.raises(lmpress.FormatError) as walked:
+            list(fmt.members(blob + after))
+        assert str(streamed.value) == str(walked.value)
+        assert f"archive byte {len(blob):,}" in str(streamed.value)
+    with pytest.raises(lmpress.NotAnArchiveError):
+        lmpress.decompress(b"PK\x03\x04 a zip file", model=tiny)
+
+
 def test_corrupted_payload_names_the_segment(tiny):
     data = TRAINING_TEXT.encode()[:2000]
     blob = bytearray(lmpress.compress(data, model=tiny, **SMALL))
@@ -168,8 +183,13 @@ def test_file_objects(tiny, tmp_path):
         f.write(data[:700])
         f.write(data[700:])
     with lmpress.open(path, "rb", model=tiny) as f:
-        assert f.read(10) == data[:10]
-        assert f.read() == data[10:]
+        assert f.read(10) == data[:10] and f.tell() == 10
+        assert f.peek(1)[:1] == data[10:11] and f.read1(5) == data[10:15]
+        assert f.read() == data[15:]
+        assert f.seek(-5, io.SEEK_END) == len(data) - 5 and f.read() == data[-5:]
+        assert f.seek(3) == 3 and f.read(4) == data[3:7]  # backwards: decoded again from the start
+    with pytest.raises(ValueError, match="closed"):
+        f.read()
     with lmpress.open(path, "rt", model=tiny, encoding="utf-8") as f:
         assert f.readline() == data.decode().splitlines(keepends=True)[0]
     buf = io.BytesIO()

@@ -6,14 +6,17 @@ All integers are little-endian. Parsing never trusts a length it has not bounded
 
 from __future__ import annotations
 
+import mmap
 import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ..errors import FormatError, UnsupportedVersionError
+from ..errors import FormatError, LmpressError, NotAnArchiveError, UnsupportedVersionError
 from ..exact import ENGINE
 from .mixing import NAME as MATCH_MIXER
+
+Buffer = bytes | bytearray | memoryview | mmap.mmap  # what the parsers read: an archive in memory, or mapped
 
 MAGIC = b"LMPZ"
 VERSION = 4  # the newest this lmpress reads and writes; an archive without a dictionary is written as version 3
@@ -198,15 +201,15 @@ class End:
         return _sealed(bytes([FRAME_END]) + uvarint(self.total_size))
 
 
-def parse_header(buf: bytes | bytearray) -> tuple[Header, int] | None:
+def parse_header(buf: Buffer) -> tuple[Header, int] | None:
     """The header at the start of ``buf`` and its length, or None if more bytes are needed."""
     if len(buf) < _PREFIX.size:
         if not MAGIC.startswith(bytes(buf[:4])):
-            raise FormatError("not an lmpress archive (bad magic bytes)")
+            raise NotAnArchiveError("not an lmpress archive (bad magic bytes)")
         return None
     magic, version = _PREFIX.unpack_from(buf)
     if magic != MAGIC:
-        raise FormatError("not an lmpress archive (bad magic bytes)")
+        raise NotAnArchiveError("not an lmpress archive (bad magic bytes)")
     if version > VERSION:
         raise UnsupportedVersionError(
             f"archive format version {version} is newer than this lmpress reads ({VERSION}); upgrade lmpress"
@@ -242,7 +245,31 @@ def parse_header(buf: bytes | bytearray) -> tuple[Header, int] | None:
     return header, end
 
 
-def _frame_extent(buf: bytes | bytearray | memoryview) -> tuple[int, int, int, int] | None:
+def whole_header(buf: Buffer) -> Header:
+    """The header that ``buf`` holds whole (a member's header range of ``members``)."""
+    parsed = parse_header(buf)
+    if parsed is None:
+        raise FormatError("truncated archive (it ends inside its header)")
+    return parsed[0]
+
+
+def whole_frame(buf: Buffer) -> Segment | End:
+    """The frame that ``buf`` holds whole (a frame's range of ``members``), checked."""
+    parsed = parse_frame(buf)
+    if parsed is None:
+        raise FormatError("truncated archive (it ends inside a frame)")
+    return parsed[0]
+
+
+def whole_end(buf: Buffer) -> End:
+    """The end marker that ``buf`` holds whole, checked."""
+    frame = whole_frame(buf)
+    if not isinstance(frame, End):
+        raise FormatError("corrupted archive (a segment where its end marker should be)")
+    return frame
+
+
+def _frame_extent(buf: Buffer) -> tuple[int, int, int, int] | None:
     """(kind, body_len or total_size, body offset, frame length) of the frame at the start of ``buf``, read from
     its kind and length alone; None if more bytes are needed to know its length."""
     if not buf:
@@ -260,7 +287,7 @@ def _frame_extent(buf: bytes | bytearray | memoryview) -> tuple[int, int, int, i
     return kind, value, offset, offset + body_len + _CRC.size
 
 
-def parse_frame(buf: bytes | bytearray | memoryview) -> tuple[Segment | End, int] | None:
+def parse_frame(buf: Buffer) -> tuple[Segment | End, int] | None:
     """The frame at the start of ``buf`` and its length, or None if more bytes are needed."""
     extent = _frame_extent(buf)
     if extent is None:
@@ -289,7 +316,7 @@ class MemberLayout:
     end: tuple[int, int]
 
 
-def members(buf: bytes | bytearray | memoryview) -> Iterator[MemberLayout]:
+def members(buf: Buffer) -> Iterator[MemberLayout]:
     """The layout of every member of an archive, found from the headers and the frames' length fields alone.
 
     Nothing else is read or checked (a frame's checksum is checked by whoever decodes it), so a parallel reader
@@ -297,21 +324,26 @@ def members(buf: bytes | bytearray | memoryview) -> Iterator[MemberLayout]:
     """
     view, position, index = memoryview(buf), 0, 0
     while position < len(view) or not index:
-        where = f"member {index + 1} (from archive byte {position:,})" if index else "it"
-        if index and bytes(view[position : position + len(MAGIC)]) != MAGIC[: len(view) - position]:
-            raise FormatError(f"{len(view) - position:,} bytes of trailing data after the archive")
-        parsed = parse_header(view[position:])
+        start = position
+        try:
+            parsed = parse_header(view[position:])
+        except NotAnArchiveError:
+            if index:
+                raise trailing_data(position) from None
+            raise
         if parsed is None:
-            raise FormatError(f"truncated archive ({where} ends inside its header)" if len(view) else "empty input")
+            cut = FormatError("truncated archive (it ends inside its header)" if len(view) else "empty input")
+            raise in_member(cut, index, start)
         header = (position, position + parsed[1])
         position, segments = header[1], []
         while True:
             try:
                 extent = _frame_extent(view[position:])
             except FormatError as e:
-                raise FormatError(f"{e} at archive byte {position:,}") from None
+                raise in_member(FormatError(f"{e} at archive byte {position:,}"), index, start) from None
             if extent is None or position + extent[3] > len(view):
-                raise FormatError(f"truncated archive ({where} ends inside a frame, at archive byte {position:,})")
+                cut = FormatError(f"truncated archive (it ends inside a frame, at archive byte {position:,})")
+                raise in_member(cut, index, start)
             frame = (position, position + extent[3])
             position = frame[1]
             if extent[0] == FRAME_END:
@@ -321,15 +353,64 @@ def members(buf: bytes | bytearray | memoryview) -> Iterator[MemberLayout]:
         index += 1
 
 
-def segment_position(frame: bytes | bytearray | memoryview) -> tuple[int, int]:
+def member_prefix(index: int, start: int) -> str:
+    """How errors name member ``index`` (from 0) of an archive, which starts at archive byte ``start``: "" for the
+    first, so that the errors of a one-member archive (nearly all) read as they would without members."""
+    return f"member {index + 1} (from archive byte {start:,}): " if index else ""
+
+
+def in_member(error: LmpressError, index: int, start: int) -> LmpressError:
+    """``error``, naming the member it is about (see ``member_prefix``)."""
+    return type(error)(member_prefix(index, start) + str(error)) if index else error
+
+
+def trailing_data(start: int) -> FormatError:
+    """The error for bytes after a member that do not start another one."""
+    return FormatError(f"trailing data after the archive (from archive byte {start:,}), not another member")
+
+
+def segment_name(index: int, offset: int, raw_size: int) -> str:
+    """How errors name a segment: its index in its member and the original bytes it holds."""
+    return f"segment {index} (original bytes {offset:,} to {offset + raw_size:,})"
+
+
+class Tally:
+    """What one member's segments have accounted for, in order: each segment must start at the original byte
+    where the ones before it end, and the end marker must hold their total. A segment that is missing, repeated
+    or out of place (each frame checks out on its own) is caught here, by every reader the same way."""
+
+    def __init__(self) -> None:
+        self.size = 0  # original bytes
+        self.segments = 0
+
+    def segment(self, offset: int, raw_size: int) -> str:
+        """Count the next segment in, which holds original bytes [offset, offset + raw_size); its name for errors."""
+        where = segment_name(self.segments, offset, raw_size)
+        if offset != self.size:
+            raise FormatError(
+                f"corrupted archive ({where} follows original byte {self.size:,}: a segment is missing or out of order)"
+            )
+        self.size += raw_size
+        self.segments += 1
+        return where
+
+    def end(self, total_size: int) -> None:
+        if total_size != self.size:
+            raise FormatError(f"corrupted archive (end marker says {total_size:,} bytes, segments hold {self.size:,})")
+
+
+def segment_position(frame: Buffer) -> tuple[int, int]:
     """(offset, raw_size) of a whole segment frame, read from the start of its body alone (not checked)."""
-    _, _, offset, _ = _frame_extent(frame)
+    extent = _frame_extent(frame)
+    if extent is None:
+        raise FormatError("truncated archive (it ends inside a frame)")
+    offset = extent[2]
     position, offset = read_uvarint(frame, offset)
     raw_size, _ = read_uvarint(frame, offset)
     return position, raw_size
 
 
-def find_frame(buf: bytes | bytearray | memoryview, start: int) -> int | None:
+def find_frame(buf: Buffer, start: int) -> int | None:
     """The first position from ``start`` where a whole frame checks out: where decoding resumes after damage."""
     view = memoryview(buf)
     for position in range(start, len(view)):

@@ -19,10 +19,13 @@ predicted from the same state: a row never sees another row's token of the same 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TypeVar
 
 import numpy as np
 
 from ..exact.arithmetic import TOTAL
+
+Count = TypeVar("Count", int, np.ndarray)  # one row's count, or an array of rows' counts
 
 NAME = "match-v1"
 MIN_MATCH = 3  # tokens of context a match needs
@@ -66,8 +69,8 @@ class MatchModel:
         length = self.length[row]
         own = self.tokens[row]
         own.append(token)
-        if predicted == token:
-            source, index = self.pointer[row]
+        if (at := self.pointer[row]) is not None and predicted == token:  # (a prediction has a pointer)
+            source, index = at
             self.pointer[row], self.length[row] = (source, index + 1), min(length + 1, MAX_MATCH)
         else:
             self.pointer[row], self.length[row] = None, 0
@@ -107,7 +110,7 @@ class HitEstimate:
         self.n[i][j] = min(n + 1, RATE_LIMIT)
 
 
-def _scaled(vocab: int, f_predicted: int, p: int) -> tuple[int, int, int, int]:
+def _scaled(vocab: int, f_predicted: Count, p: Count) -> tuple[Count, Count, Count, Count]:
     """(cp, A, B, R): the predicted token's count cp = f − 1, its new count A, the others' new total B and old
     total R (counts are frequencies minus one, summing to 2**24 − V)."""
     s = TOTAL - vocab

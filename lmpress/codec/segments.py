@@ -87,6 +87,7 @@ class Lockstep:
                 self.cache = None  # done: its memory is the next group's, and so is the packed copy's
                 self.run.release()
                 return
+            assert self.cache is not None  # None only once every row has left
             self.cache.keep_rows(np.flatnonzero(staying).tolist())
         if self.pos < self.window:
             self._forward(self.history[self.rows, self.step - 1 : self.step], self.pos)
@@ -128,7 +129,7 @@ def encode_segment(
         else:
             pieces.append((piece, ids))
     candidates = [i for i, (_, ids) in enumerate(pieces) if ids is not None]
-    rows = [pieces[i][1] for i in candidates]
+    rows = [ids for _, ids in pieces if ids is not None]  # candidates' tokens
 
     def report(row: int, tokens: int, spent: float) -> None:
         if progress is not None:
@@ -155,7 +156,7 @@ def encode_segment(
     lm_pieces = {candidates[r] for r in lm_rows}
     offset = 0
     for i, (piece, ids) in enumerate(pieces):
-        if i in lm_pieces:
+        if i in lm_pieces and ids is not None:
             chunk, payload = fmt.Chunk(fmt.METHOD_LM, tokens=len(ids)), b""
             stats.tokens += len(ids)
             stats.lm_bytes_in += len(piece)
@@ -186,7 +187,7 @@ class MatchMixer:
             predicted, length = self.model.predict(row)
             self.step.append((predicted, length, int(lm[i, predicted]) if predicted >= 0 else 0))
         p = [self.estimate.probability(length, f) if predicted >= 0 else 0 for predicted, length, f in self.step]
-        return torch.from_numpy(self._mixed(lm, [s[0] for s in self.step], p))
+        return torch.from_numpy(self._mixed(lm, np.array([s[0] for s in self.step]), np.array(p)))
 
     def update(self, rows: list[int], tokens: np.ndarray) -> None:
         for row, token, (predicted, length, f) in zip(rows, tokens.tolist(), self.step):

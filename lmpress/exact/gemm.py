@@ -10,6 +10,7 @@ binary64 arithmetic (exact for these sizes) on the model's own shapes before it 
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -32,11 +33,10 @@ class BackendError(LmpressError):
 def _split_k(a: Tensor, b: Tensor, product: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
     """Sum of exact partial products over slices of K short enough for binary32."""
     k = a.shape[-1]
-    out = None
-    for start in range(0, k, FLOAT32_EXACT_K):
-        part = product(a[..., start : start + FLOAT32_EXACT_K], b[..., start : start + FLOAT32_EXACT_K, :])
-        part = part.to(torch.int32)
-        out = part if out is None else out.add_(part)
+    slices = [slice(start, start + FLOAT32_EXACT_K) for start in range(0, k, FLOAT32_EXACT_K)]
+    out = product(a[..., slices[0]], b[..., slices[0], :]).to(torch.int32)
+    for part in slices[1:]:
+        out.add_(product(a[..., part], b[..., part, :]).to(torch.int32))
     return out
 
 
@@ -178,7 +178,7 @@ def _fastest(device: torch.device, shapes: tuple[tuple[int, int], ...]) -> Gemm:
     for name in candidates(device):
         gemm = Gemm(name)
         try:
-            timed.append((_time(lambda g=gemm: g.mm(a, b), device), name, gemm))
+            timed.append((_time(functools.partial(gemm.mm, a, b), device), name, gemm))
         except (RuntimeError, TypeError, NotImplementedError):
             continue
     failures = []

@@ -16,9 +16,12 @@ int8 halves a row) where the definitions take ``bits``.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 import torch
 from numba import get_num_threads, njit, prange
+from torch import Tensor
 
 from .arithmetic import (
     EXP2_POLY,
@@ -51,6 +54,20 @@ from .simd import (
     tile_release,
     wide_vectors,
 )
+
+
+class KVCache(Protocol):
+    """What the kernels read of a ``model.KVCache`` (named here, not imported: the model imports this module)."""
+
+    k: Tensor
+    v: Tensor
+    k_scale: Tensor
+    v_scale: Tensor
+    head_dim: int
+
+
+# ``step_weights``: each layer's packed weights, and their scales, as numpy arrays
+StepWeights = tuple[tuple[tuple[np.ndarray, ...], ...], tuple[tuple[np.ndarray, ...], ...]]
 
 _F = np.float32
 _I = np.int32
@@ -131,7 +148,9 @@ def _weights(dots, key_factor, q_factor, visible, v_scale, wq, wd, total, params
         wq[g, r, n:] = 0
 
 
-def attention_weights(dots, key_factor, q_factor, visible, v_scale):
+def attention_weights(
+    dots: Tensor, key_factor: Tensor, q_factor: Tensor, visible: Tensor, v_scale: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
     """``arithmetic.attention_weights``, compiled: same arguments, same results."""
     lead = dots.shape[:-2]
     rows, width = dots.shape[-2:]
@@ -214,7 +233,7 @@ def _intervals(z, tokens, left, width, params, shape):  # pragma: no cover (comp
         width[r] = e[t] + 1 + (remainder if first == t else 0)
 
 
-def frequencies(logits):
+def frequencies(logits: Tensor) -> Tensor:
     """``arithmetic.frequencies``, compiled: int64 [N, V]."""
     z = logits.contiguous().numpy()
     out = np.empty(z.shape, np.int64)
@@ -229,7 +248,7 @@ def _counts(freqs, out):  # pragma: no cover (compiled)
             out[r, v] = np.float64(freqs[r, v] - 1)
 
 
-def counts(freqs):
+def counts(freqs: Tensor) -> np.ndarray:
     """``coding``'s counts for constriction, f − 1 as binary64 [N, V] in C order, on every thread (a step's
     [rows, 49152] is 3 MiB each way)."""
     f = np.ascontiguousarray(freqs.numpy())
@@ -238,7 +257,7 @@ def counts(freqs):
     return out
 
 
-def token_intervals(logits, tokens):
+def token_intervals(logits: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
     """``arithmetic.token_intervals``, compiled, without the whole rows: (L, f) int64 [N]."""
     z = logits.contiguous().numpy()
     left, width = np.empty(len(z), np.int64), np.empty(len(z), np.int64)
@@ -345,7 +364,7 @@ def _swiglu_operand(
         out_factor[m] = _operand_row(y, m, rows, q, bits16_out, False, 0.0, tiny, out)
 
 
-def product_operand(x, bits, eps=None):
+def product_operand(x: Tensor, bits: int, eps: float | None = None) -> tuple[Tensor, Tensor]:
     """``arithmetic.product_operand``, compiled: (int8 operand, row factors [M, 1])."""
     x = x.contiguous()
     rows, bits16 = x.shape[0], bits == 16
@@ -356,7 +375,7 @@ def product_operand(x, bits, eps=None):
     return out, factor
 
 
-def product_result(acc, bits, scale, factor):
+def product_result(acc: Tensor, bits: int, scale: Tensor, factor: Tensor) -> Tensor:
     """``arithmetic.product_result``, compiled."""
     bits16 = bits == 16
     rows = acc.shape[0] // 2 if bits16 else acc.shape[0]
@@ -366,7 +385,7 @@ def product_result(acc, bits, scale, factor):
     return out
 
 
-def fixed_logits(acc, bits, scale, factor, r):
+def fixed_logits(acc: Tensor, bits: int, scale: Tensor, factor: Tensor, r: Tensor) -> Tensor:
     """``arithmetic.fixed_logits``, compiled: the product's result and the logits' rounding in one pass a row."""
     rows = r.shape[0]
     out = torch.empty((rows, acc.shape[1]), dtype=torch.int32)
@@ -583,17 +602,17 @@ def _attention_tiles(
         tile_release()
 
 
-def attention_tiles(qkv, cos, sin, pos, cache, layer, kappa, rep, out):
+def attention_tiles(
+    qkv: Tensor, cos: Tensor, sin: Tensor, pos: int, cache: KVCache, layer: int, kappa: Tensor, rep: int, out: Tensor
+) -> None:
     """``ExactLlama``'s attention in a full pass, on AMX tiles: from the query, key and value product's result ``qkv``
     [B·t, (H + 2G)·hd] of positions pos .. pos+t−1 (rotary tables ``cos``, ``sin`` by position), writing their keys
     and values into the cache, to ``out`` [B, t, H, hd] (binary32): ``rotate``, ``quantize_rows``, ``KVCache.write``
     and ``ExactLlama.attend``'s numbers."""
     batch, t, heads, hd = out.shape
     y = out.numpy().reshape(batch, t, heads // rep, rep, hd)
-    tensors = (cache.k[layer], cache.v[layer], cache.k_scale[layer], cache.v_scale[layer])
-    _attention_tiles(
-        qkv.numpy(), cos.numpy(), sin.numpy(), pos, *(x.numpy() for x in tensors), _F(kappa), y, _PARAMS, _SHAPE
-    )
+    k, v, k_scale, v_scale = (x[layer].numpy() for x in (cache.k, cache.v, cache.k_scale, cache.v_scale))
+    _attention_tiles(qkv.numpy(), cos.numpy(), sin.numpy(), pos, k, v, k_scale, v_scale, _F(kappa), y, _PARAMS, _SHAPE)
 
 
 def _operand_buffers(rows, k, bits):
@@ -608,7 +627,20 @@ def _operand_buffers(rows, k, bits):
     )
 
 
-def attention_step(acc, bits, scale, factor, cos, sin, pos, cache, layer, kappa, rep, out_bits):
+def attention_step(
+    acc: Tensor,
+    bits: int,
+    scale: Tensor,
+    factor: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    pos: int,
+    cache: KVCache,
+    layer: int,
+    kappa: Tensor,
+    rep: int,
+    out_bits: int,
+) -> tuple[Tensor, Tensor]:
     """``ExactLlama``'s attention for one new position per row (decoding), fused with the products around it:
     from the query, key and value product ``acc`` (of ``bits``-bit operands) to the output product's operand
     (``out_bits``), as ``arithmetic.product_result``, rotate, attend, ``arithmetic.product_operand``:
@@ -640,7 +672,9 @@ def attention_step(acc, bits, scale, factor, cos, sin, pos, cache, layer, kappa,
     return torch.from_numpy(out), torch.from_numpy(out_factor)
 
 
-def residual_operand(x, acc, bits, scale, factor, out_bits, eps):
+def residual_operand(
+    x: Tensor, acc: Tensor, bits: int, scale: Tensor, factor: Tensor, out_bits: int, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
     """h = x + ``arithmetic.product_result``(acc, bits, ...) and ``arithmetic.product_operand``(h, out_bits, eps):
     (h, operand, factors [B])."""
     h = np.empty(x.shape, np.float32)
@@ -650,7 +684,9 @@ def residual_operand(x, acc, bits, scale, factor, out_bits, eps):
     return torch.from_numpy(h), torch.from_numpy(out), torch.from_numpy(out_factor)
 
 
-def swiglu_operand(acc, bits, scale, factor, table, out_bits):
+def swiglu_operand(
+    acc: Tensor, bits: int, scale: Tensor, factor: Tensor, table: Tensor, out_bits: int
+) -> tuple[Tensor, Tensor]:
     """``arithmetic.product_operand``(``arithmetic.swiglu``(``arithmetic.product_result``(acc, bits, ...)), out_bits):
     (operand, factors [B])."""
     out, out_factor, q, bits16_out = _operand_buffers(factor.shape[0], scale.shape[0] // 2, out_bits)
@@ -738,7 +774,7 @@ def _product(x, w, amx, threads):  # pragma: no cover (compiled)
     return out
 
 
-def packed_product(x, packed, n, amx: bool | None = None):
+def packed_product(x: Tensor, packed: Tensor, n: int, amx: bool | None = None) -> Tensor:
     """The exact int32 product [M, n] of int8 rows x [M, K] and the weights packed by ``model.Linear.pack``
     (any gemm backend's integers): on AMX's tiles where this process may use them and ``_tiled`` says so, ``amx``
     forcing the choice."""
@@ -814,25 +850,40 @@ def _layers_step(x, operand, factor, weights, scales, bits16, cos, sin, pos, key
     return x
 
 
-def step_weights(packed, scales):
+def step_weights(packed: list[list[Tensor]], scales: list[list[Tensor]]) -> StepWeights:
     """Packed weights and scales as ``layers_step`` takes them: numpy arrays, a tuple of the qkv, o, gate_up and down
-    products' a layer (``packed``, ``scales``: lists of such lists of tensors). Worth keeping: converting them is
-    ~1 ms, a tenth of a step."""
+    products' a layer (``packed``, ``scales``: lists of such lists of tensors). Made once and kept: converting them
+    every step would cost a noticeable part of it."""
     return tuple(tuple(w.numpy() for w in four) for four in packed), tuple(
         tuple(s.numpy() for s in four) for four in scales
     )
 
 
-def layers_step(weights, x, operand, factor, cos, sin, pos, cache, kappa, rep, table, eps, bits):
+def layers_step(
+    weights: StepWeights,
+    x: Tensor,
+    operand: Tensor,
+    factor: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    pos: int,
+    cache: KVCache,
+    kappa: Tensor,
+    rep: int,
+    table: Tensor,
+    eps: float,
+    bits: dict[str, int],
+) -> Tensor:
     """``runner.Runner.step``'s layers where all their weights are packed, in one call: from the new rows'
     embeddings x and the first product's operand and factors to the hidden states after the last layer.
     ``weights``: ``step_weights`` of the layers; ``bits``: ``arithmetic.BITS``."""
     bits16 = tuple(bits[name] == 16 for name in ("qkv", "o", "gate_up", "down"))
     operand = _padded(operand.numpy(), weights[0][0][0], _tiled(len(operand), AMX))
-    x, factor, cos, sin, table = (t.numpy() for t in (x, factor, cos, sin, table))
-    rest = (_F(kappa), rep, cache.head_dim, table, eps, AMX, get_num_threads(), _PARAMS, _SHAPE, _SIGMOID)
-    cache = tuple(t.numpy() for t in (cache.k, cache.v, cache.k_scale, cache.v_scale))
-    return torch.from_numpy(_layers_step(x, operand, factor, *weights, bits16, cos, sin, pos, *cache, *rest))
+    arrays = (t.numpy() for t in (x, factor, cos, sin, table))
+    x_, factor_, cos_, sin_, table_ = arrays
+    rest = (_F(kappa), rep, cache.head_dim, table_, eps, AMX, get_num_threads(), _PARAMS, _SHAPE, _SIGMOID)
+    kv = tuple(t.numpy() for t in (cache.k, cache.v, cache.k_scale, cache.v_scale))
+    return torch.from_numpy(_layers_step(x_, operand, factor_, *weights, bits16, cos_, sin_, pos, *kv, *rest))
 
 
 @njit(parallel=True, boundscheck=False, cache=True)
@@ -863,7 +914,7 @@ def _mixed(freqs, predicted, p, total, out):  # pragma: no cover (compiled)
             out[r, u] = below[u + 1] - below[u]
 
 
-def mixed_frequencies(freqs, predicted, p):
+def mixed_frequencies(freqs: np.ndarray, predicted: np.ndarray, p: np.ndarray) -> np.ndarray:
     """``codec.mixing.mixed_frequencies`` of every row (``predicted`` −1: the row as it is), compiled: int64 [R, V]."""
     freqs = np.ascontiguousarray(freqs, dtype=np.int64)
     out = np.empty_like(freqs)

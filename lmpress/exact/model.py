@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import math
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -259,7 +260,9 @@ class ExactLlama:
                 lin.keep_packed_only()
 
     @classmethod
-    def from_float(cls, cfg: LlamaConfig, state: dict[str, Tensor], device: str | torch.device = "cpu") -> ExactLlama:
+    def from_float(
+        cls, cfg: LlamaConfig, state: Mapping[str, Tensor], device: str | torch.device = "cpu"
+    ) -> ExactLlama:
         """Quantise Hugging Face-named float weights (deterministic: single binary32 operations)."""
         device = torch.device(device)
 
@@ -341,7 +344,8 @@ class ExactLlama:
             run.attention(i, qkv, cache, pos, y.view(b, t, heads, hd))
             for j, rows in enumerate(blocks):
                 operand, factor = ops.product_operand(y[rows], BITS["o"])
-                x[rows], *operands[j] = self.rest_of_layer(layer, x[rows], operand, factor.view(-1), run)
+                x[rows], next_operand, next_factor = self.rest_of_layer(layer, x[rows], operand, factor.view(-1), run)
+                operands[j] = (next_operand, next_factor)
         return x.view(b, t, -1)
 
     def rest_of_layer(
@@ -408,9 +412,8 @@ class ExactLlama:
             s = pos + t1  # keys visible to the tile's last query
             rows = (t1 - t0) * rep
             visible = (pos + 1 + torch.arange(t0, t1, device=q.device, dtype=torch.int32)).repeat(rep)
-            args = (qq[:, :, :, t0:t1].reshape(b, g, rows, hd), qd[:, :, :, t0:t1].reshape(b, g, rows))
-            args += (kq, key_factor, vq, vd, visible, s)
-            pv, wd, total = self.attend(*args)
+            queries, q_factor = qq[:, :, :, t0:t1].reshape(b, g, rows, hd), qd[:, :, :, t0:t1].reshape(b, g, rows)
+            pv, wd, total = self.attend(queries, q_factor, kq, key_factor, vq, vd, visible, s)
             factor = (wd.double() / total.double()).float()
             y = pv.float() * factor[..., None]
             out[:, t0:t1] = y.view(b, g, rep, t1 - t0, hd).permute(0, 3, 1, 2, 4).reshape(b, t1 - t0, heads, hd)

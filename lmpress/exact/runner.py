@@ -35,7 +35,7 @@ class Runner:
         widest = (rows or 0) * max(BITS.values()) // 8  # operand rows of the widest product: 16 bits are two rows
         narrow = rows is not None and widest <= PACKED_ROWS and net.device.type == "cpu"
         self._packed = {id(lin): lin.pack() for lin in net.linears()} if narrow and not net.tiles else {}
-        self._step_arrays: tuple | None = None
+        self._step_arrays: kernels.StepWeights | None = None
 
     def release(self) -> None:
         """Free the packed copy: the work is done."""
@@ -83,20 +83,23 @@ class Runner:
         x = net.embed_tokens(tokens.reshape(-1))
         operand, factor = ops.product_operand(x, BITS["qkv"], eps)
         factor = factor.view(-1)
-        where = (cos[pos], sin[pos], pos, cache)
+        cos, sin, kappa = cos[pos], sin[pos], net.key_constant
         weights = self._layer_arrays()
         if weights is not None:
-            args = (*where, net.key_constant, rep, net.sigmoid, eps, BITS)
-            x = kernels.layers_step(weights, x, operand, factor, *args)
+            x = kernels.layers_step(
+                weights, x, operand, factor, cos, sin, pos, cache, kappa, rep, net.sigmoid, eps, BITS
+            )
             return x.view(len(x), 1, -1)
         for i, layer in enumerate(net.layers):
             acc = self.product(layer.qkv, operand)
-            args = (*where, i, net.key_constant, rep, BITS["o"])
-            operand, factor = kernels.attention_step(acc, BITS["qkv"], layer.qkv.scale, factor, *args)
+            scale = layer.qkv.scale
+            operand, factor = kernels.attention_step(
+                acc, BITS["qkv"], scale, factor, cos, sin, pos, cache, i, kappa, rep, BITS["o"]
+            )
             x, operand, factor = net.rest_of_layer(layer, x, operand, factor, self)
         return x.view(len(x), 1, -1)
 
-    def _layer_arrays(self) -> tuple | None:
+    def _layer_arrays(self) -> kernels.StepWeights | None:
         """``kernels.step_weights`` of the layers if all their weights are packed (kept by the model on AMX, or
         copied here), else None; made once."""
         if self._step_arrays is None and (self.net.tiles or self._packed):
@@ -112,7 +115,8 @@ def compute_threads(n: int) -> Iterator[None]:
     are the same with any number."""
     before = torch.get_num_threads(), numba.get_num_threads()
     torch.set_num_threads(n or before[0])
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS) if n else before[1])
+    most = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]  # numba sets it at import
+    numba.set_num_threads(min(n, most) if n else before[1])
     try:
         yield
     finally:

@@ -57,7 +57,7 @@ _TILES_AHEAD = 2  # steps ahead of the one multiplied whose matrix blocks are as
 
 def _cpu_flags() -> set[str]:
     """The CPU features numba compiles for: ``NUMBA_CPU_FEATURES``, else the host's."""
-    features = config.CPU_FEATURES
+    features = config.CPU_FEATURES  # type: ignore[attr-defined]  # numba sets it at import, from the environment
     if features is None:
         features = llvmlite.binding.get_host_cpu_features().flatten()
     return set(features.split(","))

@@ -1,0 +1,205 @@
+"""``measure``, ``audit`` and ``show``: what models know of documents, as tables and pages."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import lzma
+import math
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .. import __version__, api, parallel
+from ..dictionary import Dictionary
+from ..lens.analysis import audit_document, local_settings, score_document
+from ..lens.report import render
+from ..models import load_model
+from .common import UserError, atomic_output, scoring_settings
+from .documents import documents
+
+
+def _rows(args: argparse.Namespace, model_specs: list[str | None], row, local: int = 0) -> Iterator[dict]:
+    """``row(name, data, model name, scores, local scores)`` of every document under every model, in order.
+
+    With ``--journal DIR``, each document's rows are kept in DIR as they are made, and the same command on the
+    same documents started again takes them instead of scoring those documents again.
+    """
+    docs = list(documents(args.paths, args.field, args.max_bytes))
+    journal = None
+    if args.journal:
+        digest = hashlib.blake2b(digest_size=16)
+        for name, data in docs:
+            digest.update(f"{name}\0{len(data)}\0".encode() + data)
+        identity = {
+            "lmpress": __version__,
+            "command": args.command,
+            "documents": digest.hexdigest(),
+            "models": model_specs,
+            "dictionary": getattr(args, "dictionary", None) and Dictionary.read(args.dictionary).id,
+            "options": scoring_settings(args) | {"local": local},
+        }
+        journal = parallel.Journal(Path(args.journal), identity)
+        if journal.kept and not args.quiet:
+            print(f"lmpress: resuming: {len(journal.kept):,} documents were scored by an earlier run", file=sys.stderr)
+    kept = journal.kept if journal else {}
+    scored = _scored(args, model_specs, [d for i, d in enumerate(docs) if i not in kept], local=local)
+    for i in range(len(docs)):
+        saved = journal.get(i) if journal is not None else None
+        if saved is not None:
+            yield from json.loads(saved)
+            continue
+        rows = [row(*next(scored)) for _ in model_specs]
+        if journal is not None:
+            journal.put(i, json.dumps(rows).encode())
+        yield from rows
+
+
+def _scored(
+    args: argparse.Namespace,
+    model_specs: list[str | None],
+    docs: list[tuple[str, bytes]],
+    detail: int = 0,
+    local: int = 0,
+):
+    """Yield (document name, data, model name, scores, local scores or None) for every document under every
+    model, with a progress bar; ``local``: also score with that short context window (for the audit). On the
+    workers when there are some (the same numbers, to the bit)."""
+    passes = 2 if local else 1
+    with tqdm(
+        total=sum(len(d) for _, d in docs) * len(model_specs) * passes,
+        unit="B",
+        unit_scale=True,
+        disable=args.quiet or not sys.stderr.isatty() and not args.verbose,
+        leave=False,
+        file=sys.stderr,
+        desc="scoring",
+    ) as bar:
+        if args.pool is not None:
+            for name, data, model_name, scores, short in parallel.score(args.pool, docs, detail, local):
+                bar.update(len(data) * passes)
+                yield name, data, model_name, scores, short
+            return
+        dictionary = getattr(args, "dictionary", None)
+        setups = [api.scoring_setup(load_model(spec), dictionary, **scoring_settings(args)) for spec in model_specs]
+        for name, data in docs:
+            for lm, settings in setups:
+                scores = score_document(lm, data, settings, detail)
+                bar.update(len(data))
+                short = None
+                if local:
+                    short = score_document(lm, data, local_settings(settings, local))
+                    bar.update(len(data))
+                yield name, data, lm.name, scores, short
+
+
+def measure(args: argparse.Namespace) -> None:
+    def row(name: str, data: bytes, model: str, s, _) -> dict:
+        return {
+            "document": name,
+            "model": model,
+            "bytes": s.n_bytes,
+            "skipped_bytes": s.skipped_bytes,
+            "tokens": len(s.bits),
+            "bits": s.total_bits,
+            "bits_per_byte": s.bits_per_byte,
+        }
+
+    rows = list(_rows(args, args.model or [None], row))
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        n_bytes, bits = sum(r["bytes"] for r in mine), sum(r["bits"] for r in mine)
+        rows.append(
+            {
+                "document": "(total)",
+                "model": model,
+                "bytes": n_bytes,
+                "skipped_bytes": sum(r["skipped_bytes"] for r in mine),
+                "tokens": sum(r["tokens"] for r in mine),
+                "bits": bits,
+                "bits_per_byte": bits / n_bytes if n_bytes else math.nan,
+            }
+        )
+    _emit(args, rows, ["document", "model", "bytes", "tokens", "bits", "bits_per_byte", "skipped_bytes"])
+
+
+def audit(args: argparse.Namespace) -> None:
+    if args.local_window < 4:
+        raise UserError("--local-window must be at least 4")
+
+    def row(name: str, data: bytes, model: str, s, local) -> dict:
+        a = audit_document(name, data, s, local)
+        return {
+            "document": a.name,
+            "bytes": a.n_bytes,
+            "model_bpb": a.model_bpb,
+            "local_bpb": a.local_bpb,
+            "xz_bpb": a.xz_bpb,
+            "zlib_bpb": a.zlib_bpb,
+            "ratio": a.ratio,
+            "min_k_pp": a.min_k_pp,
+            "memorised_tokens": a.memorised_tokens,
+            "verdict": verdict(a.ratio),
+            "spans": a.spans,
+        }
+
+    ranked = sorted(_rows(args, [args.model], row, local=args.local_window), key=lambda r: r["ratio"])
+    rows = [{"rank": i, **r} for i, r in enumerate(ranked, 1)]
+    columns = ["rank", "document", "bytes", "model_bpb", "local_bpb", "xz_bpb", "zlib_bpb", "ratio", "min_k_pp"]
+    _emit(args, rows, [*columns, "memorised_tokens", "verdict"])
+    if not (args.json or args.csv):
+        for r in rows:
+            for span in r["spans"][:1]:
+                print(f"longest memorised span in {r['document']}: {' '.join(span.split())[:160]!r}")
+
+
+def verdict(ratio: float) -> str:
+    """Reading of model bits over classical bits; the bands are a guide, see docs/ANALYSIS.md."""
+    if ratio < 0.4:
+        return "known to the model"
+    if ratio < 0.7:
+        return "familiar kind of text"
+    if ratio < 0.9:
+        return "new to the model"
+    return "no structure either side sees"
+
+
+def show(args: argparse.Namespace) -> None:
+    specs = [args.model] + ([args.vs] if args.vs else [])
+    scored = list(_scored(args, specs, list(documents(args.paths, args.field, args.max_bytes)), detail=5))
+    if len({name for name, *_ in scored}) != 1:
+        raise UserError("show takes one document")
+    name, data = scored[0][0], scored[0][1]
+    xz_bpb = 8 * len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)) / max(len(data), 1)
+    page = render(Path(name).name, [model for _, _, model, _, _ in scored], [s for _, _, _, s, _ in scored], xz_bpb)
+    target = Path(args.output or Path(name).name + ".html")
+    with atomic_output(target, force=True) as (out, _):
+        out.write(page.encode("utf-8"))
+    if not args.quiet:
+        print(f"wrote {target}", file=sys.stderr)
+
+
+def _emit(args: argparse.Namespace, rows: list[dict], columns: list[str]) -> None:
+    if args.json:
+        json.dump(rows, sys.stdout, indent=1)
+        print()
+    elif args.csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        cells = [[_cell(r[c]) for c in columns] for r in rows]
+        widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+        print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+        for row in cells:
+            print("  ".join(v.rjust(w) if v[:1].isdigit() or v[:1] == "-" else v.ljust(w) for v, w in zip(row, widths)))
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
