@@ -17,9 +17,10 @@ import math
 from pathlib import Path
 
 import torch
-from run import FloatReference
 
 from lmpress.models import load_model
+
+from suite.measuring import FloatReference
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "bench"
 TEXTS = ["fresh/uv_CHANGELOG.md", "fresh/claude-code_security-guidance_llm.py", "canterbury/alice29.txt"]

@@ -13,9 +13,12 @@ import pytest
 
 from lmpress.models import load_model
 
-_spec = importlib.util.spec_from_file_location("bench", Path(__file__).parents[1] / "benchmarks" / "run.py")
-bench = sys.modules["bench"] = importlib.util.module_from_spec(_spec)  # registered first: run.py has dataclasses
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))  # as running a script there does: its modules import the suite beside them
+_spec = importlib.util.spec_from_file_location("bench", BENCHMARKS / "run.py")
+bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
+from suite import measuring, reporting  # noqa: E402
 
 META = {
     "date": "2026-11-29T08:00:00+00:00",
@@ -46,7 +49,7 @@ def row(compressor: str, file: str, size: int, out: int, model_bytes: int = 0, s
     if compressor == "lmpress":
         r.update(tokens=model_bytes // 4, ideal_bits=8 * out - 40 if model_bytes else 0.0)
         r["lm_bytes_out"] = out - 10 if model_bytes else 0
-    return bench.derive(r)
+    return reporting.derive(r)
 
 
 def measured() -> list[dict]:
@@ -61,7 +64,7 @@ def measured() -> list[dict]:
 
 
 def test_totals_per_group_and_compressor():
-    totals = {(t["compressor"], t["file"]): t for t in bench.summary(measured(), META)}
+    totals = {(t["compressor"], t["file"]): t for t in reporting.summary(measured(), META)}
     assert set(totals) == {
         (c, g) for c in ("lmpress", "xz -9e") for g in ("total", "total (text files)", "total (fresh/, 2026)")
     }
@@ -80,15 +83,15 @@ def test_engine_ops_count_16_bit_activations_twice(tiny_model_dir):
     """The engine's products per token: the model's own operations (2 × its weight products' parameters) when
     every activation is 8-bit, more (at most twice) with the 16-bit ones."""
     net = load_model(str(tiny_model_dir)).net
-    model = bench.flops_per_token(net)
+    model = measuring.flops_per_token(net)
     weights = [t for name, t in net.tensors().items() if name.endswith(".wq") and not name.startswith("embed")]
     assert model == 2 * sum(t.numel() for t in weights)
-    assert model < bench.engine_ops_per_token(net) <= 2 * model
+    assert model < measuring.engine_ops_per_token(net) <= 2 * model
 
 
 def test_bits_table_bolds_the_smallest_of_each_line():
     rows = measured()
-    table = bench.bits_table(rows, bench.summary(rows, META), {"canterbury/b.bin": 900})
+    table = reporting.bits_table(rows, reporting.summary(rows, META), {"canterbury/b.bin": 900})
     lines = {line.split(" | ")[0].strip("| *"): line for line in table.splitlines()[2:]}
     assert "| **0.800** | 2.400 |" in lines["canterbury/a.txt"]
     assert "| 4.000 | **3.600** | 1.111× |" in lines["canterbury/b.bin"]

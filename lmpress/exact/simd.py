@@ -235,9 +235,9 @@ def prefetch(typingctx, array, index):
 @intrinsic
 def wide_vectors(typingctx):
     """Compile the function this is called in (a parallel loop's body, when called in one) for the widest vectors
-    the CPU has. LLVM tunes for 256-bit vectors on Intel's AVX-512 server CPUs; the attention weights' passes run
-    ~25 % faster a position with 512. The results are the same: each lane is an IEEE operation of its own, and
-    the sums are of integers."""
+    the CPU has. LLVM tunes for 256-bit vectors on Intel's AVX-512 server CPUs, where the attention weights' passes
+    gain from 512. The results are the same: each lane is an IEEE operation of its own, and the sums are of
+    integers."""
 
     def codegen(context, builder, signature, args):
         for attribute in ('"prefer-vector-width"="512"', '"min-legal-vector-width"="512"'):
@@ -352,6 +352,6 @@ add_weight_dots = _block_products(keys=True, vnni=VNNI, rows=WEIGHT_ROWS)
 # ``HEADS`` at once), and keeps the memory busy ahead of its reads: one core alone reads memory at about half the
 # machine's rate, and only with many reads in flight.
 HEADS = 4
-STREAM_AHEAD = 8192  # measured on a 2-core Xeon with AMX: 8–32 KiB alike, ~18 % faster than none
+STREAM_AHEAD = 8192  # bytes read ahead; chosen on a 2-core Xeon with AMX, where 8–32 KiB did alike and beat none
 add_heads_dots = _heads_products(keys=True, vnni=VNNI)
 add_heads_values = _heads_products(keys=False, vnni=VNNI)

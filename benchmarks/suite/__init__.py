@@ -1,0 +1,1 @@
+"""The benchmark of benchmarks/run.py, in three parts: measuring, reporting, drawing."""
