@@ -19,6 +19,7 @@ from .errors import (
     ModelMismatchError,
     ModelUnavailableError,
     NotAnArchiveError,
+    UnsupportedArchitectureError,
     UnsupportedVersionError,
 )
 
@@ -61,6 +62,7 @@ __all__ = [
     "ModelMismatchError",
     "ModelUnavailableError",
     "NotAnArchiveError",
+    "UnsupportedArchitectureError",
     "UnsupportedVersionError",
     "compress",
     "decompress",

@@ -29,5 +29,9 @@ class ModelUnavailableError(LmpressError):
     """A model could not be found, fetched or loaded."""
 
 
+class UnsupportedArchitectureError(ModelUnavailableError):
+    """The model's architecture is not one the exact engine runs (the lens's float engine may still score it)."""
+
+
 class DictionaryMismatchError(LmpressError):
     """The archive needs a dictionary that was not given, or another one; or a dictionary is for another model."""

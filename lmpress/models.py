@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
 from .codec.format import DEFAULT_MODEL, MODEL_ID_BYTES
-from .errors import ModelUnavailableError
+from .errors import ModelUnavailableError, UnsupportedArchitectureError
 from .exact.arithmetic import merge_low_rank
 from .exact.model import ExactLlama, LlamaConfig
 
@@ -105,8 +105,9 @@ def _prepare_tokenizer(tok: Tokenizer) -> Tokenizer:
 def _build(name: str, config: dict, state: Mapping[str, torch.Tensor], tokenizer: Tokenizer, device: torch.device):
     arch = config.get("model_type")
     if arch not in SUPPORTED_ARCHITECTURES:
-        raise ModelUnavailableError(
-            f"model {name!r} has architecture {arch!r}; lmpress runs {', '.join(SUPPORTED_ARCHITECTURES)} models"
+        raise UnsupportedArchitectureError(
+            f"model {name!r} has architecture {arch!r}; lmpress compresses with {', '.join(SUPPORTED_ARCHITECTURES)} "
+            f"models (measure, audit and show score any causal language model, on the float engine)"
         )
     try:
         cfg = LlamaConfig.from_hf(config)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import gc
 import hashlib
 import json
@@ -38,8 +39,9 @@ from .codec.settings import Settings
 from .dictionary import Dictionary
 from .errors import FormatError, LmpressError
 from .exact.runner import compute_threads
-from .lens.analysis import TokenScores, local_settings, score_document
-from .models import load_model
+from .lens.analysis import load_lens_model, local_settings, score_document, scoring_setup
+from .lens.scores import TokenScores
+from .models import LanguageModel
 
 IN_FLIGHT = 3  # units handed out per worker at a time: one running, the next ones queued, none idle
 RUN = "run.json"  # a journal's identity: what run its units belong to
@@ -48,13 +50,15 @@ _UNIT = re.compile(r"\d{9}-[0-9a-f]{16}")  # a journal's unit: its index and a d
 
 @dataclass(frozen=True)
 class Job:
-    """What every worker loads: models (by spec), a dictionary, coding settings, compute threads and device."""
+    """What every worker loads: models (by spec), a dictionary, coding settings, compute threads and device, and
+    the engine a lens job scores with (``lens.analysis.ENGINES``; coding is always exact)."""
 
     models: tuple[str | None, ...] = (None,)
     dictionary: Dictionary | None = None
-    settings: dict = field(default_factory=dict)  # engine.Settings' fields, less the dictionary's primer
+    settings: dict = field(default_factory=dict)  # codec.settings.Settings' fields, less the dictionary's primer
     threads: int = 1
     device: str | None = None
+    engine: str = "exact"
 
 
 class Worker:
@@ -66,7 +70,7 @@ class Worker:
         self._decoding: dict[bytes, tuple] = {}
         self.error: LmpressError | None = None  # a model that cannot be loaded: every unit reports it
         try:
-            self.models = [load_model(spec, job.device) for spec in job.models]
+            self.models = [load_lens_model(spec, job.engine, job.device) for spec in job.models]
         except LmpressError as e:
             self.error = e
 
@@ -76,9 +80,16 @@ class Worker:
             raise self.error
         return getattr(self, method)(*args)
 
+    def coding_model(self) -> LanguageModel:
+        """The model archives are coded with: the first, on the exact engine."""
+        model = self.models[0]
+        if not isinstance(model, LanguageModel):
+            raise LmpressError(f"{model.name} is loaded on the float engine, which scores but does not code")
+        return model
+
     def compressor(self) -> api.Compressor:
         if self._compressor is None:
-            self._compressor = api.Compressor(self.models[0], dictionary=self.job.dictionary, **self.job.settings)
+            self._compressor = api.Compressor(self.coding_model(), dictionary=self.job.dictionary, **self.job.settings)
         return self._compressor
 
     def header(self) -> bytes:
@@ -93,7 +104,7 @@ class Worker:
         """The original bytes of segment ``index``, checked against its crc32; ``member`` (``format.member_prefix``)
         starts every error's message."""
         if header not in self._decoding:
-            self._decoding[header] = api.decoding(self.models[0], self.job.dictionary, fmt.whole_header(header))
+            self._decoding[header] = api.decoding(self.coding_model(), self.job.dictionary, fmt.whole_header(header))
         lm, settings = self._decoding[header]
         try:
             segment = fmt.whole_frame(frame)
@@ -112,7 +123,7 @@ class Worker:
         out = []
         with compute_threads(self.job.threads):
             for lm in self.models:
-                model, settings = api.scoring_setup(lm, self.job.dictionary, **self.job.settings)
+                model, settings = scoring_setup(lm, self.job.dictionary, **self.job.settings)
                 scores = score_document(model, data, settings, detail)
                 short = score_document(model, data, local_settings(settings, local)) if local else None
                 out.append((lm.name, scores, short))
@@ -239,7 +250,7 @@ class RayPool(Pool):
                 f"the Ray cluster has {has}: room for {room} workers of {job.threads} threads each, not {workers}"
             )
         if gpus:
-            job = Job(job.models, job.dictionary, job.settings, job.threads, "cuda")
+            job = dataclasses.replace(job, device="cuda")
         self.workers = workers
         actor = ray.remote(Worker).options(
             num_cpus=job.threads, num_gpus=1 if gpus else 0, runtime_env={"env_vars": _thread_limits(job.threads)}

@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny random-initialised llama model built here (never downloaded), and the command line."""
+"""Shared fixtures: tiny random-initialised models built here (never downloaded), and the command line."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from lmpress.models import LanguageModel, load_model
 
@@ -74,6 +74,56 @@ def build_tiny_model(folder: Path, seed: int = 2, vocab: int = 320, train_steps:
         torch.set_num_threads(threads)
     model.save_pretrained(folder)
     return folder
+
+
+# Tiny random-initialised models of other families, for the lens's float engine: each architecture's own
+# configuration keys, at the tiny llama's shape where it has them.
+_SHAPE = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 8,
+    "max_position_embeddings": 256,
+}
+FAMILIES = {
+    "llama": _SHAPE,
+    "qwen2": _SHAPE,
+    "qwen3": _SHAPE,
+    "mistral": _SHAPE,
+    "phi3": _SHAPE,
+    "gemma3_text": {**_SHAPE, "sliding_window": 64},
+    "gpt2": {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 256},
+    "gpt_neox": {
+        **{k: _SHAPE[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers")},
+        "num_attention_heads": 4,
+    },
+    "mamba": {"hidden_size": 32, "num_hidden_layers": 2, "state_size": 8},
+    "rwkv": {"hidden_size": 32, "num_hidden_layers": 2, "context_length": 256},
+}
+
+
+def build_family_model(folder: Path, model_type: str, tokenizer_json: Path) -> Path:
+    """A random-initialised ``model_type`` model (``FAMILIES``' shape) with the tiny llama's tokenizer, as a Hugging
+    Face model folder."""
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_file=str(tokenizer_json), bos_token="<|endoftext|>", eos_token="<|endoftext|>"
+    )
+    config = AutoConfig.for_model(
+        model_type, vocab_size=len(tokenizer), bos_token_id=0, eos_token_id=0, pad_token_id=0, **FAMILIES[model_type]
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def family_model_dirs(tmp_path_factory, tiny_model_dir) -> dict[str, Path]:
+    """A tiny model folder of every family in ``FAMILIES``."""
+    root = tmp_path_factory.mktemp("families")
+    return {arch: build_family_model(root / arch, arch, tiny_model_dir / "tokenizer.json") for arch in FAMILIES}
 
 
 @pytest.fixture(scope="session")

@@ -92,7 +92,9 @@ def _workers(args: argparse.Namespace) -> Iterator[parallel.Pool | None]:
         settings = scoring_settings(args)
     else:
         models, settings = (args.model,), {}
-    pool = parallel.make_pool(parallel.Job(models, dictionary, settings, threads), workers, ray, args.address)
+    engine = getattr(args, "engine", "exact")  # the lens's choice; coding is exact
+    job = parallel.Job(models, dictionary, settings, threads, engine=engine)
+    pool = parallel.make_pool(job, workers, ray, args.address)
     try:
         yield pool
     finally:

@@ -14,11 +14,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .. import __version__, api, parallel
+from .. import __version__, parallel
 from ..dictionary import Dictionary
-from ..lens.analysis import audit_document, local_settings, score_document
+from ..lens.analysis import audit_document, load_lens_model, local_settings, score_document, scoring_setup
 from ..lens.report import render
-from ..models import load_model
 from .common import UserError, atomic_output, scoring_settings
 from .documents import documents
 
@@ -41,7 +40,7 @@ def _rows(args: argparse.Namespace, model_specs: list[str | None], row, local: i
             "documents": digest.hexdigest(),
             "models": model_specs,
             "dictionary": getattr(args, "dictionary", None) and Dictionary.read(args.dictionary).id,
-            "options": scoring_settings(args) | {"local": local},
+            "options": scoring_settings(args) | {"local": local, "engine": args.engine},
         }
         journal = parallel.Journal(Path(args.journal), identity)
         if journal.kept and not args.quiet:
@@ -85,7 +84,10 @@ def _scored(
                 yield name, data, model_name, scores, short
             return
         dictionary = getattr(args, "dictionary", None)
-        setups = [api.scoring_setup(load_model(spec), dictionary, **scoring_settings(args)) for spec in model_specs]
+        setups = [
+            scoring_setup(load_lens_model(spec, args.engine), dictionary, **scoring_settings(args))
+            for spec in model_specs
+        ]
         for name, data in docs:
             for lm, settings in setups:
                 scores = score_document(lm, data, settings, detail)
@@ -102,6 +104,7 @@ def measure(args: argparse.Namespace) -> None:
         return {
             "document": name,
             "model": model,
+            "engine": s.engine,
             "bytes": s.n_bytes,
             "skipped_bytes": s.skipped_bytes,
             "tokens": len(s.bits),
@@ -110,13 +113,14 @@ def measure(args: argparse.Namespace) -> None:
         }
 
     rows = list(_rows(args, args.model or [None], row))
-    for model in dict.fromkeys(r["model"] for r in rows):
-        mine = [r for r in rows if r["model"] == model]
+    for model, engine in dict.fromkeys((r["model"], r["engine"]) for r in rows):
+        mine = [r for r in rows if (r["model"], r["engine"]) == (model, engine)]
         n_bytes, bits = sum(r["bytes"] for r in mine), sum(r["bits"] for r in mine)
         rows.append(
             {
                 "document": "(total)",
                 "model": model,
+                "engine": engine,
                 "bytes": n_bytes,
                 "skipped_bytes": sum(r["skipped_bytes"] for r in mine),
                 "tokens": sum(r["tokens"] for r in mine),
@@ -124,7 +128,8 @@ def measure(args: argparse.Namespace) -> None:
                 "bits_per_byte": bits / n_bytes if n_bytes else math.nan,
             }
         )
-    _emit(args, rows, ["document", "model", "bytes", "tokens", "bits", "bits_per_byte", "skipped_bytes"])
+    columns = ["document", "model", "engine", "bytes", "tokens", "bits", "bits_per_byte", "skipped_bytes"]
+    _emit(args, rows, columns)
 
 
 def audit(args: argparse.Namespace) -> None:
@@ -135,6 +140,7 @@ def audit(args: argparse.Namespace) -> None:
         a = audit_document(name, data, s, local)
         return {
             "document": a.name,
+            "engine": s.engine,
             "bytes": a.n_bytes,
             "model_bpb": a.model_bpb,
             "local_bpb": a.local_bpb,
@@ -149,7 +155,18 @@ def audit(args: argparse.Namespace) -> None:
 
     ranked = sorted(_rows(args, [args.model], row, local=args.local_window), key=lambda r: r["ratio"])
     rows = [{"rank": i, **r} for i, r in enumerate(ranked, 1)]
-    columns = ["rank", "document", "bytes", "model_bpb", "local_bpb", "xz_bpb", "zlib_bpb", "ratio", "min_k_pp"]
+    columns = [
+        "rank",
+        "document",
+        "engine",
+        "bytes",
+        "model_bpb",
+        "local_bpb",
+        "xz_bpb",
+        "zlib_bpb",
+        "ratio",
+        "min_k_pp",
+    ]
     _emit(args, rows, [*columns, "memorised_tokens", "verdict"])
     if not (args.json or args.csv):
         for r in rows:

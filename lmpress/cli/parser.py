@@ -8,7 +8,7 @@ from argparse import SUPPRESS
 from .. import __version__
 from ..codec.settings import DEFAULT_LEVEL, LEVELS
 from ..dictionary import ADAPTER_RANK, ADAPTER_STEPS, DEFAULT_TOKENS
-from ..lens.analysis import LOCAL_WINDOW
+from ..lens.analysis import ENGINES, LOCAL_WINDOW
 from ..models import DEFAULT_MODEL
 
 EPILOG = """exit status: 0 success, 1 an error (named on stderr), 2 bad usage, 3 --recover saved only part
@@ -101,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("files", nargs="+", metavar="FILE")
     lens = argparse.ArgumentParser(add_help=False, parents=[levels])
     lens.add_argument("paths", nargs="+", metavar="PATH", help="files, folders, globs, .jsonl or .parquet files")
+    lens.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="auto",
+        help="exact: lmpress's integer engine, whose bits are archive sizes; float32, bfloat16: any causal LM "
+        "transformers loads (Qwen, Gemma, GPT-2, Mamba, ...), figures to compare models by, not archive sizes; "
+        "auto (default): exact where it runs the model, else float32",
+    )
     lens.add_argument("--field", default="text", help="JSONL field or Parquet column of the documents (default: text)")
     lens.add_argument("--max-bytes", type=int, default=0, help="score only the first N bytes of each document")
     lens.add_argument("--window", type=int, help="context positions (as compress)")

@@ -12,52 +12,75 @@ import lzma
 import math
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .. import api
+from ..api import DictionarySpec
 from ..codec import mixing
 from ..codec.chunking import chunks_of
 from ..codec.scoring import score_rows
 from ..codec.settings import Settings
+from ..errors import LmpressError, UnsupportedArchitectureError
+from ..exact import ENGINE
 from ..exact.arithmetic import PRECISION_BITS, TOTAL
 from ..exact.ops import frequencies
-from ..models import LanguageModel
+from ..models import LanguageModel, load_model
+from . import float_engine
+from .float_engine import FloatModel
+from .scores import TokenScores, token_texts, z_and_rank
+
+ENGINES = ("auto", "exact", *float_engine.DTYPES)  # what --engine takes
 
 
-@dataclass
-class TokenScores:
-    """Per-token results for one document, in document order."""
+def load_lens_model(
+    spec: str | None = None, engine: str = "auto", device: str | None = None
+) -> LanguageModel | FloatModel:
+    """The model the lens scores with: on the exact engine (``exact``, the figures of archives), a float engine
+    (``float32``, ``bfloat16``: any causal LM ``transformers`` loads), or ``auto``: the exact engine where it runs
+    the model's architecture, else float32."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine {engine!r}: one of {', '.join(ENGINES)}")
+    if engine in float_engine.DTYPES:
+        return float_engine.load_float_model(spec, engine, device)
+    try:
+        return load_model(spec, device)
+    except UnsupportedArchitectureError:
+        if engine == "exact":
+            raise
+        return float_engine.load_float_model(spec, "float32", device)
 
-    text: list[str] = field(default_factory=list)  # each token's text (a chunk's tokens concatenate to it)
-    bits: list[float] = field(default_factory=list)  # −log2 p(token)
-    z: list[float] = field(default_factory=list)  # Min-K%++ score: (log p − E[log p]) / std[log p]
-    rank: list[int] = field(default_factory=list)  # 1 = the model's top choice
-    top: list[list[tuple[str, float]]] = field(default_factory=list)  # alternatives with probabilities
-    n_bytes: int = 0  # UTF-8 bytes covered by the scored tokens
-    skipped_bytes: int = 0  # bytes of chunks that are not text (not scored)
 
-    @property
-    def total_bits(self) -> float:
-        return float(sum(self.bits))
-
-    @property
-    def bits_per_byte(self) -> float:
-        return self.total_bits / self.n_bytes if self.n_bytes else math.nan
+def scoring_setup(
+    model: LanguageModel | FloatModel, dictionary: DictionarySpec = None, **settings: Any
+) -> tuple[LanguageModel | FloatModel, Settings]:
+    """The model and settings that score documents: on the exact engine as ``compress`` codes them
+    (``api.scoring_setup``, a dictionary's included); on the float engine the same chunks and windows."""
+    if isinstance(model, FloatModel):
+        if dictionary is not None:
+            raise LmpressError(f"{model.name} runs on the float engine; dictionaries are for the exact engine's models")
+        return model, Settings.at_level(**settings)
+    return api.scoring_setup(model, dictionary, **settings)
 
 
 def score_document(
-    lm: LanguageModel,
+    lm: LanguageModel | FloatModel,
     data: bytes,
     settings: Settings | None = None,
     detail: int = 0,
     progress: Callable[[int], None] | None = None,
 ) -> TokenScores:
-    """Score every text chunk of ``data`` the way the compressor would cut it; ``detail`` top alternatives."""
+    """Score every text chunk of ``data`` the way the compressor would cut it; ``detail`` top alternatives. On the
+    exact engine the bits are the archive's ideal code length (with the match model where ``settings`` mix it);
+    a ``FloatModel`` scores with the float engine (``float_engine``)."""
+    if isinstance(lm, FloatModel):
+        return float_engine.score_document(lm, data, settings, detail, progress)
     settings = settings or Settings()
-    out = TokenScores()
+    out = TokenScores(engine=ENGINE)
     rows: list[list[int]] = []
     for chunk in chunks_of(data, settings):
         ids = lm.tokenize(chunk)
@@ -79,10 +102,7 @@ def score_document(
         n = len(tokens)
         freqs = frequencies(logits)
         chosen = freqs.gather(1, tokens.view(-1, 1).to(freqs.device))
-        logp = torch.log(freqs.double() / TOTAL)
-        p = freqs.double() / TOTAL
-        mu = (p * logp).sum(-1)
-        sigma = ((p * logp.square()).sum(-1) - mu.square()).clamp_min(1e-12).sqrt()
+        zs, ranks = z_and_rank(torch.log(freqs.double() / TOTAL), tokens)
         at = slice(first, first + n)
         width[row][at] = chosen[:, 0].cpu().numpy()
         if plan is not None:
@@ -90,8 +110,7 @@ def score_document(
             left[row][at] = below[:, 0].cpu().numpy()
             guesses = torch.from_numpy(plan.guesses(row, at)).view(-1, 1).to(freqs.device)
             plan.f_predicted[row][at] = freqs.gather(1, guesses)[:, 0].cpu().numpy()
-        z[row][first : first + n] = ((torch.log(chosen[:, 0].double() / TOTAL) - mu) / sigma).cpu().numpy()
-        rank[row][first : first + n] = ((freqs > chosen).sum(-1) + 1).cpu().numpy()
+        z[row][at], rank[row][at] = zs.cpu().numpy(), ranks.cpu().numpy()
         if detail:
             values, indices = freqs.topk(detail, dim=-1)
             for i, (vs, js) in enumerate(zip((values.double() / TOTAL).tolist(), indices.tolist())):
@@ -106,22 +125,8 @@ def score_document(
         out.rank.extend(rank[row].tolist())
         if detail:
             out.top.extend(top[row])
-        out.text.extend(_token_texts(lm, ids))
+        out.text.extend(token_texts(lm.tokenizer.decode, ids))
     return out
-
-
-def _token_texts(lm: LanguageModel, ids: list[int]) -> list[str]:
-    """Each token's text; a token that ends inside a UTF-8 character leaves it to the token completing it."""
-    texts, pending = [], []
-    for i in ids:
-        pending.append(i)
-        decoded = lm.tokenizer.decode(pending, skip_special_tokens=False)
-        texts.append("" if decoded.endswith("\ufffd") else decoded)
-        if texts[-1]:
-            pending = []
-    if pending:
-        texts[-1] = lm.tokenizer.decode(pending, skip_special_tokens=False)
-    return texts
 
 
 LOCAL_WINDOW = 128  # context of the audit's local scoring: enough for syntax, too little to copy the document

@@ -11,7 +11,8 @@ import json
 
 import numpy as np
 
-from .analysis import TokenScores, memorised_spans
+from .analysis import memorised_spans
+from .scores import TokenScores
 
 _STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:0;background:#fafafa;color:#222}
@@ -111,7 +112,7 @@ def render(title: str, names: list[str], scores: list[TokenScores], xz_bpb: floa
     rows = []
     for name, s in zip(names, scores):
         rows.append(
-            f"<tr><td>{html.escape(name)}</td><td>{s.n_bytes:,}</td><td>{len(s.bits):,}</td>"
+            f"<tr><td>{html.escape(name)}</td><td>{html.escape(s.engine)}</td><td>{s.n_bytes:,}</td><td>{len(s.bits):,}</td>"
             f"<td>{s.total_bits:,.0f}</td><td>{s.bits_per_byte:.3f}</td><td>{s.bits_per_byte / xz_bpb:.3f}×</td></tr>"
         )
     views = [("surprise", "Bits per token", _spans_html(a.text, [_surprise_colour(b) for b in bits]))]
@@ -158,9 +159,10 @@ def render(title: str, names: list[str], scores: list[TokenScores], xz_bpb: floa
 <html lang="en"><head><meta charset="utf-8"><title>lmpress: {html.escape(title)}</title>
 <style>{_STYLE}</style></head><body>
 <header><h1>{html.escape(title)}</h1>
-<table class="s"><tr><th>model</th><th>bytes</th><th>tokens</th><th>bits</th><th>bits/byte</th><th>vs xz -9e</th></tr>
+<table class="s"><tr><th>model</th><th>engine</th><th>bytes</th><th>tokens</th><th>bits</th><th>bits/byte</th>
+<th>vs xz -9e</th></tr>
 {"".join(rows)}
-<tr><td>xz -9e</td><td></td><td></td><td></td><td>{xz_bpb:.3f}</td><td>1.000×</td></tr></table></header>
+<tr><td>xz -9e</td><td></td><td></td><td></td><td></td><td>{xz_bpb:.3f}</td><td>1.000×</td></tr></table></header>
 <section><h2>Bits along the document</h2>{_chart(bits)}</section>
 <section><h2>Most surprising tokens</h2><ol class="spans">{surprising}</ol>
 <h2>Most predictable spans</h2><ol class="spans">{predictable}</ol></section>

@@ -1,0 +1,165 @@
+"""The float engine: any causal language model that ``transformers`` loads, scoring documents for the lens.
+
+The exact engine runs the model families lmpress compresses with, in integer arithmetic, so that its figures are
+archive sizes. This one runs whatever ``AutoModelForCausalLM`` loads (Llama, Qwen, Gemma, Mistral, Phi, GPT-2,
+Pythia, Mamba, RWKV, ...) in float32 or bfloat16, on a CPU or a GPU. Its figures compare models with each other, as
+UncheatableEval's and lm-evaluation-harness's bits per byte do; they are not archive sizes, and every output that
+shows them names the engine. Documents are cut into chunks and their context windows laid out as the compressor
+lays them out (``codec.chunking``, ``codec.scoring.windows``), so that both engines' figures of one model compare;
+the float engine scores the model alone (no match model mixed in, no dictionary).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..codec.chunking import chunks_of
+from ..codec.scoring import windows
+from ..codec.settings import Settings
+from ..errors import ModelUnavailableError
+from ..models import DEFAULT_MODEL, device_for, fetch_default
+from .scores import TokenScores, token_texts, z_and_rank
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # the float engines, by the name outputs show
+LOGIT_ELEMENTS = 1 << 27  # logits a pass may hold (512 MiB of float32): bounds the windows scored side by side
+STATISTICS_ROWS = 256  # positions whose binary64 statistics are computed at once: bounds the [rows, V] tensors
+
+
+@dataclass
+class FloatModel:
+    """A ``transformers`` causal LM and its tokenizer, as the lens uses them."""
+
+    name: str
+    model: Any  # transformers.PreTrainedModel
+    tokenizer: Any  # transformers.PreTrainedTokenizerBase
+    start_token: int  # what every context starts from, as the exact engine's start token
+    max_positions: int  # the longest context the model takes (its configuration's), or a large number
+    engine: str  # "float32" or "bfloat16"
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def tokenize(self, data: bytes) -> list[int] | None:
+        """Token ids of ``data``, or None if it is not UTF-8 text (the lens then counts it as skipped)."""
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        return ids or None
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False)
+
+
+def load_float_model(spec: str | None = None, engine: str = "float32", device: str | None = None) -> FloatModel:
+    """A model by the specs ``load_model`` takes: None or the default model's name, a GGUF file, a model folder,
+    or a Hub id; computing in ``engine`` ("float32" or "bfloat16"). Kept loaded for reuse."""
+    if engine not in DTYPES:
+        raise ValueError(f"float engine {engine!r}: one of {', '.join(DTYPES)}")
+    return _load(spec or DEFAULT_MODEL, engine, device_for(device))
+
+
+@functools.lru_cache(maxsize=2)
+def _load(spec: str, engine: str, device: torch.device) -> FloatModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    path = Path(spec).expanduser()
+    if spec == DEFAULT_MODEL:
+        path = fetch_default()
+    where: dict[str, Any] = {}
+    if path.is_file():  # GGUF: transformers dequantises it
+        source, where["gguf_file"], name = str(path.parent), path.name, spec if spec == DEFAULT_MODEL else path.name
+    elif path.is_dir():
+        source, name = str(path), path.name
+    elif re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", spec):
+        source, name = spec, spec
+    else:
+        raise ModelUnavailableError(f"{spec}: no such model file or folder")
+    model: Any
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **where)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[engine], **where)
+    except Exception as e:  # transformers and huggingface_hub raise many kinds: missing files, network, formats
+        raise ModelUnavailableError(
+            f"{spec}: transformers cannot load it as a causal language model ({' '.join(str(e).split())[:300]})"
+        ) from None
+    model.to(device).eval()
+    config = model.config
+    ends = (config.bos_token_id, config.eos_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id)
+    start = next((t for t in ends if isinstance(t, int)), 0)  # (a configuration may list several eos ids)
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return FloatModel(name, model, tokenizer, int(start), int(limit or 1 << 20), engine)
+
+
+def score_document(
+    fm: FloatModel,
+    data: bytes,
+    settings: Settings | None = None,
+    detail: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> TokenScores:
+    """Score every text chunk of ``data`` as ``analysis.score_document`` does, with the float model: the same
+    chunks and context windows (``settings``'), no wider than the model's own context."""
+    settings = settings or Settings()
+    out = TokenScores(engine=fm.engine)
+    rows: list[list[int]] = []
+    for chunk in chunks_of(data, settings):
+        ids = fm.tokenize(chunk)
+        if ids is None:
+            out.skipped_bytes += len(chunk)
+        else:
+            out.n_bytes += len(chunk)
+            rows.append(ids)
+    window = min(settings.window, fm.max_positions)
+    keep = min(settings.keep, window - 2)
+    spans = [(r, *w) for r, ids in enumerate(rows) for w in windows(len(ids), window, keep)]
+    bits = [torch.zeros(len(ids), dtype=torch.float64) for ids in rows]
+    z = [torch.zeros(len(ids), dtype=torch.float64) for ids in rows]
+    rank = [torch.zeros(len(ids), dtype=torch.int64) for ids in rows]
+    top: list[list] = [[None] * len(ids) for ids in rows]
+    vocab = fm.model.config.vocab_size
+    per_pass = max(1, LOGIT_ELEMENTS // (window * vocab))  # windows side by side
+    for i in range(0, len(spans), per_pass):
+        batch = spans[i : i + per_pass]
+        inputs = [[fm.start_token, *rows[r][ctx : end - 1]] for r, ctx, _, end in batch]
+        width = max(len(x) for x in inputs)
+        # Padded on the right: a causal model's positions before the padding never see it.
+        padded = torch.tensor([x + [fm.start_token] * (width - len(x)) for x in inputs], device=fm.device)
+        with torch.inference_mode():
+            logits = fm.model(input_ids=padded).logits
+        for k, (r, ctx, first, end) in enumerate(batch):
+            for a in range(first, end, STATISTICS_ROWS):
+                b = min(end, a + STATISTICS_ROWS)
+                logp = torch.log_softmax(logits[k, a - ctx : b - ctx].double(), dim=-1)
+                tokens = torch.tensor(rows[r][a:b], device=logp.device)
+                zs, ranks = z_and_rank(logp, tokens)
+                chosen = logp.gather(1, tokens.view(-1, 1))[:, 0]
+                bits[r][a:b] = (-chosen / math.log(2)).cpu()
+                z[r][a:b], rank[r][a:b] = zs.cpu(), ranks.cpu()
+                if detail:
+                    values, indices = logp.exp().topk(detail, dim=-1)
+                    for j, (vs, js) in enumerate(zip(values.tolist(), indices.tolist())):
+                        top[r][a + j] = [(fm.decode([t]), v) for t, v in zip(js, vs)]
+            if progress is not None:
+                progress(end - first)
+    for r, row in enumerate(rows):
+        out.bits.extend(bits[r].tolist())
+        out.z.extend(z[r].tolist())
+        out.rank.extend(rank[r].tolist())
+        if detail:
+            out.top.extend(top[r])
+        out.text.extend(token_texts(fm.decode, row))
+    return out
