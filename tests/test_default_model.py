@@ -70,3 +70,16 @@ def test_model_cache_is_shared_checked_and_rebuilt(smollm, tmp_path):
         f.truncate(weights.stat().st_size // 2)
     r = subprocess.run(load, env=env, capture_output=True, timeout=600)
     assert r.stdout.strip() == smollm.model_id.encode() and b"converting again" in r.stderr
+
+
+def test_the_float_engine_runs_the_default_model_as_the_exact_one_does(smollm):
+    """The float engine reads the same GGUF through transformers: on the same chunks its bits are within 1 % of the
+    exact engine's model alone (the quantisation's cost; the benchmark measures it on whole files)."""
+    from lmpress.codec.settings import Settings
+    from lmpress.lens.analysis import load_lens_model, score_document
+
+    settings = Settings.at_level(mix=False)
+    exact = score_document(smollm, SAMPLE, settings)
+    floating = score_document(load_lens_model(None, "float32"), SAMPLE, settings)
+    assert floating.engine == "float32" and len(floating.bits) == len(exact.bits)
+    assert abs(exact.total_bits / floating.total_bits - 1) < 0.01

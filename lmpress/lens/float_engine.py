@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import functools
 import math
-import re
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 
@@ -25,7 +26,7 @@ from ..codec.chunking import chunks_of
 from ..codec.scoring import windows
 from ..codec.settings import Settings
 from ..errors import ModelUnavailableError
-from ..models import DEFAULT_MODEL, device_for, fetch_default
+from ..models import DEFAULT_MODEL, HUB_ID, device_for, fetch_default
 from .scores import TokenScores, token_texts, z_and_rank
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # the float engines, by the name outputs show
@@ -84,14 +85,16 @@ def _load(spec: str, engine: str, device: torch.device) -> FloatModel:
         source, where["gguf_file"], name = str(path.parent), path.name, spec if spec == DEFAULT_MODEL else path.name
     elif path.is_dir():
         source, name = str(path), path.name
-    elif re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", spec):
+    elif HUB_ID.fullmatch(spec):
         source, name = spec, spec
     else:
         raise ModelUnavailableError(f"{spec}: no such model file or folder")
     model: Any
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **where)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[engine], **where)
+        # transformers' GGUF reader draws a progress bar of its own; tqdm reads TQDM_DISABLE as each bar is made
+        with mock.patch.dict(os.environ, TQDM_DISABLE="1"):
+            tokenizer = AutoTokenizer.from_pretrained(source, **where)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[engine], **where)
     except Exception as e:  # transformers and huggingface_hub raise many kinds: missing files, network, formats
         raise ModelUnavailableError(
             f"{spec}: transformers cannot load it as a causal language model ({' '.join(str(e).split())[:300]})"
