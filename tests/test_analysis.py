@@ -67,7 +67,7 @@ def test_measure_and_audit_cli(tiny_model_dir, tmp_path):
     assert [row["document"].rsplit("/", 1)[-1] for row in rows] == ["a.txt", "b.jsonl:1", "b.jsonl:2", "(total)"]
     assert rows[-1]["bits"] == pytest.approx(sum(row["bits"] for row in rows[:-1]))
     r = run("measure", *model, "--csv", str(tmp_path / "docs" / "*.txt"))
-    assert r.returncode == 0 and r.stdout.decode().startswith("document,model,bytes")
+    assert r.returncode == 0 and r.stdout.decode().startswith("document,model,engine,bytes")
     r = run("audit", *model, tmp_path / "docs", tmp_path / "b.jsonl")
     assert r.returncode == 1 and b"'text' field" in r.stderr  # JSONL without the default field
     r = run("audit", *model, "--local-window", "32", tmp_path / "docs")

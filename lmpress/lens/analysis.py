@@ -22,7 +22,6 @@ from torch import Tensor
 from .. import api
 from ..api import DictionarySpec
 from ..codec import mixing
-from ..codec.chunking import chunks_of
 from ..codec.scoring import score_rows
 from ..codec.settings import Settings
 from ..errors import LmpressError, UnsupportedArchitectureError
@@ -32,7 +31,7 @@ from ..exact.ops import frequencies
 from ..models import LanguageModel, load_model
 from . import float_engine
 from .float_engine import FloatModel
-from .scores import TokenScores, token_texts, z_and_rank
+from .scores import TokenScores, text_rows, token_texts, z_and_rank
 
 ENGINES = ("auto", "exact", *float_engine.DTYPES)  # what --engine takes
 
@@ -80,15 +79,7 @@ def score_document(
     if isinstance(lm, FloatModel):
         return float_engine.score_document(lm, data, settings, detail, progress)
     settings = settings or Settings()
-    out = TokenScores(engine=ENGINE)
-    rows: list[list[int]] = []
-    for chunk in chunks_of(data, settings):
-        ids = lm.tokenize(chunk)
-        if ids is None:
-            out.skipped_bytes += len(chunk)
-        else:
-            out.n_bytes += len(chunk)
-            rows.append(ids)
+    out, rows = text_rows(lm.tokenize, data, settings, ENGINE)
     # With the match model mixed in (as the compressor codes), bits come from the mixed intervals, the rest from
     # the LM alone; the rows are mixed as one segment (the compressor restarts the match model every segment).
     plan = mixing.Plan(rows, settings.batch) if settings.mix else None

@@ -22,12 +22,11 @@ from unittest import mock
 
 import torch
 
-from ..codec.chunking import chunks_of
 from ..codec.scoring import windows
 from ..codec.settings import Settings
 from ..errors import ModelUnavailableError
 from ..models import DEFAULT_MODEL, HUB_ID, device_for, fetch_default
-from .scores import TokenScores, token_texts, z_and_rank
+from .scores import TokenScores, text_rows, token_texts, z_and_rank
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # the float engines, by the name outputs show
 LOGIT_ELEMENTS = 1 << 27  # logits a pass may hold (512 MiB of float32): bounds the windows scored side by side
@@ -117,15 +116,7 @@ def score_document(
     """Score every text chunk of ``data`` as ``analysis.score_document`` does, with the float model: the same
     chunks and context windows (``settings``'), no wider than the model's own context."""
     settings = settings or Settings()
-    out = TokenScores(engine=fm.engine)
-    rows: list[list[int]] = []
-    for chunk in chunks_of(data, settings):
-        ids = fm.tokenize(chunk)
-        if ids is None:
-            out.skipped_bytes += len(chunk)
-        else:
-            out.n_bytes += len(chunk)
-            rows.append(ids)
+    out, rows = text_rows(fm.tokenize, data, settings, fm.engine)
     window = min(settings.window, fm.max_positions)
     keep = min(settings.keep, window - 2)
     spans = [(r, *w) for r, ids in enumerate(rows) for w in windows(len(ids), window, keep)]

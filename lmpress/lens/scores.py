@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+
+from ..codec.chunking import chunks_of
+from ..codec.settings import Settings
 
 
 @dataclass
@@ -29,6 +33,23 @@ class TokenScores:
     @property
     def bits_per_byte(self) -> float:
         return self.total_bits / self.n_bytes if self.n_bytes else math.nan
+
+
+def text_rows(
+    tokenize: Callable[[bytes], list[int] | None], data: bytes, settings: Settings, engine: str
+) -> tuple[TokenScores, list[list[int]]]:
+    """The token ids of each text chunk of ``data``, cut as the compressor cuts it, and the scores to fill
+    (``engine``'s, with the bytes scored and the bytes of chunks that are not text, skipped)."""
+    out = TokenScores(engine=engine)
+    rows: list[list[int]] = []
+    for chunk in chunks_of(data, settings):
+        ids = tokenize(chunk)
+        if ids is None:
+            out.skipped_bytes += len(chunk)
+        else:
+            out.n_bytes += len(chunk)
+            rows.append(ids)
+    return out, rows
 
 
 def z_and_rank(logp: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
