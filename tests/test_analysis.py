@@ -13,7 +13,13 @@ from conftest import TRAINING_TEXT, run
 import lmpress
 from lmpress.codec.scoring import windows
 from lmpress.codec.settings import Settings
-from lmpress.lens.analysis import audit_document, local_settings, min_k_percent_pp, score_document
+from lmpress.lens.analysis import (
+    audit_document,
+    bootstrap_interval,
+    local_settings,
+    min_k_percent_pp,
+    score_document,
+)
 
 
 @pytest.mark.parametrize(
@@ -104,3 +110,38 @@ def test_show_page_in_a_real_browser(tiny_model_dir, other_model_dir, tmp_path):
         browser.close()
     assert all(url.startswith("file://") for url in requests)  # self-contained: nothing fetched
     assert (tmp_path / "show.png").stat().st_size > 10_000
+
+
+def test_bootstrap_interval_is_seeded_and_holds_the_figure():
+    bits, n_bytes = [100.0, 300.0, 250.0, 80.0, 120.0], [100, 200, 150, 100, 90]
+    low, high = bootstrap_interval(bits, n_bytes)
+    assert (low, high) == bootstrap_interval(bits, n_bytes)  # the same documents, the same interval
+    assert low < sum(bits) / sum(n_bytes) < high
+    assert bootstrap_interval([10.0], [8]) == (1.25, 1.25)  # one document: nothing to resample
+
+
+def test_measure_groups_records_with_intervals_and_a_chart(tiny_model_dir, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = [TRAINING_TEXT[i : i + 150] for i in range(0, 1500, 150)]
+    months = ["2026-03", "2026-04"] * 5
+    with (tmp_path / "a.jsonl").open("w") as f:
+        for text, month in zip(texts[:6], months):
+            f.write(json.dumps({"text": text, "month": month}) + "\n")
+        f.write(json.dumps({"text": "no month here"}) + "\n")
+    pq.write_table(pa.table({"text": texts[6:], "month": months[6:]}), tmp_path / "b.parquet")
+    chart = tmp_path / "chart.png"
+    r = run("measure", "--model", tiny_model_dir, "--json", "--group-by", "month", "--chart", chart, tmp_path)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    groups = {row["group"]: row for row in rows if row["document"].startswith("(group")}
+    assert set(groups) == {"2026-03", "2026-04", "(none)"}
+    assert groups["2026-03"]["documents"] == groups["2026-04"]["documents"] == 5
+    for row in groups.values():
+        assert row["ci_low"] <= row["bits_per_byte"] <= row["ci_high"]
+    (total,) = [row for row in rows if row["document"] == "(total)"]
+    assert total["bits"] == pytest.approx(sum(row["bits"] for row in groups.values()))
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = run("measure", "--model", tiny_model_dir, "--group-by", "season", tmp_path / "b.parquet")
+    assert r.returncode == 1 and b"no column 'season'" in r.stderr and b"--group-by" in r.stderr

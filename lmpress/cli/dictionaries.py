@@ -24,7 +24,7 @@ def train_dictionary(args: argparse.Namespace) -> None:
     if args.steps < 1 or args.rank < 1 or args.size < 1:
         raise UserError("--size, --steps and --rank must be at least 1")
     lm = load_model(args.model)
-    docs = list(documents(args.paths, args.field, args.max_bytes))
+    docs = [(d.name, d.data) for d in documents(args.paths, args.field, args.max_bytes)]
     total = sum(len(d) for _, d in docs)
     adapter = args.kind in ("adapter", "both")
     unit = {"total": args.steps, "unit": "step"} if adapter else {"total": total, "unit": "B", "unit_scale": True}

@@ -16,7 +16,15 @@ from tqdm import tqdm
 
 from .. import __version__, parallel
 from ..dictionary import Dictionary
-from ..lens.analysis import audit_document, load_lens_model, local_settings, score_document, scoring_setup
+from ..lens.analysis import (
+    audit_document,
+    bootstrap_interval,
+    load_lens_model,
+    local_settings,
+    score_document,
+    scoring_setup,
+)
+from ..lens.charts import bits_chart
 from ..lens.report import render
 from .common import UserError, atomic_output, scoring_settings
 from .documents import documents
@@ -28,31 +36,34 @@ def _rows(args: argparse.Namespace, model_specs: list[str | None], row, local: i
     With ``--journal DIR``, each document's rows are kept in DIR as they are made, and the same command on the
     same documents started again takes them instead of scoring those documents again.
     """
-    docs = list(documents(args.paths, args.field, args.max_bytes))
+    group_by = getattr(args, "group_by", None)
+    docs = list(documents(args.paths, args.field, args.max_bytes, group_by))
     journal = None
     if args.journal:
         digest = hashlib.blake2b(digest_size=16)
-        for name, data in docs:
-            digest.update(f"{name}\0{len(data)}\0".encode() + data)
+        for name, data, group in docs:
+            digest.update(f"{name}\0{group}\0{len(data)}\0".encode() + data)
         identity = {
             "lmpress": __version__,
             "command": args.command,
             "documents": digest.hexdigest(),
             "models": model_specs,
             "dictionary": getattr(args, "dictionary", None) and Dictionary.read(args.dictionary).id,
-            "options": scoring_settings(args) | {"local": local, "engine": args.engine},
+            "options": scoring_settings(args) | {"local": local, "engine": args.engine, "group_by": group_by},
         }
         journal = parallel.Journal(Path(args.journal), identity)
         if journal.kept and not args.quiet:
             print(f"lmpress: resuming: {len(journal.kept):,} documents were scored by an earlier run", file=sys.stderr)
     kept = journal.kept if journal else {}
-    scored = _scored(args, model_specs, [d for i, d in enumerate(docs) if i not in kept], local=local)
+    scored = _scored(args, model_specs, [(d.name, d.data) for i, d in enumerate(docs) if i not in kept], local=local)
     for i in range(len(docs)):
         saved = journal.get(i) if journal is not None else None
         if saved is not None:
             yield from json.loads(saved)
             continue
         rows = [row(*next(scored)) for _ in model_specs]
+        if group_by:
+            rows = [{**r, "group": docs[i].group} for r in rows]
         if journal is not None:
             journal.put(i, json.dumps(rows).encode())
         yield from rows
@@ -113,23 +124,49 @@ def measure(args: argparse.Namespace) -> None:
         }
 
     rows = list(_rows(args, args.model or [None], row))
-    for model, engine in dict.fromkeys((r["model"], r["engine"]) for r in rows):
-        mine = [r for r in rows if (r["model"], r["engine"]) == (model, engine)]
-        n_bytes, bits = sum(r["bytes"] for r in mine), sum(r["bits"] for r in mine)
-        rows.append(
-            {
-                "document": "(total)",
-                "model": model,
-                "engine": engine,
-                "bytes": n_bytes,
-                "skipped_bytes": sum(r["skipped_bytes"] for r in mine),
-                "tokens": sum(r["tokens"] for r in mine),
-                "bits": bits,
-                "bits_per_byte": bits / n_bytes if n_bytes else math.nan,
-            }
-        )
+    grouped = args.group_by is not None
+    # Totals per model and engine; with --group-by, per group too, each with a bootstrap interval over its documents.
+    parts = [("(total)", None)] + [(f"(group {g})", g) for g in dict.fromkeys(r["group"] for r in rows)] * grouped
+    summary = []
+    for label, group in parts:
+        for model, engine in dict.fromkeys((r["model"], r["engine"]) for r in rows):
+            mine = [r for r in rows if (r["model"], r["engine"]) == (model, engine) and group in (None, r["group"])]
+            summary.append(_total(label, model, engine, mine, grouped))
+            if group is not None:
+                summary[-1]["group"] = group
+    rows += summary
     columns = ["document", "model", "engine", "bytes", "tokens", "bits", "bits_per_byte", "skipped_bytes"]
+    if grouped:
+        columns[1:1] = ["group"]
+        columns[-1:-1] = ["ci_low", "ci_high"]
+        rows = [{"group": "", "ci_low": "", "ci_high": "", **r} for r in rows]
     _emit(args, rows, columns)
+    if args.chart:
+        try:
+            bits_chart([r for r in summary if r["document"] != "(total)" or not grouped], Path(args.chart))
+        except ImportError:
+            raise UserError("--chart needs matplotlib (pip install 'lmpress[bench]')") from None
+        if not args.quiet:
+            print(f"wrote {args.chart}", file=sys.stderr)
+
+
+def _total(label: str, model: str, engine: str, rows: list[dict], interval: bool) -> dict:
+    """The sum of documents' rows, with the 95 % bootstrap interval of its bits per byte when ``interval``."""
+    n_bytes, bits = sum(r["bytes"] for r in rows), sum(r["bits"] for r in rows)
+    out = {
+        "document": label,
+        "model": model,
+        "engine": engine,
+        "documents": len(rows),
+        "bytes": n_bytes,
+        "skipped_bytes": sum(r["skipped_bytes"] for r in rows),
+        "tokens": sum(r["tokens"] for r in rows),
+        "bits": bits,
+        "bits_per_byte": bits / n_bytes if n_bytes else math.nan,
+    }
+    if interval:
+        out["ci_low"], out["ci_high"] = bootstrap_interval([r["bits"] for r in rows], [r["bytes"] for r in rows])
+    return out
 
 
 def audit(args: argparse.Namespace) -> None:
@@ -187,7 +224,8 @@ def verdict(ratio: float) -> str:
 
 def show(args: argparse.Namespace) -> None:
     specs = [args.model] + ([args.vs] if args.vs else [])
-    scored = list(_scored(args, specs, list(documents(args.paths, args.field, args.max_bytes)), detail=5))
+    docs = [(d.name, d.data) for d in documents(args.paths, args.field, args.max_bytes)]
+    scored = list(_scored(args, specs, docs, detail=5))
     if len({name for name, *_ in scored}) != 1:
         raise UserError("show takes one document")
     name, data = scored[0][0], scored[0][1]

@@ -125,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     ms.add_argument("--model", action="append", help="a model to measure (repeat to compare; default: the default)")
     ms.add_argument("--journal", metavar="DIR", help=JOURNAL_HELP)
     ms.add_argument(
+        "--group-by",
+        metavar="FIELD",
+        help="totals per group with 95 %% bootstrap intervals: a JSONL field or Parquet column of each record (a "
+        "plain file's group is its folder)",
+    )
+    ms.add_argument("--chart", metavar="FILE.png", help="a chart of bits per byte by model (and group)")
+    ms.add_argument(
         "-D", "--dictionary", metavar="FILE", help="measure with this dictionary (as compress -D would code)"
     )
     au = sub.add_parser(

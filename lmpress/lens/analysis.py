@@ -120,6 +120,25 @@ def score_document(
     return out
 
 
+BOOTSTRAP_RESAMPLES = 2000  # resamples of a group's documents behind its interval
+
+
+def bootstrap_interval(
+    bits: list[float], n_bytes: list[int], level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """The ``level`` percentile bootstrap interval of a group's bits per byte (its bits over its bytes), resampling
+    its documents with replacement: how far the figure could move with other documents of the same kind. Seeded,
+    so the same documents always give the same interval."""
+    b, n = np.asarray(bits, dtype=np.float64), np.asarray(n_bytes, dtype=np.float64)
+    if len(b) < 2:
+        value = float(b.sum() / n.sum()) if n.sum() else math.nan
+        return value, value
+    picks = np.random.default_rng(seed).integers(0, len(b), (BOOTSTRAP_RESAMPLES, len(b)))
+    ratios = b[picks].sum(1) / np.maximum(n[picks].sum(1), 1)
+    low, high = np.percentile(ratios, [50 * (1 - level), 50 * (1 + level)])
+    return float(low), float(high)
+
+
 LOCAL_WINDOW = 128  # context of the audit's local scoring: enough for syntax, too little to copy the document
 
 

@@ -1,0 +1,36 @@
+"""The lens's chart: bits per byte of each model on each group of documents, with their bootstrap intervals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def bits_chart(rows: list[dict], path: Path) -> None:
+    """A PNG of ``measure``'s summary rows: one bar per model (and engine) in each group ("total" without groups),
+    its interval as an error bar where it has one. Needs matplotlib (ImportError otherwise)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(dict.fromkeys(r.get("group") or "total" for r in rows))
+    models = list(dict.fromkeys(f"{r['model']} ({r['engine']})" for r in rows))
+    width = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(groups) * len(models) ** 0.5 + 3), 4.5), dpi=120)
+    for k, model in enumerate(models):
+        mine = {r.get("group") or "total": r for r in rows if f"{r['model']} ({r['engine']})" == model}
+        xs = [i + (k - (len(models) - 1) / 2) * width for i, g in enumerate(groups) if g in mine]
+        ys = [mine[g]["bits_per_byte"] for g in groups if g in mine]
+        errors = [
+            [max(0.0, y - mine[g].get("ci_low", y)) for g, y in zip((g for g in groups if g in mine), ys)],
+            [max(0.0, mine[g].get("ci_high", y) - y) for g, y in zip((g for g in groups if g in mine), ys)],
+        ]
+        ax.bar(xs, ys, width, yerr=errors, capsize=3, label=model)
+    ax.set_xticks(range(len(groups)), groups, rotation=20 if len(groups) > 4 else 0)
+    ax.set_ylabel("bits per byte (lower: the model knows the text better)")
+    ax.set_title("Bits per byte by model" + (" and group (95 % bootstrap intervals)" if len(groups) > 1 else ""))
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
