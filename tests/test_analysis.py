@@ -6,6 +6,7 @@ import json
 import random
 import shutil
 import string
+from pathlib import Path
 
 import pytest
 from conftest import TRAINING_TEXT, run
@@ -145,3 +146,16 @@ def test_measure_groups_records_with_intervals_and_a_chart(tiny_model_dir, tmp_p
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     r = run("measure", "--model", tiny_model_dir, "--group-by", "season", tmp_path / "b.parquet")
     assert r.returncode == 1 and b"no column 'season'" in r.stderr and b"--group-by" in r.stderr
+
+
+def test_a_datasets_folder_is_read_as_its_rows(tiny_model_dir):
+    """``tests/data/datasets/dict``: a DatasetDict (splits train and test) that datasets 4.8.5 wrote with
+    ``save_to_disk`` (pyarrow 21); lmpress reads its Arrow files with pyarrow alone."""
+    folder = Path(__file__).parent / "data" / "datasets" / "dict"
+    r = run("measure", "--model", tiny_model_dir, "--json", "--group-by", "month", folder)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    names = [row["document"].rsplit("/", 1)[-1] for row in rows if not row["document"].startswith("(")]
+    assert names == ["train:1", "train:2", "train:3", "train:4", "test:1", "test:2"]
+    groups = {row["group"]: row["documents"] for row in rows if row["document"].startswith("(group")}
+    assert groups == {"2026-03": 3, "2026-04": 3}
