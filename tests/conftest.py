@@ -20,6 +20,29 @@ TRAINING_TEXT = (
 ) * 20
 
 
+def _train(model: torch.nn.Module, ids: list[int], steps: int) -> None:
+    """A few seconds of training on the fixture text, so that the model predicts text better than chance, the
+    compressor prefers it to LZMA2 on text like it, and it reproduces long spans of the text. The same model in every
+    process: the caller seeds before initialisation, and training runs on one thread (a thread split changes float
+    sums, and training amplifies that)."""
+    if not steps:
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tokens = torch.tensor(ids)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for _ in range(steps):
+            starts = torch.randint(0, len(tokens) - 65, (16,))
+            batch = torch.stack([tokens[s : s + 65] for s in starts])
+            loss = model(batch, labels=batch).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+
+
 def build_tiny_model(folder: Path, seed: int = 2, vocab: int = 320, train_steps: int = 300, layers: int = 2) -> Path:
     """A small llama (2 layers unless told) with a byte-level BPE tokenizer, as a Hugging Face model folder."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -50,28 +73,10 @@ def build_tiny_model(folder: Path, seed: int = 2, vocab: int = 320, train_steps:
         "eos_token_id": 0,
         "pad_token_id": 0,
     }
-    # The same model in every process: seeded before initialisation, trained on one thread (a thread split
-    # changes float sums, and training amplifies that), so that tests see the same model every run.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(LlamaConfig(**config))
-        if train_steps:
-            # A few seconds of training on the fixture text, so the model predicts text better than chance,
-            # the compressor prefers it to LZMA2 on text like it, and it reproduces long spans of the text
-            # (seed and steps chosen for a wide margin: 600 memorised tokens where the audit test needs some).
-            ids = torch.tensor(tok.encode(TRAINING_TEXT).ids)
-            opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-            for _ in range(train_steps):
-                starts = torch.randint(0, len(ids) - 65, (16,))
-                batch = torch.stack([ids[s : s + 65] for s in starts])
-                loss = model(batch, labels=batch).loss
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-    finally:
-        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**config))
+    # (seed and steps chosen for a wide margin: 600 memorised tokens where the audit test needs some)
+    _train(model, tok.encode(TRAINING_TEXT).ids, train_steps)
     model.save_pretrained(folder)
     return folder
 
@@ -91,7 +96,7 @@ FAMILIES = {
     "llama": _SHAPE,
     "qwen2": _SHAPE,
     "qwen3": _SHAPE,
-    "mistral": _SHAPE,
+    "mistral": {**_SHAPE, "sliding_window": None},  # as Mistral 7B from v0.2 on: the exact engine runs it
     "phi3": _SHAPE,
     "gemma3_text": {**_SHAPE, "sliding_window": 64},
     "gpt2": {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 256},
@@ -104,9 +109,9 @@ FAMILIES = {
 }
 
 
-def build_family_model(folder: Path, model_type: str, tokenizer_json: Path) -> Path:
+def build_family_model(folder: Path, model_type: str, tokenizer_json: Path, train_steps: int = 0) -> Path:
     """A random-initialised ``model_type`` model (``FAMILIES``' shape) with the tiny llama's tokenizer, as a Hugging
-    Face model folder."""
+    Face model folder; trained ``train_steps`` as the tiny llama is (``tests/data/qwen2-tiny`` is one, trained)."""
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_file=str(tokenizer_json), bos_token="<|endoftext|>", eos_token="<|endoftext|>"
     )
@@ -114,7 +119,13 @@ def build_family_model(folder: Path, model_type: str, tokenizer_json: Path) -> P
         model_type, vocab_size=len(tokenizer), bos_token_id=0, eos_token_id=0, pad_token_id=0, **FAMILIES[model_type]
     )
     torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():  # biases start at zero: give them values, so that adding them is tested
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0.0, 0.5)
+    _train(model, tokenizer.encode(TRAINING_TEXT), train_steps)
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 

@@ -15,7 +15,7 @@ from lmpress.exact import ENGINE
 from lmpress.lens import float_engine
 from lmpress.lens.analysis import load_lens_model, score_document, scoring_setup
 from lmpress.lens.float_engine import FloatModel
-from lmpress.models import LanguageModel
+from lmpress.models import SUPPORTED_ARCHITECTURES, LanguageModel
 
 TEXT = TRAINING_TEXT.encode()[:1500]
 SMALL = {"window": 64, "keep": 16, "chunk_size": 600}  # several chunks, several windows each
@@ -23,7 +23,7 @@ SMALL = {"window": 64, "keep": 16, "chunk_size": 600}  # several chunks, several
 
 @pytest.mark.parametrize("arch", sorted(FAMILIES))
 def test_every_family_is_scored_on_the_float_engine(family_model_dirs, arch):
-    fm = load_lens_model(str(family_model_dirs[arch]), "auto" if arch != "llama" else "float32")
+    fm = load_lens_model(str(family_model_dirs[arch]), "float32" if arch in SUPPORTED_ARCHITECTURES else "auto")
     assert isinstance(fm, FloatModel)
     scores = score_document(fm, TEXT, Settings(**SMALL), detail=3)
     assert scores.engine == "float32" and scores.n_bytes == len(TEXT) and not scores.skipped_bytes
@@ -37,7 +37,8 @@ def test_every_family_is_scored_on_the_float_engine(family_model_dirs, arch):
 
 
 def test_auto_runs_the_exact_engine_where_it_can(family_model_dirs):
-    assert isinstance(load_lens_model(str(family_model_dirs["llama"])), LanguageModel)
+    for arch in SUPPORTED_ARCHITECTURES:  # llama's network: the exact engine's
+        assert isinstance(load_lens_model(str(family_model_dirs[arch])), LanguageModel)
     assert isinstance(load_lens_model(str(family_model_dirs["qwen3"])), FloatModel)
     with pytest.raises(lmpress.UnsupportedArchitectureError, match="float engine"):
         load_lens_model(str(family_model_dirs["qwen3"]), "exact")
@@ -91,8 +92,11 @@ def test_the_command_measures_audits_and_shows_every_family(family_model_dirs, t
     rows = json.loads(r.stdout)
     totals = {row["model"]: row for row in rows if row["document"] == "(total)"}
     assert set(totals) == {m.name for m in family_model_dirs.values()}
-    assert {row["engine"] for row in totals.values()} == {ENGINE, "float32"}  # llama exact, the rest float
-    assert totals["llama"]["engine"] == ENGINE and totals["mamba"]["engine"] == "float32"
+    assert {row["engine"] for row in totals.values()} == {
+        ENGINE,
+        "float32",
+    }  # llama, mistral, qwen2 exact; the rest float
+    assert {m for m, row in totals.items() if row["engine"] == ENGINE} == set(SUPPORTED_ARCHITECTURES)
     assert all(row["bytes"] == len(TEXT) + 800 for row in totals.values())
 
     r = run("measure", "--engine", "bfloat16", "--model", family_model_dirs["llama"], doc)

@@ -16,6 +16,13 @@ from lmpress.exact import gemm, simd
 from lmpress.exact.model import ExactLlama, Layer, Linear
 from lmpress.exact.ops import frequencies
 from lmpress.exact.runner import PACKED_ROWS, Runner
+from lmpress.models import load_model
+
+
+@pytest.fixture(params=["llama", "qwen2"])
+def model(request, tiny, family_model_dirs):
+    """The tiny llama, and a tiny Qwen2: the same network with biases on its query, key and value products."""
+    return tiny if request.param == "llama" else load_model(str(family_model_dirs[request.param]))
 
 
 def _frequencies_by_scoring(lm, rows, settings):
@@ -30,13 +37,13 @@ def _frequencies_by_scoring(lm, rows, settings):
     return out
 
 
-def test_full_sequence_passes_equal_lockstep_steps(tiny):
+def test_full_sequence_passes_equal_lockstep_steps(model):
     """What the encoder computes in large passes is what the decoder computes one token at a time, through
     context restarts and with rows leaving the batch."""
-    rows = [tiny.tokenize(TRAINING_TEXT[a : a + n].encode()) for a, n in ((0, 300), (500, 140), (900, 37))]
+    rows = [model.tokenize(TRAINING_TEXT[a : a + n].encode()) for a, n in ((0, 300), (500, 140), (900, 37))]
     settings = Settings(window=24, keep=8)
-    scored = _frequencies_by_scoring(tiny, rows, settings)
-    steps = Lockstep(tiny, [len(r) for r in rows], settings)
+    scored = _frequencies_by_scoring(model, rows, settings)
+    steps = Lockstep(model, [len(r) for r in rows], settings)
     for t in range(max(len(r) for r in rows)):
         for i, row in enumerate(steps.rows):
             assert torch.equal(steps.freqs[i], scored[int(row), t]), (row, t)
@@ -44,12 +51,12 @@ def test_full_sequence_passes_equal_lockstep_steps(tiny):
 
 
 @pytest.mark.parametrize("step", [1, 2, 5])
-def test_prefill_then_steps_equals_one_pass(tiny, step):
+def test_prefill_then_steps_equals_one_pass(model, step):
     """Steps of one token run the runner's compiled step on a CPU; steps of more the model's own forward pass (what a
     GPU runs for every step), writing and reading the cache at positions that are not multiples of its tiles."""
-    net = tiny.net
+    net = model.net
     run = Runner(net, 1)
-    ids = torch.tensor([[tiny.start_token, *tiny.tokenize(TRAINING_TEXT.encode()[:200])]])
+    ids = torch.tensor([[model.start_token, *model.tokenize(TRAINING_TEXT.encode()[:200])]])
     with torch.inference_mode():
         full = net.logits(net.forward(ids)[0])
         cache = net.new_cache(1, ids.shape[1])
@@ -61,12 +68,12 @@ def test_prefill_then_steps_equals_one_pass(tiny, step):
 
 
 @pytest.mark.skipif(not simd.AMX, reason="this CPU has no AMX tiles (or may not use them)")
-def test_attention_on_tiles_equals_batched_products(tiny):
+def test_attention_on_tiles_equals_batched_products(model):
     """Full-sequence attention on AMX tiles (the runner's ``kernels.attention_tiles``) gives the model's own batched
     products' numbers: with no cache, and into a cache after earlier positions, for lengths around a tile's 16
     queries."""
-    net = tiny.net
-    ids = torch.tensor(tiny.tokenize(TRAINING_TEXT.encode()[:400])[:74]).view(2, 37)
+    net = model.net
+    ids = torch.tensor(model.tokenize(TRAINING_TEXT.encode()[:400])[:74]).view(2, 37)
     results = []
     for forward in (net.forward, Runner(net).forward):
         with torch.inference_mode():
@@ -86,12 +93,12 @@ def _steps(run, ids):
         return [run.logits(run.step(ids[:, i : i + 1], cache, i)[:, 0]) for i in range(ids.shape[1])], cache
 
 
-def test_narrow_and_wide_steps_agree(tiny):
+def test_narrow_and_wide_steps_agree(model):
     """A narrow batch's steps multiply with a packed copy of the weights that its runner owns, a wide one's with the
     backend or, where AMX keeps only packed weights, with AMX's tiles: the same integers either way. The model
     itself is not changed by either."""
-    net = tiny.net
-    ids = torch.tensor(tiny.tokenize(TRAINING_TEXT.encode()[:200])[: 2 * PACKED_ROWS]).view(-1, 2)
+    net = model.net
+    ids = torch.tensor(model.tokenize(TRAINING_TEXT.encode()[:200])[: 2 * PACKED_ROWS]).view(-1, 2)
     assert len(net.linears()) == 1 + 4 * len(net.layers)
     layouts = [(lin.wq, lin.packed) for lin in net.linears()]
     narrow, wide = Runner(net, 1), Runner(net, len(ids))
@@ -105,20 +112,20 @@ def test_narrow_and_wide_steps_agree(tiny):
 
 
 def _plain(lin: Linear) -> Linear:
-    return Linear(lin.plain().clone(), lin.scale)
+    return Linear(lin.plain().clone(), lin.scale, lin.bias)
 
 
-def test_a_layer_in_one_call_equals_four_kernels_a_layer(tiny):
+def test_a_layer_in_one_call_equals_four_kernels_a_layer(model):
     """A step whose weights are all packed runs each layer in one compiled call (``kernels.layers_step``); with
     plain weights, four kernels a layer around the backend's products: the same logits and the same cache."""
-    net = tiny.net
+    net = model.net
     layers = [Layer(**{name: _plain(lin) for name, lin in vars(layer).items()}) for layer in net.layers]
     plain = ExactLlama(net.cfg, layers, _plain(net.embed), _plain(net.head))
     for lin in plain.linears():  # (where AMX is, the model keeps its weights packed only)
         lin.wq, lin.packed = lin.plain(), None
     plain.tiles = False
-    ids = torch.tensor(tiny.tokenize(TRAINING_TEXT.encode()[:200])[:30]).view(3, -1)
-    packed_run, plain_run = Runner(tiny.net, len(ids)), Runner(plain)
+    ids = torch.tensor(model.tokenize(TRAINING_TEXT.encode()[:200])[:30]).view(3, -1)
+    packed_run, plain_run = Runner(model.net, len(ids)), Runner(plain)
     assert packed_run._layer_arrays() is not None and plain_run._layer_arrays() is None
     (a, cache_a), (b, cache_b) = _steps(packed_run, ids), _steps(plain_run, ids)
     assert all(torch.equal(x, y) for x, y in zip(a, b))

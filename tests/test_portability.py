@@ -14,13 +14,17 @@ import torch
 from conftest import TRAINING_TEXT
 
 import lmpress
+from lmpress.codec import format as fmt
 from lmpress.dictionary import train_adapter
+from lmpress.models import load_model
 
 DATA = Path(__file__).parent / "data"
 SAMPLE = (DATA / "sample.txt").read_bytes()
 GOLDEN = DATA / "sample.txt.lmp"  # made once with the default model (level 3); every later version must decode it
 GOLDEN_MIXED = DATA / "sample.txt.mixed.lmp"  # the same at level 6: the match model mixed in (engine 2)
 GOLDENS = {3: GOLDEN, 6: GOLDEN_MIXED}
+QWEN2 = DATA / "qwen2-tiny"  # a tiny Qwen2 (biases on its query, key and value products), trained and committed
+QWEN2_GOLDEN = DATA / "qwen2-tiny.txt.lmp"  # its archive of qwen2-tiny.txt (level 6, chunks of 500 bytes)
 
 
 HAS_AVX512 = torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX")
@@ -46,14 +50,27 @@ def _name(config: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in config.items())
 
 
-def test_tiny_model_archives_are_identical_on_every_configuration(tiny_model_dir):
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_tiny_model_archives_are_identical_on_every_configuration(tiny_model_dir, family):
     text = TRAINING_TEXT.encode()[:2500] + "Größe 東京 🙂\n".encode()
-    model = ["--model", str(tiny_model_dir), "--chunk-size", "600", "--window", "64", "--keep-tokens", "16"]
+    folder = tiny_model_dir if family == "llama" else QWEN2
+    model = ["--model", str(folder), "--chunk-size", "600", "--window", "64", "--keep-tokens", "16"]
     archives = {_name(c): _lmpress(c, "compress", *model, stdin=text) for c in CONFIGS}
     assert len(set(archives.values())) == 1, {k: hashlib.sha256(v).hexdigest()[:12] for k, v in archives.items()}
     blob = next(iter(archives.values()))
     for config in CONFIGS:
-        assert _lmpress(config, "decompress", "--model", str(tiny_model_dir), stdin=blob) == text, _name(config)
+        assert _lmpress(config, "decompress", "--model", str(folder), stdin=blob) == text, _name(config)
+
+
+def test_qwen2_golden_archive_decodes_and_is_reproduced():
+    """A golden archive of the first family beside llama's: every later version must decode it, and make it again."""
+    lm, golden = load_model(str(QWEN2)), QWEN2_GOLDEN.read_bytes()
+    text = (DATA / "qwen2-tiny.txt").read_bytes()
+    assert lmpress.decompress(golden, lm) == text
+    assert lmpress.compress(text, lm, level=6, chunk_size=500) == golden
+    (member,) = fmt.members(golden)
+    segment = fmt.whole_frame(golden[slice(*member.segments[0])])
+    assert isinstance(segment, fmt.Segment) and fmt.METHOD_LM in {c.method for c in segment.chunks}  # the model's
 
 
 def test_dictionary_archives_are_identical_on_every_configuration(tiny, tiny_model_dir, tmp_path):

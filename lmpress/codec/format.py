@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..errors import FormatError, LmpressError, NotAnArchiveError, UnsupportedVersionError
-from ..exact import ENGINE
+from ..exact import ENGINE, MAX_CONTEXT
 from .mixing import NAME as MATCH_MIXER
 
 Buffer = bytes | bytearray | memoryview | mmap.mmap  # what the parsers read: an archive in memory, or mapped
@@ -38,7 +38,7 @@ MAX_FRAME_BYTES = 1 << 31
 MAX_SEGMENT_BYTES = 1 << 30  # original bytes a segment may claim: bounds what one segment's decoding allocates
 MAX_PARAMS_BYTES = 1024
 MAX_CHUNKS = 0xFFFF
-MAX_WINDOW = 8192  # context positions: bounds the decoder's cache whatever a header says
+MAX_WINDOW = MAX_CONTEXT  # context positions: bounds the decoder's cache whatever a header says
 MODEL_ID_BYTES = 8
 DICTIONARY_ID_BYTES = 4
 

@@ -12,3 +12,4 @@ Dependencies point one way: arithmetic ← kernels ← ops ← model ← runner.
 """
 
 ENGINE = "int8-v1"  # names this arithmetic in archives; any change to it needs a new name
+MAX_CONTEXT = 8192  # the most positions one context holds (a window, in the codec): bounds every cache

@@ -66,10 +66,11 @@ class KVCache(Protocol):
     head_dim: int
 
 
-# ``step_weights``: each layer's packed weights, and their scales, as numpy arrays
-StepWeights = tuple[tuple[tuple[np.ndarray, ...], ...], tuple[tuple[np.ndarray, ...], ...]]
+# ``step_weights``: each layer's packed weights, their scales, and its qkv bias, as numpy arrays
+StepWeights = tuple[tuple[tuple[np.ndarray, ...], ...], tuple[tuple[np.ndarray, ...], ...], tuple[np.ndarray, ...]]
 
 _F = np.float32
+_NO_BIAS = np.empty(0, np.float32)  # a product without a bias: the compiled kernels add none
 _I = np.int32
 _MAGIC = _F(1.5 * 2**23)  # x + 1.5·2**23 rounds x to an integer, to nearest even, wherever |x| ≤ 2**22
 _TWO23 = _F(2**23)  # binary32 values from 2**23 on are integers
@@ -450,6 +451,7 @@ def _attention_step(
     acc,
     bits16,
     scale,
+    bias,
     factor,
     cos,
     sin,
@@ -475,7 +477,7 @@ def _attention_step(
     hd' ≥ hd padded with zeros); its products are ``simd``'s. One job per (row, key head), which reads the key
     head's keys and values once for its query heads, ``HEADS`` at a time."""
     rows, groups, _, quads, _, _ = keys.shape
-    padded = 4 * quads
+    padded = 4 * quads  # (bias: the product's bias, binary32 [N], added after its result; empty for none)
     heads = groups * rep
     q_limit, tiny = params[6], params[7]
     width = pos + 1
@@ -485,6 +487,8 @@ def _attention_step(
     y = np.empty((rows, heads * hd), np.float32)
     for m in prange(rows):
         _result_row(acc, m, rows, bits16, scale, factor[m], qkv[m])
+        for j in range(bias.shape[0]):
+            qkv[m, j] += bias[j]  # one binary32 addition, as ``ExactLlama.forward``'s
     for job in prange(rows * groups):
         b, g = job // groups, job % groups
         head = np.empty(hd, np.float32)
@@ -631,6 +635,7 @@ def attention_step(
     acc: Tensor,
     bits: int,
     scale: Tensor,
+    bias: Tensor | None,
     factor: Tensor,
     cos: Tensor,
     sin: Tensor,
@@ -643,14 +648,15 @@ def attention_step(
 ) -> tuple[Tensor, Tensor]:
     """``ExactLlama``'s attention for one new position per row (decoding), fused with the products around it:
     from the query, key and value product ``acc`` (of ``bits``-bit operands) to the output product's operand
-    (``out_bits``), as ``arithmetic.product_result``, rotate, attend, ``arithmetic.product_operand``:
-    (operand, factors [B])."""
+    (``out_bits``), as ``arithmetic.product_result`` (plus ``bias``, where the product has one), rotate, attend,
+    ``arithmetic.product_operand``: (operand, factors [B])."""
     rows, groups, hd = *cache.k.shape[1:3], cache.head_dim
     out, out_factor, q, bits16_out = _operand_buffers(rows, groups * rep * hd, out_bits)
     _attention_step(
         acc.numpy(),
         bits == 16,
         scale.numpy(),
+        _NO_BIAS if bias is None else bias.numpy(),
         factor.numpy(),
         cos.numpy(),
         sin.numpy(),
@@ -799,6 +805,7 @@ def _layer_step(
     factor,
     weights,
     scales,
+    bias,
     bits16,
     cos,
     sin,
@@ -821,12 +828,13 @@ def _layer_step(
     """A layer of a decoding step whose weights are all packed, in one call: ``runner.Runner.step``'s products and
     kernels, from hidden states x [B, hidden] and the query, key and value product's operand (as
     ``_operand_space`` lays it out) and factors, to the new hidden states and the next layer's operand and
-    factors. ``weights``, ``scales`` and ``two`` (16-bit operand or not): the qkv, o, gate_up and down products'."""
+    factors. ``weights``, ``scales`` and ``bits16`` (16-bit operand or not): the qkv, o, gate_up and down products';
+    ``bias``: the qkv product's (empty for none)."""
     rows, tiny = x.shape[0], params[7]
     acc = _product(operand, weights[0], amx, threads)
     y, y_factor, q = _next_operand(rows, bits16[1], weights[1], amx, params)
     args = (pos, keys, values, k_scale, v_scale, kappa, rep, hd, q, bits16[1], y, y_factor, params, shape)
-    _attention_step(acc, bits16[0], scales[0], factor, cos, sin, *args)
+    _attention_step(acc, bits16[0], scales[0], bias, factor, cos, sin, *args)
     acc = _product(y, weights[1], amx, threads)
     h = np.empty_like(x)
     operand, factor, q = _next_operand(rows, bits16[2], weights[2], amx, params)
@@ -842,20 +850,25 @@ def _layer_step(
 
 
 @njit(boundscheck=False, cache=True)
-def _layers_step(x, operand, factor, weights, scales, bits16, cos, sin, pos, keys, values, k_scale, v_scale, *rest):
-    """``_layer_step`` of every layer in turn (``weights``, ``scales``: a tuple of the layer's four a layer)."""
+def _layers_step(
+    x, operand, factor, weights, scales, biases, bits16, cos, sin, pos, keys, values, k_scale, v_scale, *rest
+):
+    """``_layer_step`` of every layer in turn (``weights``, ``scales``: a tuple of the layer's four a layer;
+    ``biases``: its qkv product's bias, empty for none)."""
     for i in range(len(weights)):
         args = (cos, sin, pos, keys[i], values[i], k_scale[i], v_scale[i])
-        x, operand, factor = _layer_step(x, operand, factor, weights[i], scales[i], bits16, *args, *rest)
+        x, operand, factor = _layer_step(x, operand, factor, weights[i], scales[i], biases[i], bits16, *args, *rest)
     return x
 
 
-def step_weights(packed: list[list[Tensor]], scales: list[list[Tensor]]) -> StepWeights:
-    """Packed weights and scales as ``layers_step`` takes them: numpy arrays, a tuple of the qkv, o, gate_up and down
-    products' a layer (``packed``, ``scales``: lists of such lists of tensors). Made once and kept: converting them
-    every step would cost a noticeable part of it."""
-    return tuple(tuple(w.numpy() for w in four) for four in packed), tuple(
-        tuple(s.numpy() for s in four) for four in scales
+def step_weights(packed: list[list[Tensor]], scales: list[list[Tensor]], biases: list[Tensor | None]) -> StepWeights:
+    """Packed weights, scales and qkv biases as ``layers_step`` takes them: numpy arrays, a tuple of the qkv, o,
+    gate_up and down products' a layer (``packed``, ``scales``: lists of such lists of tensors; ``biases``: each
+    layer's qkv bias or None). Made once and kept: converting them every step would cost a noticeable part of it."""
+    return (
+        tuple(tuple(w.numpy() for w in four) for four in packed),
+        tuple(tuple(s.numpy() for s in four) for four in scales),
+        tuple(_NO_BIAS if b is None else b.numpy() for b in biases),
     )
 
 

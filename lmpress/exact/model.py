@@ -22,7 +22,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from . import ENGINE, kernels
+from . import ENGINE, MAX_CONTEXT, kernels
 from . import gemm as gemm_
 from .arithmetic import (
     BITS,
@@ -69,10 +69,16 @@ class LlamaConfig:
 
     @classmethod
     def from_hf(cls, hf: dict) -> LlamaConfig:
-        """Read a Hugging Face ``config.json`` dictionary of a llama-family model."""
+        """Read a Hugging Face ``config.json`` dictionary of a llama-family model (Llama, Mistral without a sliding
+        window, Qwen2: the same network, Qwen2's query, key and value products with biases)."""
         rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
         if rope.get("rope_type", "default") != "default":
             raise ValueError(f"unsupported RoPE scaling {rope.get('rope_type')!r}")
+        sliding = hf.get("sliding_window") if hf.get("use_sliding_window", True) else None
+        if sliding is not None and sliding < MAX_CONTEXT:
+            raise ValueError(
+                f"a sliding attention window of {sliding} positions; lmpress attends to up to {MAX_CONTEXT} in full"
+            )
         heads = hf["num_attention_heads"]
         return cls(
             vocab_size=hf["vocab_size"],
@@ -90,12 +96,14 @@ class LlamaConfig:
 
 @dataclass
 class Linear:
-    """int8 weights [N, K], one binary32 scale per output channel (row): W ≈ wq · scale. Kept plain (``wq``), or,
-    where AMX's tiles multiply packed weights at any rows, only packed (``packed``, ``wq`` None), so the model
-    is in memory once. Fixed once the model is built: a runner keeps any other copy it wants."""
+    """int8 weights [N, K], one binary32 scale per output channel (row): W ≈ wq · scale, and a binary32 bias [N]
+    where the product has one (Qwen2's query, key and value). Kept plain (``wq``), or, where AMX's tiles multiply
+    packed weights at any rows, only packed (``packed``, ``wq`` None), so the model is in memory once. Fixed once
+    the model is built: a runner keeps any other copy it wants."""
 
     wq: Tensor | None
     scale: Tensor
+    bias: Tensor | None = None
     packed: Tensor | None = field(default=None, repr=False, compare=False)  # wq as ``pack`` lays it out, or None
     shape: tuple[int, int] = field(init=False)  # (N, K)
 
@@ -269,14 +277,23 @@ class ExactLlama:
         def f32(name: str) -> Tensor:
             return state[name].to(device=device, dtype=torch.float32)
 
+        unsupported = [n for n in state if n.endswith(".bias") and (".self_attn." not in n or "o_proj" in n)]
+        if unsupported:
+            raise ValueError(f"biases lmpress does not run ({', '.join(unsupported[:3])})")
         layers = []
         for i in range(cfg.num_hidden_layers):
             p = f"model.layers.{i}."
             qkv = torch.cat([f32(p + f"self_attn.{n}_proj.weight") for n in "qkv"])
+            biased = [p + f"self_attn.{n}_proj.bias" for n in "qkv"]
+            bias = torch.cat([f32(n) for n in biased]) if all(n in state for n in biased) else None
+            if bias is None and any(n in state for n in biased):
+                raise ValueError(f"layer {i}: a bias on some of the query, key and value products but not all")
             gate_up = torch.cat([f32(p + "mlp.gate_proj.weight"), f32(p + "mlp.up_proj.weight")])
+            qkv_linear = Linear.quantize(qkv, f32(p + "input_layernorm.weight"))
+            qkv_linear.bias = bias
             layers.append(
                 Layer(
-                    qkv=Linear.quantize(qkv, f32(p + "input_layernorm.weight")),
+                    qkv=qkv_linear,
                     o=Linear.quantize(f32(p + "self_attn.o_proj.weight")),
                     gate_up=Linear.quantize(gate_up, f32(p + "post_attention_layernorm.weight")),
                     down=Linear.quantize(f32(p + "mlp.down_proj.weight")),
@@ -301,6 +318,8 @@ class ExactLlama:
         for i, layer in enumerate(self.layers):
             for name, lin in vars(layer).items():
                 out[f"layers.{i}.{name}.wq"], out[f"layers.{i}.{name}.scale"] = lin.plain(), lin.scale
+                if lin.bias is not None:
+                    out[f"layers.{i}.{name}.bias"] = lin.bias
         return out
 
     def digest(self) -> str:
@@ -341,6 +360,8 @@ class ExactLlama:
             for rows, (operand, factor) in zip(blocks, operands):
                 acc = run.product(layer.qkv, operand)
                 qkv[rows] = ops.product_result(acc, BITS["qkv"], layer.qkv.scale, factor.view(-1, 1))
+                if layer.qkv.bias is not None:
+                    qkv[rows] += layer.qkv.bias  # one binary32 addition an element
             run.attention(i, qkv, cache, pos, y.view(b, t, heads, hd))
             for j, rows in enumerate(blocks):
                 operand, factor = ops.product_operand(y[rows], BITS["o"])

@@ -92,9 +92,9 @@ class Runner:
             return x.view(len(x), 1, -1)
         for i, layer in enumerate(net.layers):
             acc = self.product(layer.qkv, operand)
-            scale = layer.qkv.scale
+            scale, bias = layer.qkv.scale, layer.qkv.bias
             operand, factor = kernels.attention_step(
-                acc, BITS["qkv"], scale, factor, cos, sin, pos, cache, i, kappa, rep, BITS["o"]
+                acc, BITS["qkv"], scale, bias, factor, cos, sin, pos, cache, i, kappa, rep, BITS["o"]
             )
             x, operand, factor = net.rest_of_layer(layer, x, operand, factor, self)
         return x.view(len(x), 1, -1)
@@ -105,7 +105,8 @@ class Runner:
         if self._step_arrays is None and (self.net.tiles or self._packed):
             layers = [list(vars(layer).values()) for layer in self.net.layers]
             packed = [[lin.packed if self.net.tiles else self._packed[id(lin)] for lin in four] for four in layers]
-            self._step_arrays = kernels.step_weights(packed, [[lin.scale for lin in four] for four in layers])
+            scales = [[lin.scale for lin in four] for four in layers]
+            self._step_arrays = kernels.step_weights(packed, scales, [layer.qkv.bias for layer in self.net.layers])
         return self._step_arrays
 
 
