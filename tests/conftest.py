@@ -120,10 +120,12 @@ def build_family_model(folder: Path, model_type: str, tokenizer_json: Path, trai
     )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
-    with torch.no_grad():  # biases start at zero: give them values, so that adding them is tested
+    with torch.no_grad():  # biases start at zero and norms' gains at one: give them values, so that they are tested
         for name, p in model.named_parameters():
             if name.endswith(".bias"):
                 p.normal_(0.0, 0.5)
+            elif name.endswith(("q_norm.weight", "k_norm.weight")):
+                p.normal_(1.0, 0.3)
     _train(model, tokenizer.encode(TRAINING_TEXT), train_steps)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -39,9 +39,9 @@ def test_every_family_is_scored_on_the_float_engine(family_model_dirs, arch):
 def test_auto_runs_the_exact_engine_where_it_can(family_model_dirs):
     for arch in SUPPORTED_ARCHITECTURES:  # llama's network: the exact engine's
         assert isinstance(load_lens_model(str(family_model_dirs[arch])), LanguageModel)
-    assert isinstance(load_lens_model(str(family_model_dirs["qwen3"])), FloatModel)
+    assert isinstance(load_lens_model(str(family_model_dirs["gemma3_text"])), FloatModel)
     with pytest.raises(lmpress.UnsupportedArchitectureError, match="float engine"):
-        load_lens_model(str(family_model_dirs["qwen3"]), "exact")
+        load_lens_model(str(family_model_dirs["gemma3_text"]), "exact")
     with pytest.raises(ValueError, match="engine"):
         load_lens_model(None, "float64")
 
@@ -76,7 +76,7 @@ def test_float_and_exact_engines_agree_on_one_model(tiny_model_dir):
 
 
 def test_dictionaries_are_for_the_exact_engine(family_model_dirs, tiny):
-    fm = load_lens_model(str(family_model_dirs["qwen2"]))
+    fm = load_lens_model(str(family_model_dirs["phi3"]))
     dictionary = lmpress.train(tiny, [TEXT])
     with pytest.raises(lmpress.LmpressError, match="float engine"):
         scoring_setup(fm, dictionary)

@@ -19,9 +19,10 @@ from lmpress.exact.runner import PACKED_ROWS, Runner
 from lmpress.models import load_model
 
 
-@pytest.fixture(params=["llama", "qwen2"])
+@pytest.fixture(params=["llama", "qwen2", "qwen3"])
 def model(request, tiny, family_model_dirs):
-    """The tiny llama, and a tiny Qwen2: the same network with biases on its query, key and value products."""
+    """The tiny llama, a tiny Qwen2 (the same network with biases on its query, key and value products) and a tiny
+    Qwen3 (with RMSNorms of its query and key heads)."""
     return tiny if request.param == "llama" else load_model(str(family_model_dirs[request.param]))
 
 
@@ -119,7 +120,10 @@ def test_a_layer_in_one_call_equals_four_kernels_a_layer(model):
     """A step whose weights are all packed runs each layer in one compiled call (``kernels.layers_step``); with
     plain weights, four kernels a layer around the backend's products: the same logits and the same cache."""
     net = model.net
-    layers = [Layer(**{name: _plain(lin) for name, lin in vars(layer).items()}) for layer in net.layers]
+    layers = [
+        Layer(**{name: _plain(lin) for name, lin in layer.linears().items()}, q_norm=layer.q_norm, k_norm=layer.k_norm)
+        for layer in net.layers
+    ]
     plain = ExactLlama(net.cfg, layers, _plain(net.embed), _plain(net.head))
     for lin in plain.linears():  # (where AMX is, the model keeps its weights packed only)
         lin.wq, lin.packed = lin.plain(), None
@@ -188,3 +192,20 @@ def test_threads_share_one_loaded_model(tiny):
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         assert all(pool.map(work, range(12)))
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3"])
+def test_the_exact_engine_computes_what_transformers_computes(family_model_dirs, arch):
+    """Each family the exact engine runs, against transformers' own float model: logits (centred, in nats) within
+    quantisation's reach, which leaving out a family's own step (Qwen2's biases, Qwen3's head norms) is not."""
+    from transformers import AutoModelForCausalLM
+
+    from lmpress.exact.arithmetic import LN2, LOGIT_FRAC
+
+    lm = load_model(str(family_model_dirs[arch]))
+    ids = torch.tensor([[lm.start_token, *lm.tokenize(TRAINING_TEXT.encode()[:200])]])
+    with torch.inference_mode():
+        fixed = lm.net.logits(lm.net.forward(ids)[0]).double() * (LN2 / 2**LOGIT_FRAC)
+        floating = AutoModelForCausalLM.from_pretrained(family_model_dirs[arch]).eval()(ids).logits[0].double()
+    gap = ((fixed - fixed.mean(-1, keepdim=True)) - (floating - floating.mean(-1, keepdim=True))).abs().mean()
+    assert gap < 0.005, float(gap)  # 0.001 here; without its own step 0.11 (Qwen2), 0.017 (Qwen3)

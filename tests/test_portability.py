@@ -23,8 +23,10 @@ SAMPLE = (DATA / "sample.txt").read_bytes()
 GOLDEN = DATA / "sample.txt.lmp"  # made once with the default model (level 3); every later version must decode it
 GOLDEN_MIXED = DATA / "sample.txt.mixed.lmp"  # the same at level 6: the match model mixed in (engine 2)
 GOLDENS = {3: GOLDEN, 6: GOLDEN_MIXED}
-QWEN2 = DATA / "qwen2-tiny"  # a tiny Qwen2 (biases on its query, key and value products), trained and committed
-QWEN2_GOLDEN = DATA / "qwen2-tiny.txt.lmp"  # its archive of qwen2-tiny.txt (level 6, chunks of 500 bytes)
+# Tiny models of the families beside llama, trained and committed (Qwen2: biases on the query, key and value
+# products; Qwen3: RMSNorms of the query and key heads), and each one's golden archive of families.txt (level 6,
+# chunks of 500 bytes).
+FAMILY_MODELS = {"qwen2": DATA / "qwen2-tiny", "qwen3": DATA / "qwen3-tiny"}
 
 
 HAS_AVX512 = torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX")
@@ -50,10 +52,10 @@ def _name(config: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in config.items())
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("family", ["llama", *FAMILY_MODELS])
 def test_tiny_model_archives_are_identical_on_every_configuration(tiny_model_dir, family):
     text = TRAINING_TEXT.encode()[:2500] + "Größe 東京 🙂\n".encode()
-    folder = tiny_model_dir if family == "llama" else QWEN2
+    folder = FAMILY_MODELS.get(family, tiny_model_dir)
     model = ["--model", str(folder), "--chunk-size", "600", "--window", "64", "--keep-tokens", "16"]
     archives = {_name(c): _lmpress(c, "compress", *model, stdin=text) for c in CONFIGS}
     assert len(set(archives.values())) == 1, {k: hashlib.sha256(v).hexdigest()[:12] for k, v in archives.items()}
@@ -62,10 +64,11 @@ def test_tiny_model_archives_are_identical_on_every_configuration(tiny_model_dir
         assert _lmpress(config, "decompress", "--model", str(folder), stdin=blob) == text, _name(config)
 
 
-def test_qwen2_golden_archive_decodes_and_is_reproduced():
-    """A golden archive of the first family beside llama's: every later version must decode it, and make it again."""
-    lm, golden = load_model(str(QWEN2)), QWEN2_GOLDEN.read_bytes()
-    text = (DATA / "qwen2-tiny.txt").read_bytes()
+@pytest.mark.parametrize("family", FAMILY_MODELS)
+def test_family_golden_archives_decode_and_are_reproduced(family):
+    """Every later version must decode each family's golden archive, and make it again."""
+    lm, golden = load_model(str(FAMILY_MODELS[family])), (DATA / f"{family}-tiny.lmp").read_bytes()
+    text = (DATA / "families.txt").read_bytes()
     assert lmpress.decompress(golden, lm) == text
     assert lmpress.compress(text, lm, level=6, chunk_size=500) == golden
     (member,) = fmt.members(golden)

@@ -202,7 +202,7 @@ def exact_roofline(net, rows: int = 512) -> dict:
     if net.tiles:
         routes["amx-tiles"] = lambda lin, a, w: lin.product(net.gemm, a)
     fastest = dict.fromkeys(routes, 0.0)
-    for count, lin in [*((layers, lin) for lin in vars(net.layers[0]).values()), (1, net.head)]:
+    for count, lin in [*((layers, lin) for lin in net.layers[0].linears().values()), (1, net.head)]:
         a = torch.randint(-127, 128, (rows, lin.shape[1]), dtype=torch.int8, generator=gen).to(net.device)
         w = lin.plain()
         for name, route in routes.items():
@@ -226,7 +226,7 @@ def flops_per_token(net) -> int:
 def engine_ops_per_token(net, bits: dict[str, int] = BITS) -> int:
     """The operations of lmpress's own weight products per token, with activations of ``bits``
     (``exact.arithmetic.BITS``): a 16-bit activation is two int8 operand rows, so its products count twice."""
-    lins = [(name, lin) for layer in net.layers for name, lin in vars(layer).items()] + [("head", net.head)]
+    lins = [(name, lin) for layer in net.layers for name, lin in layer.linears().items()] + [("head", net.head)]
     return sum(2 * lin.shape[0] * lin.shape[1] * bits[name] // 8 for name, lin in lins)
 
 

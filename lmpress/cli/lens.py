@@ -126,11 +126,12 @@ def measure(args: argparse.Namespace) -> None:
     rows = list(_rows(args, args.model or [None], row))
     grouped = args.group_by is not None
     # Totals per model and engine; with --group-by, per group too, each with a bootstrap interval over its documents.
-    parts = [("(total)", None)] + [(f"(group {g})", g) for g in dict.fromkeys(r["group"] for r in rows)] * grouped
+    groups = dict.fromkeys(r["group"] for r in rows) if grouped else {}
+    parts = [("(total)", None), *((f"(group {g})", g) for g in groups)]
     summary = []
     for label, group in parts:
         for model, engine in dict.fromkeys((r["model"], r["engine"]) for r in rows):
-            mine = [r for r in rows if (r["model"], r["engine"]) == (model, engine) and group in (None, r["group"])]
+            mine = [r for r in rows if (r["model"], r["engine"]) == (model, engine) and group in (None, r.get("group"))]
             summary.append(_total(label, model, engine, mine, grouped))
             if group is not None:
                 summary[-1]["group"] = group

@@ -70,6 +70,13 @@ def quantize_normed(x: Tensor, q: int, eps: float) -> tuple[Tensor, Tensor]:
     return xq, r.float()
 
 
+def head_norm(x: Tensor, gain: Tensor, eps: float) -> Tensor:
+    """Qwen3's RMSNorm of each query and key head (x [..., hd], binary32), before rotation: ``quantize_normed`` at 16
+    bits gives xq and r, and the head is (binary32(xq) · r) · gain, two binary32 products an element."""
+    xq, r = quantize_normed(x, Q16, eps)
+    return (xq.float() * r) * gain
+
+
 def quantize_weights(w: Tensor, gain: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """int8 weights and a binary32 scale per output channel (row) of w·gain (gain: per input column, a norm's,
     folded in): scale = max|w| / 127 and wq = round(w / scale), in binary32."""

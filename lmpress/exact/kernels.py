@@ -66,8 +66,13 @@ class KVCache(Protocol):
     head_dim: int
 
 
-# ``step_weights``: each layer's packed weights, their scales, and its qkv bias, as numpy arrays
-StepWeights = tuple[tuple[tuple[np.ndarray, ...], ...], tuple[tuple[np.ndarray, ...], ...], tuple[np.ndarray, ...]]
+# ``step_weights``: each layer's packed weights, their scales, its qkv bias and head norms, as numpy arrays
+StepWeights = tuple[
+    tuple[tuple[np.ndarray, ...], ...],
+    tuple[tuple[np.ndarray, ...], ...],
+    tuple[np.ndarray, ...],
+    tuple[tuple[np.ndarray, np.ndarray], ...],
+]
 
 _F = np.float32
 _NO_BIAS = np.empty(0, np.float32)  # a product without a bias: the compiled kernels add none
@@ -293,6 +298,24 @@ def _operand_row(x, m, rows, q, bits16, normed, eps, tiny, out):  # pragma: no c
 
 
 @njit(inline="always", boundscheck=False)
+def _head_norm(x, gain, eps, q, tiny):  # pragma: no cover (compiled)
+    """``arithmetic.head_norm`` of one head x (binary32 [hd]), in place; q = Q16."""
+    amax = _F(0)
+    for j in range(x.shape[0]):
+        amax = max(amax, abs(x[j]))
+    amax = max(amax, tiny)
+    f = q / amax
+    sum_squares = np.int64(0)
+    for j in range(x.shape[0]):
+        v = np.int64(_round_even(x[j] * f))
+        sum_squares += v * v
+    f64 = np.float64(f)
+    r = _F(1.0 / np.sqrt(np.float64(sum_squares) / np.float64(x.shape[0]) + f64 * f64 * eps))
+    for j in range(x.shape[0]):
+        x[j] = (_F(_round_even(x[j] * f)) * r) * gain[j]
+
+
+@njit(inline="always", boundscheck=False)
 def _result_row(acc, m, rows, bits16, scale, factor, out):  # pragma: no cover (compiled)
     """Row m of ``arithmetic.product_result`` into out [N]."""
     if bits16:
@@ -452,6 +475,9 @@ def _attention_step(
     bits16,
     scale,
     bias,
+    q_norm,
+    k_norm,
+    eps,
     factor,
     cos,
     sin,
@@ -477,7 +503,8 @@ def _attention_step(
     hd' ≥ hd padded with zeros); its products are ``simd``'s. One job per (row, key head), which reads the key
     head's keys and values once for its query heads, ``HEADS`` at a time."""
     rows, groups, _, quads, _, _ = keys.shape
-    padded = 4 * quads  # (bias: the product's bias, binary32 [N], added after its result; empty for none)
+    padded = 4 * quads  # (bias: the product's bias, binary32 [N], added after its result; q_norm, k_norm: the
+    # gains of Qwen3's head norms, with eps; all three empty for none)
     heads = groups * rep
     q_limit, tiny = params[6], params[7]
     width = pos + 1
@@ -489,6 +516,10 @@ def _attention_step(
         _result_row(acc, m, rows, bits16, scale, factor[m], qkv[m])
         for j in range(bias.shape[0]):
             qkv[m, j] += bias[j]  # one binary32 addition, as ``ExactLlama.forward``'s
+        if q_norm.shape[0]:  # Qwen3's norms of the query and key heads
+            for h in range(heads + groups):
+                norm = q_norm if h < heads else k_norm
+                _head_norm(qkv[m, h * hd : (h + 1) * hd], norm, eps, params[9], tiny)
     for job in prange(rows * groups):
         b, g = job // groups, job % groups
         head = np.empty(hd, np.float32)
@@ -645,18 +676,25 @@ def attention_step(
     kappa: Tensor,
     rep: int,
     out_bits: int,
+    norms: tuple[Tensor, Tensor] | None = None,
+    eps: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
     """``ExactLlama``'s attention for one new position per row (decoding), fused with the products around it:
     from the query, key and value product ``acc`` (of ``bits``-bit operands) to the output product's operand
-    (``out_bits``), as ``arithmetic.product_result`` (plus ``bias``, where the product has one), rotate, attend,
-    ``arithmetic.product_operand``: (operand, factors [B])."""
+    (``out_bits``), as ``arithmetic.product_result`` (plus ``bias``, where the product has one; then
+    ``arithmetic.head_norm`` with the query and key gains ``norms`` and ``eps``, where the model has them), rotate,
+    attend, ``arithmetic.product_operand``: (operand, factors [B])."""
     rows, groups, hd = *cache.k.shape[1:3], cache.head_dim
     out, out_factor, q, bits16_out = _operand_buffers(rows, groups * rep * hd, out_bits)
+    q_norm, k_norm = (_NO_BIAS, _NO_BIAS) if norms is None else (norms[0].numpy(), norms[1].numpy())
     _attention_step(
         acc.numpy(),
         bits == 16,
         scale.numpy(),
         _NO_BIAS if bias is None else bias.numpy(),
+        q_norm,
+        k_norm,
+        eps,
         factor.numpy(),
         cos.numpy(),
         sin.numpy(),
@@ -806,6 +844,7 @@ def _layer_step(
     weights,
     scales,
     bias,
+    norms,
     bits16,
     cos,
     sin,
@@ -829,12 +868,12 @@ def _layer_step(
     kernels, from hidden states x [B, hidden] and the query, key and value product's operand (as
     ``_operand_space`` lays it out) and factors, to the new hidden states and the next layer's operand and
     factors. ``weights``, ``scales`` and ``bits16`` (16-bit operand or not): the qkv, o, gate_up and down products';
-    ``bias``: the qkv product's (empty for none)."""
+    ``bias``: the qkv product's; ``norms``: the query and key heads' gains (all empty for none)."""
     rows, tiny = x.shape[0], params[7]
     acc = _product(operand, weights[0], amx, threads)
     y, y_factor, q = _next_operand(rows, bits16[1], weights[1], amx, params)
     args = (pos, keys, values, k_scale, v_scale, kappa, rep, hd, q, bits16[1], y, y_factor, params, shape)
-    _attention_step(acc, bits16[0], scales[0], bias, factor, cos, sin, *args)
+    _attention_step(acc, bits16[0], scales[0], bias, norms[0], norms[1], eps, factor, cos, sin, *args)
     acc = _product(y, weights[1], amx, threads)
     h = np.empty_like(x)
     operand, factor, q = _next_operand(rows, bits16[2], weights[2], amx, params)
@@ -851,24 +890,32 @@ def _layer_step(
 
 @njit(boundscheck=False, cache=True)
 def _layers_step(
-    x, operand, factor, weights, scales, biases, bits16, cos, sin, pos, keys, values, k_scale, v_scale, *rest
+    x, operand, factor, weights, scales, biases, norms, bits16, cos, sin, pos, keys, values, k_scale, v_scale, *rest
 ):
     """``_layer_step`` of every layer in turn (``weights``, ``scales``: a tuple of the layer's four a layer;
-    ``biases``: its qkv product's bias, empty for none)."""
+    ``biases``: its qkv product's bias; ``norms``: its query and key heads' gains; empty for none)."""
     for i in range(len(weights)):
         args = (cos, sin, pos, keys[i], values[i], k_scale[i], v_scale[i])
-        x, operand, factor = _layer_step(x, operand, factor, weights[i], scales[i], biases[i], bits16, *args, *rest)
+        layer = (weights[i], scales[i], biases[i], norms[i])
+        x, operand, factor = _layer_step(x, operand, factor, *layer, bits16, *args, *rest)
     return x
 
 
-def step_weights(packed: list[list[Tensor]], scales: list[list[Tensor]], biases: list[Tensor | None]) -> StepWeights:
-    """Packed weights, scales and qkv biases as ``layers_step`` takes them: numpy arrays, a tuple of the qkv, o,
-    gate_up and down products' a layer (``packed``, ``scales``: lists of such lists of tensors; ``biases``: each
-    layer's qkv bias or None). Made once and kept: converting them every step would cost a noticeable part of it."""
+def step_weights(
+    packed: list[list[Tensor]],
+    scales: list[list[Tensor]],
+    biases: list[Tensor | None],
+    norms: list[tuple[Tensor, Tensor] | None],
+) -> StepWeights:
+    """Packed weights, scales, qkv biases and head norms as ``layers_step`` takes them: numpy arrays, a tuple of the
+    qkv, o, gate_up and down products' a layer (``packed``, ``scales``: lists of such lists of tensors; ``biases``:
+    each layer's qkv bias or None; ``norms``: its query and key gains or None). Made once and kept: converting them
+    every step would cost a noticeable part of it."""
     return (
         tuple(tuple(w.numpy() for w in four) for four in packed),
         tuple(tuple(s.numpy() for s in four) for four in scales),
         tuple(_NO_BIAS if b is None else b.numpy() for b in biases),
+        tuple((_NO_BIAS, _NO_BIAS) if n is None else (n[0].numpy(), n[1].numpy()) for n in norms),
     )
 
 

@@ -32,6 +32,7 @@ from .arithmetic import (
     SCORE_FRAC,
     SIGMOID_FRAC,
     SIGMOID_SPAN,
+    head_norm,
     quantize_rows,
     quantize_weights,
     rotate,
@@ -236,6 +237,12 @@ class Layer:
     o: Linear
     gate_up: Linear  # post_attention_layernorm's gain folded in
     down: Linear
+    q_norm: Tensor | None = None  # Qwen3: the gains [hd] of the query heads' and the key heads' RMSNorm
+    k_norm: Tensor | None = None
+
+    def linears(self) -> dict[str, Linear]:
+        """The layer's four products, by name, in the order a step runs them."""
+        return {"qkv": self.qkv, "o": self.o, "gate_up": self.gate_up, "down": self.down}
 
 
 class Execution(Protocol):
@@ -291,8 +298,14 @@ class ExactLlama:
             gate_up = torch.cat([f32(p + "mlp.gate_proj.weight"), f32(p + "mlp.up_proj.weight")])
             qkv_linear = Linear.quantize(qkv, f32(p + "input_layernorm.weight"))
             qkv_linear.bias = bias
+            norms = [p + f"self_attn.{n}_norm.weight" for n in "qk"]
+            if any(n in state for n in norms) and not all(n in state for n in norms):
+                raise ValueError(f"layer {i}: a norm on the query heads or the key heads but not both")
+            q_norm, k_norm = (f32(n) for n in norms) if norms[0] in state else (None, None)
             layers.append(
                 Layer(
+                    q_norm=q_norm,
+                    k_norm=k_norm,
                     qkv=qkv_linear,
                     o=Linear.quantize(f32(p + "self_attn.o_proj.weight")),
                     gate_up=Linear.quantize(gate_up, f32(p + "post_attention_layernorm.weight")),
@@ -306,7 +319,7 @@ class ExactLlama:
     def shapes(self) -> list[tuple[int, int]]:
         """(K, N) of every weight product, and of the attention products at their largest."""
         c = self.cfg
-        return [(lin.shape[1], lin.shape[0]) for lin in (*vars(self.layers[0]).values(), self.head)] + [
+        return [(lin.shape[1], lin.shape[0]) for lin in (*self.layers[0].linears().values(), self.head)] + [
             (c.head_dim, 2048),
             (2048, c.head_dim),
         ]
@@ -316,10 +329,12 @@ class ExactLlama:
         out = {"embed.wq": self.embed.plain(), "embed.scale": self.embed.scale}
         out |= {"head.wq": self.head.plain(), "head.scale": self.head.scale}
         for i, layer in enumerate(self.layers):
-            for name, lin in vars(layer).items():
+            for name, lin in layer.linears().items():
                 out[f"layers.{i}.{name}.wq"], out[f"layers.{i}.{name}.scale"] = lin.plain(), lin.scale
                 if lin.bias is not None:
                     out[f"layers.{i}.{name}.bias"] = lin.bias
+            if layer.q_norm is not None and layer.k_norm is not None:
+                out[f"layers.{i}.q_norm"], out[f"layers.{i}.k_norm"] = layer.q_norm, layer.k_norm
         return out
 
     def digest(self) -> str:
@@ -337,7 +352,7 @@ class ExactLlama:
 
     def linears(self) -> list[Linear]:
         """Every weight matrix that is multiplied (the embedding is only looked up)."""
-        return [self.head, *(lin for layer in self.layers for lin in vars(layer).values())]
+        return [self.head, *(lin for layer in self.layers for lin in layer.linears().values())]
 
     # --- forward ---
 
@@ -362,6 +377,10 @@ class ExactLlama:
                 qkv[rows] = ops.product_result(acc, BITS["qkv"], layer.qkv.scale, factor.view(-1, 1))
                 if layer.qkv.bias is not None:
                     qkv[rows] += layer.qkv.bias  # one binary32 addition an element
+                if layer.q_norm is not None and layer.k_norm is not None:
+                    qk = qkv[rows, : (heads + kv) * hd].view(-1, heads + kv, hd)
+                    qk[:, :heads] = head_norm(qk[:, :heads], layer.q_norm, c.rms_norm_eps)
+                    qk[:, heads:] = head_norm(qk[:, heads:], layer.k_norm, c.rms_norm_eps)
             run.attention(i, qkv, cache, pos, y.view(b, t, heads, hd))
             for j, rows in enumerate(blocks):
                 operand, factor = ops.product_operand(y[rows], BITS["o"])
