@@ -4,7 +4,8 @@ archives would code without mixing) and the float engines, on the same chunks an
     python benchmarks/engines.py ../shared/bench/canterbury/alice29.txt ../shared/bench/fresh/uv_CHANGELOG.md \\
         --prefix 65536 --out benchmarks/engines
 
-Prints a Markdown table and writes it, with the figures as JSON, under --out.
+Prints a Markdown table and writes it, with the figures as JSON and a chart (bits per byte by file and engine,
+``lmpress measure --chart``'s), under --out; ``--report`` draws them again from --out's results.json.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 
 from lmpress.codec.settings import Settings
 from lmpress.lens.analysis import load_lens_model, score_document
+from lmpress.lens.charts import bits_chart
 
 ENGINES = ("exact", "float32", "bfloat16")
 
@@ -29,7 +31,11 @@ def main() -> None:
     parser.add_argument("--prefix", type=int, default=0, help="score only the first N bytes of each file")
     parser.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated (default {','.join(ENGINES)})")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/engines"))
+    parser.add_argument("--report", action="store_true", help="measure nothing: the chart from --out's results")
     args = parser.parse_args()
+    if args.report:
+        draw(json.loads((args.out / "results.json").read_text()), args.out / "chart.png", args.model)
+        return
     engines = args.engines.split(",")
     settings = Settings.at_level(mix=False)  # the model alone on both engines
     rows = []
@@ -72,6 +78,13 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.md").write_text(table + "\n")
     (args.out / "results.json").write_text(json.dumps(rows, indent=1))
+    draw(rows, args.out / "chart.png", args.model)
+
+
+def draw(rows: list[dict], path: Path, model: str | None) -> None:
+    """Bits per byte of each file (a group of the chart) on each engine."""
+    name = model or "smollm2-135m"
+    bits_chart([{"group": r["file"], "model": name, **r} for r in rows], path)
 
 
 if __name__ == "__main__":

@@ -22,13 +22,15 @@ def bits_chart(rows: list[dict], path: Path) -> None:
         xs = [i + (k - (len(models) - 1) / 2) * width for i, g in enumerate(groups) if g in mine]
         ys = [mine[g]["bits_per_byte"] for g in groups if g in mine]
         errors = [
-            [max(0.0, y - mine[g].get("ci_low", y)) for g, y in zip((g for g in groups if g in mine), ys)],
-            [max(0.0, mine[g].get("ci_high", y) - y) for g, y in zip((g for g in groups if g in mine), ys)],
+            [max(0.0, y - (mine[g].get("ci_low") or y)) for g, y in zip((g for g in groups if g in mine), ys)],
+            [max(0.0, (mine[g].get("ci_high") or y) - y) for g, y in zip((g for g in groups if g in mine), ys)],
         ]
         ax.bar(xs, ys, width, yerr=errors, capsize=3, label=model)
     ax.set_xticks(range(len(groups)), groups, rotation=20 if len(groups) > 4 else 0)
     ax.set_ylabel("bits per byte (lower: the model knows the text better)")
-    ax.set_title("Bits per byte by model" + (" and group (95 % bootstrap intervals)" if len(groups) > 1 else ""))
+    intervals = any(isinstance(r.get("ci_low"), float) for r in rows)
+    title = "Bits per byte by model" + (" and group" if len(groups) > 1 else "")
+    ax.set_title(title + (" (95 % bootstrap intervals)" if intervals else ""))
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
