@@ -118,13 +118,13 @@ class Worker:
         except LmpressError as e:
             raise type(e)(member + str(e)) from None
 
-    def score(self, data: bytes, detail: int, local: int) -> list[tuple]:
+    def score(self, data: bytes, detail: int, local: int, rolling: bool = False) -> list[tuple]:
         """(model name, scores, short-context scores or None) of one document under each model."""
         out = []
         with compute_threads(self.job.threads):
             for lm in self.models:
                 model, settings = scoring_setup(lm, self.job.dictionary, **self.job.settings)
-                scores = score_document(model, data, settings, detail)
+                scores = score_document(model, data, settings, detail, rolling=rolling)
                 short = score_document(model, data, local_settings(settings, local)) if local else None
                 out.append((lm.name, scores, short))
         return out
@@ -491,11 +491,11 @@ def original_size(archive: fmt.Buffer, layout: list[fmt.MemberLayout]) -> int | 
 
 
 def score(
-    pool: Pool, documents: list[tuple[str, bytes]], detail: int = 0, local: int = 0
+    pool: Pool, documents: list[tuple[str, bytes]], detail: int = 0, local: int = 0, rolling: bool = False
 ) -> Iterator[tuple[str, bytes, str, TokenScores, TokenScores | None]]:
     """(name, data, model name, scores, short-context scores) of each document under each of the job's models,
     in order: what the analyses of ``cli.lens`` take, to the bit what one process computes."""
-    results = ordered(pool, "score", ((data, detail, local) for _, data in documents))
+    results = ordered(pool, "score", ((data, detail, local, rolling) for _, data in documents))
     for (name, data), (_, per_model) in zip(documents, results):
         for model_name, scores, short in per_model:
             yield name, data, model_name, scores, short

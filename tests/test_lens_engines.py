@@ -101,6 +101,10 @@ def test_the_command_measures_audits_and_shows_every_family(family_model_dirs, t
 
     r = run("measure", "--engine", "bfloat16", "--model", family_model_dirs["llama"], doc)
     assert r.returncode == 0 and b"bfloat16" in r.stdout, r.stderr
+    r = run("measure", "--json", "--windows", "rolling", "--window", 200, "--model", family_model_dirs["gpt2"], doc)
+    assert r.returncode == 0 and json.loads(r.stdout)[0]["bytes"] == len(TEXT), r.stderr
+    r = run("measure", "--windows", "rolling", "--model", family_model_dirs["llama"], doc)
+    assert r.returncode == 1 and r.stderr.count(b"\n") == 1 and b"float engine" in r.stderr
 
     r = run("audit", "--json", "--model", family_model_dirs["phi3"], "--local-window", 32, doc, other)
     assert r.returncode == 0, r.stderr
@@ -114,3 +118,34 @@ def test_the_command_measures_audits_and_shows_every_family(family_model_dirs, t
 
     r = run("compress", "-c", "--model", family_model_dirs["gpt2"], doc)
     assert r.returncode == 1 and r.stderr.count(b"\n") == 1 and b"float engine" in r.stderr
+
+
+def test_rolling_windows_cover_every_token_once_as_lm_evaluation_harness_does():
+    for n, length in [(1, 4), (4, 4), (5, 4), (23, 8), (64, 8)]:
+        ids = list(range(100, 100 + n))
+        seen = []
+        for inputs, first, end, shift in float_engine.rolling_windows(ids, 7, length):
+            assert len(inputs) <= length and end - first <= length
+            for a in range(first, end):  # the input before token a is the token before it (or the start token)
+                j = a - shift
+                assert inputs[j] == (ids[a - 1] if a else 7)
+            seen += range(first, end)
+        assert seen == list(range(n))
+
+
+def test_rolling_windows_score_as_one_causal_pass(family_model_dirs):
+    """With a window as long as the document, rolling scoring is one pass over the whole document from the start
+    token; shorter windows score every token with the tokens before it in its window."""
+    import torch
+
+    fm, text = load_lens_model(str(family_model_dirs["gpt2"])), TEXT[:400]  # within its 256 positions
+    ids = fm.tokenize(text)
+    with torch.inference_mode():
+        logits = fm.model(input_ids=torch.tensor([[fm.start_token, *ids[:-1]]])).logits[0].double()
+    direct = -torch.log_softmax(logits, -1).gather(1, torch.tensor(ids)[:, None])[:, 0] / math.log(2)
+    whole = score_document(fm, text, Settings(window=len(ids) + 1, keep=0), rolling=True)
+    assert whole.n_bytes == len(text) and whole.bits == pytest.approx(direct.tolist(), abs=1e-4)
+    short = score_document(fm, text, Settings(window=100, keep=0), rolling=True)
+    assert len(short.bits) == len(ids) and short.bits[:100] == pytest.approx(direct[:100].tolist(), abs=1e-4)
+    with pytest.raises(lmpress.LmpressError, match="float engine"):
+        score_document(load_lens_model(str(family_model_dirs["llama"])), TEXT, rolling=True)

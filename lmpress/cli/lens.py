@@ -49,7 +49,8 @@ def _rows(args: argparse.Namespace, model_specs: list[str | None], row, local: i
             "documents": digest.hexdigest(),
             "models": model_specs,
             "dictionary": getattr(args, "dictionary", None) and Dictionary.read(args.dictionary).id,
-            "options": scoring_settings(args) | {"local": local, "engine": args.engine, "group_by": group_by},
+            "options": scoring_settings(args)
+            | {"local": local, "engine": args.engine, "group_by": group_by, "windows": args.windows},
         }
         journal = parallel.Journal(Path(args.journal), identity)
         if journal.kept and not args.quiet:
@@ -90,7 +91,8 @@ def _scored(
         desc="scoring",
     ) as bar:
         if args.pool is not None:
-            for name, data, model_name, scores, short in parallel.score(args.pool, docs, detail, local):
+            rolling = args.windows == "rolling"
+            for name, data, model_name, scores, short in parallel.score(args.pool, docs, detail, local, rolling):
                 bar.update(len(data) * passes)
                 yield name, data, model_name, scores, short
             return
@@ -101,7 +103,7 @@ def _scored(
         ]
         for name, data in docs:
             for lm, settings in setups:
-                scores = score_document(lm, data, settings, detail)
+                scores = score_document(lm, data, settings, detail, rolling=args.windows == "rolling")
                 bar.update(len(data))
                 short = None
                 if local:

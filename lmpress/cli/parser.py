@@ -84,7 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--verify", action="store_true", help="decompress again and compare before reporting success")
     c.add_argument("--window", type=int, help=f"context positions per chunk {level_help}")
-    c.add_argument("--keep-tokens", type=int, help=f"tokens kept when the context restarts {level_help}")
+    c.add_argument(
+        "--keep-tokens",
+        type=int,
+        help=f"tokens kept when the context restarts {level_help}; with --window alone, a quarter of it",
+    )
     c.add_argument("--chunk-size", type=int, help=f"target bytes per chunk {level_help}")
     c.add_argument("--batch", type=int, help=f"chunks decoded side by side, ~25 MB each {level_help}")
     d = sub.add_parser(
@@ -108,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="exact: lmpress's integer engine, whose bits are archive sizes; float32, bfloat16: any causal LM "
         "transformers loads (Qwen, Gemma, GPT-2, Mamba, ...), figures to compare models by, not archive sizes; "
         "auto (default): exact where it runs the model, else float32",
+    )
+    lens.add_argument(
+        "--windows",
+        choices=["codec", "rolling"],
+        default="codec",
+        help="codec (default): the compressor's chunks and context windows; rolling: the whole document in "
+        "lm-evaluation-harness's rolling windows of --window positions (float engines)",
     )
     lens.add_argument("--field", default="text", help="JSONL field or Parquet column of the documents (default: text)")
     lens.add_argument("--max-bytes", type=int, default=0, help="score only the first N bytes of each document")

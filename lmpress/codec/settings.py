@@ -65,13 +65,16 @@ class Settings:
 
     @classmethod
     def at_level(cls, level: int | None = None, **settings: Any) -> Settings:
-        """Level ``level``'s settings (the default level's if None), with ``settings`` overriding them."""
+        """Level ``level``'s settings (the default level's if None), with ``settings`` overriding them; a ``window``
+        given without ``keep`` keeps the level's share of it (a quarter), not its count."""
         if level is not None and level not in LEVELS:
             raise ValueError(f"level must be 1 to 9, not {level}")
         if "max_batch" in settings:  # lmpress 0.3's name for ``batch``
             warnings.warn("the setting max_batch is now called batch", DeprecationWarning, stacklevel=3)
             settings["batch"] = settings.pop("max_batch")
         chosen = LEVELS[DEFAULT_LEVEL if level is None else level]
+        if settings.get("window") is not None and settings.get("keep") is None:
+            settings["keep"] = chosen.keep * settings["window"] // chosen.window  # the level's share of a window
         return cls(**(dataclasses.asdict(chosen) | settings))
 
     def __post_init__(self) -> None:

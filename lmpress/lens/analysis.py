@@ -72,12 +72,18 @@ def score_document(
     settings: Settings | None = None,
     detail: int = 0,
     progress: Callable[[int], None] | None = None,
+    rolling: bool = False,
 ) -> TokenScores:
     """Score every text chunk of ``data`` the way the compressor would cut it; ``detail`` top alternatives. On the
     exact engine the bits are the archive's ideal code length (with the match model where ``settings`` mix it);
-    a ``FloatModel`` scores with the float engine (``float_engine``)."""
+    a ``FloatModel`` scores with the float engine (``float_engine``), in ``rolling`` windows if asked."""
     if isinstance(lm, FloatModel):
-        return float_engine.score_document(lm, data, settings, detail, progress)
+        return float_engine.score_document(lm, data, settings, detail, progress, rolling)
+    if rolling:
+        raise LmpressError(
+            f"{lm.name} runs on the exact engine, which scores as it codes; rolling windows are the float engine's "
+            f"(--engine float32)"
+        )
     settings = settings or Settings()
     out, rows = text_rows(lm.tokenize, data, settings, ENGINE)
     # With the match model mixed in (as the compressor codes), bits come from the mixed intervals, the rest from

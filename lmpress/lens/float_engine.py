@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,20 +106,47 @@ def _load(spec: str, engine: str, device: torch.device) -> FloatModel:
     return FloatModel(name, model, tokenizer, int(start), int(limit or 1 << 20), engine)
 
 
+def rolling_windows(ids: list[int], start_token: int, length: int) -> Iterator[tuple[list[int], int, int, int]]:
+    """lm-evaluation-harness's rolling loglikelihood windows (``context_len`` 1) over a whole document's tokens:
+    (inputs, first scored, end, shift) — the first window scores up to ``length`` tokens from the start token, each
+    later one the next ``length`` tokens, its inputs the ``length`` tokens before each (so a full window's context
+    is the one token before it); the logit at input position j predicts token j + shift."""
+    first_end = min(length, len(ids))
+    yield [start_token, *ids[: first_end - 1]], 0, first_end, 0
+    predicted = first_end
+    while predicted < len(ids):
+        end = min(len(ids), predicted + length)
+        yield ids[end - length - 1 : end - 1], predicted, end, end - length
+        predicted = end
+
+
 def score_document(
     fm: FloatModel,
     data: bytes,
     settings: Settings | None = None,
     detail: int = 0,
     progress: Callable[[int], None] | None = None,
+    rolling: bool = False,
 ) -> TokenScores:
     """Score every text chunk of ``data`` as ``analysis.score_document`` does, with the float model: the same
-    chunks and context windows (``settings``'), no wider than the model's own context."""
+    chunks and context windows (``settings``'), no wider than the model's own context. ``rolling``: the whole
+    document (not cut into chunks) in lm-evaluation-harness's rolling windows of ``settings.window`` positions (no
+    more than the model's), the way its ``bits_per_byte`` is computed."""
     settings = settings or Settings()
-    out, rows = text_rows(fm.tokenize, data, settings, fm.engine)
     window = min(settings.window, fm.max_positions)
-    keep = min(settings.keep, window - 2)
-    spans = [(r, *w) for r, ids in enumerate(rows) for w in windows(len(ids), window, keep)]
+    if rolling:
+        out, ids = TokenScores(engine=fm.engine), fm.tokenize(data)
+        rows = [] if ids is None else [ids]
+        out.n_bytes, out.skipped_bytes = (0, len(data)) if ids is None else (len(data), 0)
+        spans = [(0, *w) for w in rolling_windows(rows[0], fm.start_token, window)] if rows else []
+    else:
+        out, rows = text_rows(fm.tokenize, data, settings, fm.engine)
+        keep = min(settings.keep, window - 2)
+        spans = [
+            (r, [fm.start_token, *ids[ctx : end - 1]], first, end, ctx)
+            for r, ids in enumerate(rows)
+            for ctx, first, end in windows(len(ids), window, keep)
+        ]
     bits = [torch.zeros(len(ids), dtype=torch.float64) for ids in rows]
     z = [torch.zeros(len(ids), dtype=torch.float64) for ids in rows]
     rank = [torch.zeros(len(ids), dtype=torch.int64) for ids in rows]
@@ -128,16 +155,15 @@ def score_document(
     per_pass = max(1, LOGIT_ELEMENTS // (window * vocab))  # windows side by side
     for i in range(0, len(spans), per_pass):
         batch = spans[i : i + per_pass]
-        inputs = [[fm.start_token, *rows[r][ctx : end - 1]] for r, ctx, _, end in batch]
-        width = max(len(x) for x in inputs)
+        width = max(len(inputs) for _, inputs, *_ in batch)
         # Padded on the right: a causal model's positions before the padding never see it.
-        padded = torch.tensor([x + [fm.start_token] * (width - len(x)) for x in inputs], device=fm.device)
+        padded = [inputs + [fm.start_token] * (width - len(inputs)) for _, inputs, *_ in batch]
         with torch.inference_mode():
-            logits = fm.model(input_ids=padded).logits
-        for k, (r, ctx, first, end) in enumerate(batch):
+            logits = fm.model(input_ids=torch.tensor(padded, device=fm.device)).logits
+        for k, (r, _, first, end, shift) in enumerate(batch):
             for a in range(first, end, STATISTICS_ROWS):
                 b = min(end, a + STATISTICS_ROWS)
-                logp = torch.log_softmax(logits[k, a - ctx : b - ctx].double(), dim=-1)
+                logp = torch.log_softmax(logits[k, a - shift : b - shift].double(), dim=-1)
                 tokens = torch.tensor(rows[r][a:b], device=logp.device)
                 zs, ranks = z_and_rank(logp, tokens)
                 chosen = logp.gather(1, tokens.view(-1, 1))[:, 0]
