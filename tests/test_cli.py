@@ -45,6 +45,8 @@ def test_pipes_output_option_verify_test_and_list(work):
     assert run("test", *model, d / "out.lmp").returncode == 0
     listing = run("list", d / "out.lmp")
     assert listing.returncode == 0 and b"chunk 0" in listing.stdout and b"tiny" in listing.stdout
+    piped_listing = run("list", "-", stdin=(d / "out.lmp").read_bytes())  # a pipe is read, not mapped
+    assert piped_listing.returncode == 0 and piped_listing.stdout.split(b"\n")[1:] == listing.stdout.split(b"\n")[1:]
 
 
 def test_bad_inputs_fail_cleanly(work):

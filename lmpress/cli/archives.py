@@ -234,7 +234,7 @@ def _recover_one(args: argparse.Namespace, src_path: Path | None, target: Path |
 def list_archives(args: argparse.Namespace) -> None:
     """Print an archive's header and chunk table without loading a model."""
     for name in args.files:
-        with archive_bytes(Path(name)) as archive:
+        with archive_bytes(None if name == "-" else Path(name)) as archive:
             _list_one(name, memoryview(archive))
 
 

@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import mmap
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -145,13 +146,15 @@ def open_input(path: Path | None) -> Iterator[IO[bytes]]:
 
 @contextlib.contextmanager
 def archive_bytes(path: Path | None) -> Iterator[bytes | mmap.mmap]:
-    """A whole archive to search, mapped rather than read when it is a file (it may be larger than memory)."""
+    """A whole archive to search, mapped rather than read when it is a regular file (it may be larger than memory);
+    read whole from standard input (None), a pipe or a device."""
     if path is None:
         yield sys.stdin.buffer.read()
         return
     with open_input(path) as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            yield b""
+        status = os.fstat(f.fileno())
+        if not stat.S_ISREG(status.st_mode) or status.st_size == 0:
+            yield f.read()
             return
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         try:

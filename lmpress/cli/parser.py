@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("test", parents=[common, compute, scale], help="check that archives decompress", epilog=EPILOG)
     t.add_argument("-D", "--dictionary", metavar="FILE", help="the dictionary the archives were made with")
     ls = sub.add_parser("list", help="show an archive's header and chunks (no model needed)")
-    ls.add_argument("files", nargs="+", metavar="FILE")
+    ls.add_argument("files", nargs="+", metavar="FILE", help="archives ('-': standard input)")
     lens = argparse.ArgumentParser(add_help=False, parents=[levels])
     lens.add_argument("paths", nargs="+", metavar="PATH", help="files, folders, globs, .jsonl or .parquet files")
     lens.add_argument(
