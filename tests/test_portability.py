@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TRAINING_TEXT
+from conftest import TRAINING_TEXT, build_family_model
 
 import lmpress
 from lmpress.codec import format as fmt
@@ -52,14 +52,28 @@ def _name(config: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in config.items())
 
 
-@pytest.mark.parametrize("family", ["llama", *FAMILY_MODELS])
-def test_tiny_model_archives_are_identical_on_every_configuration(tiny_model_dir, family):
+@pytest.fixture(scope="module")
+def mistral_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    """A tiny Mistral (llama's network under another name and configuration), trained as the tiny llama is, so that
+    the model codes its chunks."""
+    folder = tmp_path_factory.mktemp("mistral") / "mistral"
+    return build_family_model(folder, "mistral", tiny_model_dir / "tokenizer.json", train_steps=300)
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", *FAMILY_MODELS])
+def test_tiny_model_archives_are_identical_on_every_configuration(tiny_model_dir, family, request):
     text = TRAINING_TEXT.encode()[:2500] + "Größe 東京 🙂\n".encode()
     folder = FAMILY_MODELS.get(family, tiny_model_dir)
+    if family == "mistral":
+        folder = request.getfixturevalue("mistral_dir")
     model = ["--model", str(folder), "--chunk-size", "600", "--window", "64", "--keep-tokens", "16"]
     archives = {_name(c): _lmpress(c, "compress", *model, stdin=text) for c in CONFIGS}
     assert len(set(archives.values())) == 1, {k: hashlib.sha256(v).hexdigest()[:12] for k, v in archives.items()}
     blob = next(iter(archives.values()))
+    (member,) = fmt.members(blob)
+    frames = [fmt.whole_frame(blob[a:b]) for a, b in member.segments]
+    methods = {c.method for f in frames if isinstance(f, fmt.Segment) for c in f.chunks}
+    assert fmt.METHOD_LM in methods  # the model codes, not LZMA2 alone
     for config in CONFIGS:
         assert _lmpress(config, "decompress", "--model", str(folder), stdin=blob) == text, _name(config)
 
