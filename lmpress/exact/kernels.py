@@ -75,7 +75,7 @@ StepWeights = tuple[
 ]
 
 _F = np.float32
-_NO_BIAS = np.empty(0, np.float32)  # a product without a bias: the compiled kernels add none
+_NONE = np.empty(0, np.float32)  # no bias, no head norms: the compiled kernels skip an empty array
 _I = np.int32
 _MAGIC = _F(1.5 * 2**23)  # x + 1.5·2**23 rounds x to an integer, to nearest even, wherever |x| ≤ 2**22
 _TWO23 = _F(2**23)  # binary32 values from 2**23 on are integers
@@ -686,12 +686,12 @@ def attention_step(
     attend, ``arithmetic.product_operand``: (operand, factors [B])."""
     rows, groups, hd = *cache.k.shape[1:3], cache.head_dim
     out, out_factor, q, bits16_out = _operand_buffers(rows, groups * rep * hd, out_bits)
-    q_norm, k_norm = (_NO_BIAS, _NO_BIAS) if norms is None else (norms[0].numpy(), norms[1].numpy())
+    q_norm, k_norm = (_NONE, _NONE) if norms is None else (norms[0].numpy(), norms[1].numpy())
     _attention_step(
         acc.numpy(),
         bits == 16,
         scale.numpy(),
-        _NO_BIAS if bias is None else bias.numpy(),
+        _NONE if bias is None else bias.numpy(),
         q_norm,
         k_norm,
         eps,
@@ -914,8 +914,8 @@ def step_weights(
     return (
         tuple(tuple(w.numpy() for w in four) for four in packed),
         tuple(tuple(s.numpy() for s in four) for four in scales),
-        tuple(_NO_BIAS if b is None else b.numpy() for b in biases),
-        tuple((_NO_BIAS, _NO_BIAS) if n is None else (n[0].numpy(), n[1].numpy()) for n in norms),
+        tuple(_NONE if b is None else b.numpy() for b in biases),
+        tuple((_NONE, _NONE) if n is None else (n[0].numpy(), n[1].numpy()) for n in norms),
     )
 
 
