@@ -240,6 +240,11 @@ class Layer:
     q_norm: Tensor | None = None  # Qwen3: the gains [hd] of the query heads' and the key heads' RMSNorm
     k_norm: Tensor | None = None
 
+    @property
+    def head_norms(self) -> tuple[Tensor, Tensor] | None:
+        """The query and key heads' norm gains (Qwen3), or None: a model has both or neither."""
+        return None if self.q_norm is None or self.k_norm is None else (self.q_norm, self.k_norm)
+
     def linears(self) -> dict[str, Linear]:
         """The layer's four products, by name, in the order a step runs them."""
         return {"qkv": self.qkv, "o": self.o, "gate_up": self.gate_up, "down": self.down}
@@ -333,8 +338,8 @@ class ExactLlama:
                 out[f"layers.{i}.{name}.wq"], out[f"layers.{i}.{name}.scale"] = lin.plain(), lin.scale
                 if lin.bias is not None:
                     out[f"layers.{i}.{name}.bias"] = lin.bias
-            if layer.q_norm is not None and layer.k_norm is not None:
-                out[f"layers.{i}.q_norm"], out[f"layers.{i}.k_norm"] = layer.q_norm, layer.k_norm
+            if (norms := layer.head_norms) is not None:
+                out[f"layers.{i}.q_norm"], out[f"layers.{i}.k_norm"] = norms
         return out
 
     def digest(self) -> str:
@@ -377,10 +382,10 @@ class ExactLlama:
                 qkv[rows] = ops.product_result(acc, BITS["qkv"], layer.qkv.scale, factor.view(-1, 1))
                 if layer.qkv.bias is not None:
                     qkv[rows] += layer.qkv.bias  # one binary32 addition an element
-                if layer.q_norm is not None and layer.k_norm is not None:
+                if (norms := layer.head_norms) is not None:
                     qk = qkv[rows, : (heads + kv) * hd].view(-1, heads + kv, hd)
-                    qk[:, :heads] = head_norm(qk[:, :heads], layer.q_norm, c.rms_norm_eps)
-                    qk[:, heads:] = head_norm(qk[:, heads:], layer.k_norm, c.rms_norm_eps)
+                    qk[:, :heads] = head_norm(qk[:, :heads], norms[0], c.rms_norm_eps)
+                    qk[:, heads:] = head_norm(qk[:, heads:], norms[1], c.rms_norm_eps)
             run.attention(i, qkv, cache, pos, y.view(b, t, heads, hd))
             for j, rows in enumerate(blocks):
                 operand, factor = ops.product_operand(y[rows], BITS["o"])

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from . import kernels
 from .arithmetic import BITS
-from .model import ExactLlama, KVCache, Layer, Linear
+from .model import ExactLlama, KVCache, Linear
 
 PACKED_ROWS = 24  # products of at most this many operand rows (16-bit: two a row) use packed weights, if any
 
@@ -92,7 +92,7 @@ class Runner:
             return x.view(len(x), 1, -1)
         for i, layer in enumerate(net.layers):
             acc = self.product(layer.qkv, operand)
-            scale, bias, norms = layer.qkv.scale, layer.qkv.bias, _norms(layer)
+            scale, bias, norms = layer.qkv.scale, layer.qkv.bias, layer.head_norms
             operand, factor = kernels.attention_step(
                 acc, BITS["qkv"], scale, bias, factor, cos, sin, pos, cache, i, kappa, rep, BITS["o"], norms, eps
             )
@@ -107,14 +107,9 @@ class Runner:
             packed = [[lin.pack() if self.net.tiles else self._packed[id(lin)] for lin in four] for four in layers]
             scales = [[lin.scale for lin in four] for four in layers]
             biases = [layer.qkv.bias for layer in self.net.layers]
-            norms = [_norms(layer) for layer in self.net.layers]
+            norms = [layer.head_norms for layer in self.net.layers]
             self._step_arrays = kernels.step_weights(packed, scales, biases, norms)
         return self._step_arrays
-
-
-def _norms(layer: Layer) -> tuple[Tensor, Tensor] | None:
-    """A layer's query and key head norms' gains (Qwen3), or None."""
-    return None if layer.q_norm is None or layer.k_norm is None else (layer.q_norm, layer.k_norm)
 
 
 @contextlib.contextmanager
