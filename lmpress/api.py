@@ -426,7 +426,7 @@ def decompress(data: bytes, model: ModelSpec = None, *, dictionary: DictionarySp
 class _Members(_compression.DecompressReader):
     """The original bytes of every member of an archive, one ``Decompressor`` after another, as Python's own
     readers go through concatenated streams. Unlike theirs, bytes after a member that do not start another are an
-    error, not ignored, and every error names the member it is in (``format.member_prefix``)."""
+    error, not ignored, and every error names the member it is in (``format.in_member``)."""
 
     def __init__(self, fp: IO[bytes], **decoding: Any):
         self._decompressor: Decompressor | None = None

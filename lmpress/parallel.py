@@ -100,23 +100,25 @@ class Worker:
         """One segment frame: the bytes of ``data``, found at ``offset`` in the input."""
         return self.compressor().segment(data, offset)[0]
 
-    def decode(self, header: bytes, frame: bytes, member: str, index: int) -> bytes:
-        """The original bytes of segment ``index``, checked against its crc32; ``member`` (``format.member_prefix``)
-        starts every error's message."""
-        if header not in self._decoding:
-            self._decoding[header] = api.decoding(self.coding_model(), self.job.dictionary, fmt.whole_header(header))
-        lm, settings = self._decoding[header]
+    def decode(self, header: bytes, frame: bytes, member: int, start: int, index: int) -> bytes:
+        """The original bytes of segment ``index`` of member ``member`` (from 0; its first archive byte ``start``),
+        checked against its crc32; errors name the member as ``format.in_member`` does."""
         try:
-            segment = fmt.whole_frame(frame)
-        except FormatError as e:
-            raise FormatError(f"{member}{e} in segment {index}") from None
-        if not isinstance(segment, fmt.Segment):
-            raise FormatError(f"{member}corrupted archive (segment {index} is not a segment frame)")
-        try:
+            if header not in self._decoding:
+                model, dictionary = self.coding_model(), self.job.dictionary
+                self._decoding[header] = api.decoding(model, dictionary, fmt.whole_header(header))
+            lm, settings = self._decoding[header]
+            try:
+                segment = fmt.whole_frame(frame)
+            except FormatError as e:
+                raise FormatError(f"{e} in segment {index}") from None
+            if not isinstance(segment, fmt.Segment):
+                raise FormatError(f"corrupted archive (segment {index} is not a segment frame)")
+            where = fmt.segment_name(index, segment.offset, segment.raw_size)
             with compute_threads(self.job.threads):
-                return decode_segment(lm, segment, settings, fmt.segment_name(index, segment.offset, segment.raw_size))
+                return decode_segment(lm, segment, settings, where)
         except LmpressError as e:
-            raise type(e)(member + str(e)) from None
+            raise fmt.in_member(e, member, start) from None
 
     def score(self, data: bytes, detail: int, local: int, rolling: bool = False) -> list[tuple]:
         """(model name, scores, short-context scores or None) of one document under each model."""
@@ -461,7 +463,7 @@ def decompress(
     view = memoryview(archive)
     layout = list(fmt.members(view)) if layout is None else layout
     units = (
-        (bytes(view[slice(*member.header)]), bytes(view[a:b]), fmt.member_prefix(m, member.header[0]), i)
+        (bytes(view[slice(*member.header)]), bytes(view[a:b]), m, member.header[0], i)
         for m, member in enumerate(layout)
         for i, (a, b) in enumerate(member.segments)
     )

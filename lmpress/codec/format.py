@@ -353,15 +353,11 @@ def members(buf: Buffer) -> Iterator[MemberLayout]:
         index += 1
 
 
-def member_prefix(index: int, start: int) -> str:
-    """How errors name member ``index`` (from 0) of an archive, which starts at archive byte ``start``: "" for the
-    first, so that the errors of a one-member archive (nearly all) read as they would without members."""
-    return f"member {index + 1} (from archive byte {start:,}): " if index else ""
-
-
 def in_member(error: LmpressError, index: int, start: int) -> LmpressError:
-    """``error``, naming the member it is about (see ``member_prefix``)."""
-    return type(error)(member_prefix(index, start) + str(error)) if index else error
+    """``error``, naming member ``index`` (from 0) of an archive, which starts at archive byte ``start``: "member N
+    (from archive byte X): …" from the second member on, so that the errors of a one-member archive (nearly all)
+    read as they would without members."""
+    return type(error)(f"member {index + 1} (from archive byte {start:,}): {error}") if index else error
 
 
 def trailing_data(start: int) -> FormatError:
