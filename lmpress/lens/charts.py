@@ -19,12 +19,12 @@ def bits_chart(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(groups) * len(models) ** 0.5 + 3), 4.5), dpi=120)
     for k, model in enumerate(models):
         mine = {r.get("group") or "total": r for r in rows if f"{r['model']} ({r['engine']})" == model}
-        xs = [i + (k - (len(models) - 1) / 2) * width for i, g in enumerate(groups) if g in mine]
-        ys = [mine[g]["bits_per_byte"] for g in groups if g in mine]
-        errors = [
-            [max(0.0, y - (mine[g].get("ci_low") or y)) for g, y in zip((g for g in groups if g in mine), ys)],
-            [max(0.0, (mine[g].get("ci_high") or y) - y) for g, y in zip((g for g in groups if g in mine), ys)],
-        ]
+        at = [(i, mine[g]) for i, g in enumerate(groups) if g in mine]
+        xs = [i + (k - (len(models) - 1) / 2) * width for i, _ in at]
+        ys = [r["bits_per_byte"] for _, r in at]
+        low = [r["ci_low"] if isinstance(r.get("ci_low"), float) else r["bits_per_byte"] for _, r in at]
+        high = [r["ci_high"] if isinstance(r.get("ci_high"), float) else r["bits_per_byte"] for _, r in at]
+        errors = [[max(0.0, y - lo) for y, lo in zip(ys, low)], [max(0.0, hi - y) for y, hi in zip(ys, high)]]
         ax.bar(xs, ys, width, yerr=errors, capsize=3, label=model)
     ax.set_xticks(range(len(groups)), groups, rotation=20 if len(groups) > 4 else 0)
     ax.set_ylabel("bits per byte (lower: the model knows the text better)")
