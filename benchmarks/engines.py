@@ -37,7 +37,7 @@ def main() -> None:
         draw(json.loads((args.out / "results.json").read_text()), args.out / "chart.png", args.model)
         return
     engines = args.engines.split(",")
-    settings = Settings.at_level(mix=False)  # the model alone on both engines
+    settings = Settings.at_level(mixer="")  # the model alone on both engines
     rows = []
     for engine in engines:
         model = load_lens_model(args.model, engine)

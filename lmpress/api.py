@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from .codec import format as fmt
-from .codec import mixing
 from .codec.chunking import segment_length
 from .codec.segments import decode_segment, encode_segment
 from .codec.settings import Progress, Settings, Stats
@@ -65,7 +64,7 @@ class Compressor:
     """Incremental compressor: ``compress()`` pieces, then ``flush()`` once, as ``lzma.LZMACompressor``.
 
     ``level`` 1 (fastest) … 9 (smallest), default ``codec.settings.DEFAULT_LEVEL``, as ``lzma``'s ``preset``; settings
-    (``window``, ``keep``, ``chunk_size``, ``batch``, ``mix``, ``threads``, ``start_token``) are those of
+    (``window``, ``keep``, ``chunk_size``, ``batch``, ``mixer``, ``threads``, ``start_token``) are those of
     ``codec.settings.Settings`` and override the level's. The archive decodes the same on any machine, whatever the
     threads or device.
     ``dictionary``: a ``Dictionary`` or the path of a ``.lmpd`` file (``lmpress train``); decoding needs it too.
@@ -100,7 +99,7 @@ class Compressor:
             keep=self.settings.keep,
             batch=self.settings.batch,
             dictionary=self.dictionary.id if self.dictionary else "",
-            mixer=mixing.NAME if self.settings.mix else "",
+            mixer=self.settings.mixer,
         )
         self._pending = self.header.to_bytes()
 
@@ -169,7 +168,7 @@ def _settings(header: fmt.Header, dictionary: Dictionary | None) -> Settings:
             batch=header.batch,
             start_token=header.start_token,
             primer=primer,
-            mix=header.mixer == mixing.NAME,
+            mixer=header.mixer,
         )
     except ValueError as e:
         raise FormatError(f"corrupted archive header ({e})") from None

@@ -49,7 +49,7 @@ def test_windows_cover_every_token_once():
 
 def test_audit_scores(tiny):
     settings = Settings(window=256, keep=64)
-    assert local_settings(settings, 64) == Settings(window=64, keep=32, mix=False)  # no match model: see its doc
+    assert local_settings(settings, 64) == Settings(window=64, keep=32, mixer="")  # no match model: see its doc
     rng = random.Random(0)
     letters = "".join(rng.choice(string.ascii_lowercase) for _ in range(1200)).encode()
     audits = {}

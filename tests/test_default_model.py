@@ -78,7 +78,7 @@ def test_the_float_engine_runs_the_default_model_as_the_exact_one_does(smollm):
     from lmpress.codec.settings import Settings
     from lmpress.lens.analysis import load_lens_model, score_document
 
-    settings = Settings.at_level(mix=False)
+    settings = Settings.at_level(mixer="")
     exact = score_document(smollm, SAMPLE, settings)
     floating = score_document(load_lens_model(None, "float32"), SAMPLE, settings)
     assert floating.engine == "float32" and len(floating.bits) == len(exact.bits)

@@ -67,7 +67,7 @@ def test_windows_are_no_wider_than_the_model(family_model_dirs):
 def test_float_and_exact_engines_agree_on_one_model(tiny_model_dir):
     """The exact engine is the float model quantised: its bits stay near the float engine's (the default model's
     figure is the benchmark's)."""
-    settings = Settings(mix=False, **SMALL)
+    settings = Settings(mixer="", **SMALL)
     exact = score_document(load_lens_model(str(tiny_model_dir), "exact"), TEXT, settings)
     floating = score_document(load_lens_model(str(tiny_model_dir), "float32"), TEXT, settings)
     assert exact.engine == ENGINE and floating.engine == "float32"

@@ -1,4 +1,5 @@
-"""The match model mixed with the LM (``match-v1``) and the levels: exact arithmetic, round trips, the CLI."""
+"""The online models mixed with the LM (``match-v1``, ``cm-v1``) and the levels: exact arithmetic, round trips, the
+CLI. ``test_context_mixing.py`` has cm-v1's own arithmetic."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ from hypothesis import strategies as st
 
 import lmpress
 from lmpress.codec import format as fmt
-from lmpress.codec import mixing
+from lmpress.codec import context_mixing, mixers, mixing
 from lmpress.codec.scoring import code_rows
-from lmpress.codec.segments import Lockstep, MatchMixer, groups
+from lmpress.codec.segments import Lockstep, groups
 from lmpress.codec.settings import DEFAULT_LEVEL, LEVELS, Settings
 from lmpress.exact import arithmetic as A
 from lmpress.exact import kernels
@@ -123,64 +124,89 @@ def _repetitive(n_lines: int, seed: int = 1) -> bytes:
     return "".join(rng.choice(lines) for _ in range(n_lines)).encode()
 
 
+MIXERS = [mixing.NAME, context_mixing.NAME]
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
 @pytest.mark.parametrize("batch", [1, 3, 24])
-def test_mixed_archives_round_trip_across_rows_and_groups(tiny, batch):
+def test_mixed_archives_round_trip_across_rows_and_groups(tiny, batch, mixer):
     data = _repetitive(120)
-    blob = lmpress.compress(data, model=tiny, chunk_size=700, batch=batch, mix=True)
-    assert fmt.parse_header(blob)[0].mixer == mixing.NAME
+    blob = lmpress.compress(data, model=tiny, chunk_size=700, batch=batch, mixer=mixer)
+    assert fmt.parse_header(blob)[0].mixer == mixer
     assert lmpress.decompress(blob, model=tiny) == data
 
 
-def test_mixing_pays_on_repetitive_text(tiny):
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_mixing_pays_on_repetitive_text(tiny, mixer):
     data = _repetitive(300)
-    plain = lmpress.compress(data, model=tiny, chunk_size=1024, mix=False)
-    mixed = lmpress.compress(data, model=tiny, chunk_size=1024, mix=True)
+    plain = lmpress.compress(data, model=tiny, chunk_size=1024, mixer="")
+    mixed = lmpress.compress(data, model=tiny, chunk_size=1024, mixer=mixer)
     assert len(mixed) < 0.9 * len(plain)
     assert lmpress.decompress(mixed, model=tiny) == data
 
 
-def test_a_chunk_that_leaves_the_model_s_rows_is_recoded_without_it(tiny):
-    """Chunks the tiny model codes worse than LZMA2 go classical; the match model must not have seen them."""
+def test_context_mixing_beats_the_match_model_alone(tiny):
+    data = _repetitive(300, seed=5)
+    match = lmpress.compress(data, model=tiny, chunk_size=1024, mixer=mixing.NAME)
+    mixed = lmpress.compress(data, model=tiny, chunk_size=1024, mixer=context_mixing.NAME)
+    assert len(mixed) < len(match)
+
+
+def test_mix_is_the_deprecated_name_of_mixer(tiny):
+    with pytest.warns(DeprecationWarning, match="mixer"):
+        assert Settings.at_level(3, mix=True).mixer == context_mixing.NAME
+    with pytest.raises(ValueError, match="mixer must be one of"):
+        Settings(mixer="paq8")
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_a_chunk_that_leaves_the_model_s_rows_is_recoded_without_it(tiny, mixer):
+    """Chunks the tiny model codes worse than LZMA2 go classical; the online models must not have seen them."""
     data = _repetitive(300) + Path(__file__).read_bytes()[:3000]
-    comp = lmpress.Compressor(tiny, chunk_size=1024, mix=True)
+    comp = lmpress.Compressor(tiny, chunk_size=1024, mixer=mixer)
     blob = comp.compress(data) + comp.flush()
     assert comp.stats.chunks.get("lm") and comp.stats.chunks.get("xz")
     assert lmpress.decompress(blob, model=tiny) == data
 
 
-def test_encoder_intervals_are_the_decoder_s_frequencies(tiny):
-    """``code_rows`` (full passes, mixing after) against ``Lockstep`` with ``MatchMixer`` (step by step)."""
+@pytest.mark.parametrize("primer", [(), (5, 9, 14, 9, 5, 9, 14, 2)])
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_encoder_intervals_are_the_decoder_s_frequencies(tiny, mixer, primer):
+    """``code_rows`` (full passes, mixing after) against ``Lockstep`` with the mixer's decoder (step by step)."""
     rng = random.Random(3)
     rows = [tiny.tokenize(_repetitive(rng.randrange(5, 30), seed=k)) for k in range(5)]
-    s = Settings(mix=True, batch=2, window=64, keep=16)
+    s = Settings(mixer=mixer, batch=2, window=64, keep=16, primer=primer)
     left, width, _ = code_rows(tiny, rows, s)
-    mixer = MatchMixer(len(rows))
+    mixer_ = mixers.mixer(mixer, [len(r) for r in rows], primer)
+    assert mixer_ is not None
     for group in groups(list(range(len(rows))), s.batch):
         steps = Lockstep(tiny, [len(rows[r]) for r in group], s)
         for t in range(max(len(rows[r]) for r in group)):
             active = [group[row] for row in steps.rows]
-            freqs = mixer.frequencies(active, steps.freqs)
+            freqs = torch.from_numpy(mixer_.frequencies(active, steps.freqs.numpy()))
+            assert (freqs.sum(1) == A.TOTAL).all() and (freqs >= 1).all()
             tokens = np.array([rows[r][t] for r in active])
             lo, w = A.intervals(freqs, torch.from_numpy(tokens))
             assert lo.tolist() == [int(left[r][t]) for r in active]
             assert w.tolist() == [int(width[r][t]) for r in active]
-            mixer.update(active, tokens)
+            mixer_.update(active, tokens)
             steps.advance(tokens)
 
 
 def test_levels():
     assert Settings() == Settings.at_level(DEFAULT_LEVEL)
     assert Settings.at_level(9, chunk_size=100).chunk_size == 100
-    assert not Settings.at_level(3).mix and Settings.at_level(9).mix
+    assert not Settings.at_level(3).mixer and Settings.at_level(9).mixer == context_mixing.NAME
     assert all(level.window * level.batch == 2048 * 24 for level in LEVELS.values())
     with pytest.raises(ValueError, match="level must be 1 to 9"):
         Settings.at_level(10)
 
 
 def test_header_records_the_mixer_and_old_readers_refuse_it():
-    header = fmt.Header("m", "00" * 8, "int8-v1", 1, 2048, 512, 24, mixer=mixing.NAME)
-    parsed, _ = fmt.parse_header(header.to_bytes())
-    assert parsed == header
+    for name in MIXERS:
+        header = fmt.Header("m", "00" * 8, "int8-v1", 1, 2048, 512, 24, mixer=name)
+        parsed, _ = fmt.parse_header(header.to_bytes())
+        assert parsed == header
     plain = fmt.Header("m", "00" * 8, "int8-v1", 1, 2048, 512, 24)
     assert fmt.parse_header(plain.to_bytes())[0].mixer == ""
     assert header.to_bytes() != plain.to_bytes()
@@ -201,10 +227,10 @@ def test_cli_levels(tiny_model_dir, tmp_path):
         back = _cli("decompress", "-c", *model, stdin=done.stdout)
         assert back.returncode == 0 and back.stdout == data
     assert fmt.parse_header(archives["-1"])[0].window == LEVELS[1].window
-    assert fmt.parse_header(archives["--best"])[0].mixer == mixing.NAME
+    assert fmt.parse_header(archives["--best"])[0].mixer == context_mixing.NAME
     path = tmp_path / "a.lmp"
     path.write_bytes(archives["--best"])
     listed = _cli("list", str(path))
-    assert "mixed with match-v1" in listed.stdout.decode()
+    assert "mixed with cm-v1" in listed.stdout.decode()
     both = _cli("compress", "-c", "-1", "--best", *model, stdin=data)
     assert both.returncode == 2 and b"not allowed with" in both.stderr

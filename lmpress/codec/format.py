@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from ..errors import FormatError, LmpressError, NotAnArchiveError, UnsupportedVersionError
 from ..exact import ENGINE, MAX_CONTEXT
+from .context_mixing import NAME as CONTEXT_MIXING
 from .mixing import NAME as MATCH_MIXER
 
 Buffer = bytes | bytearray | memoryview | mmap.mmap  # what the parsers read: an archive in memory, or mapped
@@ -24,7 +25,7 @@ VERSIONS = (3, 4)  # 4: made with a dictionary, which the header names instead o
 DEFAULT_MODEL = "smollm2-135m"  # what an empty model name in a header means
 # The arithmetic of docs/FORMAT.md, by the number a header stores: (engine, mixer); mixer "" is the LM alone
 # (a new engine or mixer gets a new number; these stay as they are)
-ARITHMETIC = {1: (ENGINE, ""), 2: (ENGINE, MATCH_MIXER)}
+ARITHMETIC = {1: (ENGINE, ""), 2: (ENGINE, MATCH_MIXER), 3: (ENGINE, CONTEXT_MIXING)}
 
 FRAME_SEGMENT = 0x01
 FRAME_END = 0xFF
@@ -103,7 +104,7 @@ class Header:
     keep: int
     batch: int  # LM chunks decoded side by side: the decoder holds this many contexts at most
     dictionary: str = ""  # id (hex) of the dictionary every context starts from; "" for none
-    mixer: str = ""  # the online models mixed with the LM's frequencies ("match-v1"), "" for none
+    mixer: str = ""  # the online models mixed with the LM's frequencies ("match-v1", "cm-v1"), "" for none
 
     @property
     def version(self) -> int:

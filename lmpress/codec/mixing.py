@@ -23,6 +23,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from ..exact import kernels
 from ..exact.arithmetic import TOTAL
 
 Count = TypeVar("Count", int, np.ndarray)  # one row's count, or an array of rows' counts
@@ -179,8 +180,12 @@ class Plan:
         self.f_predicted = [np.zeros(len(r), np.int64) for r in rows]
 
     def guesses(self, row: int, at: slice) -> np.ndarray:
-        """The predicted tokens at ``at`` of ``row`` (0 where there is none), whose frequencies to record."""
-        return np.maximum(self.predicted[row][at], 0)
+        """The predicted tokens at ``at`` of ``row`` [n, 1] (0 where there is none), whose frequencies to
+        ``record``."""
+        return np.maximum(self.predicted[row][at], 0)[:, None]
+
+    def record(self, row: int, at: slice, freqs: np.ndarray) -> None:
+        self.f_predicted[row][at] = freqs[:, 0]
 
     def mixed(
         self, left: list[np.ndarray], width: list[np.ndarray], vocab: int
@@ -225,3 +230,26 @@ def hit_probabilities(
         for r in live:
             estimate.update(int(length[r][t]), int(f_predicted[r][t]), rows[r][t] == predicted[r][t])
     return p
+
+
+class MatchMixer:
+    """The decoder's side: the match model and hit estimate of one segment, step by step."""
+
+    def __init__(self, rows: int):
+        self.model, self.estimate = MatchModel(rows), HitEstimate()
+        self.step: list[tuple[int, int, int]] = []  # (predicted, length, its LM frequency) of each active row
+
+    def frequencies(self, rows: list[int], freqs: np.ndarray) -> np.ndarray:
+        """The rows' mixed frequencies (int64 [R, V]), from the LM's."""
+        self.step = []
+        for i, row in enumerate(rows):
+            predicted, length = self.model.predict(row)
+            self.step.append((predicted, length, int(freqs[i, predicted]) if predicted >= 0 else 0))
+        p = [self.estimate.probability(length, f) if predicted >= 0 else 0 for predicted, length, f in self.step]
+        return kernels.mixed_frequencies(freqs, np.array([s[0] for s in self.step]), np.array(p))
+
+    def update(self, rows: list[int], tokens: np.ndarray) -> None:
+        for row, token, (predicted, length, f) in zip(rows, tokens.tolist(), self.step):
+            if predicted >= 0:
+                self.estimate.update(length, f, token == predicted)
+            self.model.update(row, token, predicted)

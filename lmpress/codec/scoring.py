@@ -24,7 +24,7 @@ from ..exact.model import KVCache
 from ..exact.ops import frequencies, token_intervals
 from ..exact.runner import Runner
 from ..models import LanguageModel
-from . import mixing
+from . import mixers
 from .settings import Settings
 
 PASS_TOKENS = 4096  # positions per full-sequence pass: bounds activation memory
@@ -142,15 +142,16 @@ def code_rows(
     (row, tokens scored, bits the model alone spent on them)."""
     left = [np.zeros(len(ids), np.int64) for ids in rows]
     width = [np.zeros(len(ids), np.int64) for ids in rows]
-    plan = mixing.Plan(rows, settings.batch) if settings.mix else None
+    plan = mixers.plan(settings.mixer, rows, settings.batch, settings.primer)
 
     def visit(row: int, first: int, logits: Tensor, tokens: Tensor) -> None:
         at = slice(first, first + len(tokens))
         lo, f = token_intervals(logits, tokens)
         left[row][at], width[row][at] = lo.cpu().numpy(), f.cpu().numpy()
         if plan is not None:
-            guesses = torch.from_numpy(plan.guesses(row, at))
-            plan.f_predicted[row][at] = token_intervals(logits, guesses)[1].cpu().numpy()
+            freqs = frequencies(logits)
+            guesses = torch.from_numpy(plan.guesses(row, at)).to(freqs.device)
+            plan.record(row, at, freqs.gather(1, guesses).cpu().numpy())
         if progress is not None:
             progress(row, len(tokens), float((PRECISION_BITS - torch.log2(f.double())).sum()))
 

@@ -21,13 +21,12 @@ import torch
 from torch import Tensor
 
 from ..errors import ChecksumError, FormatError
-from ..exact.kernels import mixed_frequencies
 from ..exact.model import KVCache
 from ..exact.ops import frequencies
 from ..exact.runner import Runner
 from ..models import LanguageModel
 from . import format as fmt
-from . import mixing
+from . import mixers
 from .chunking import looks_like_text, split
 from .coding import TokenDecoder, TokenEncoder, code_length_bits, max_tokens
 from .scoring import code_rows, prefix_state
@@ -139,8 +138,8 @@ def encode_segment(
     # A chunk the model codes worse than LZMA2 (or than storing it) leaves the model's rows.
     classical = [_classical(p) for p, _ in pieces]
     lm_rows = [r for r, i in enumerate(candidates) if bits[r] / 8 < len(classical[i][1])]
-    if settings.mix and 0 < len(lm_rows) < len(rows):
-        # The match model sees the chunks of the stream: without those that left, the others code differently.
+    if settings.mixer and 0 < len(lm_rows) < len(rows):
+        # The online models see the chunks of the stream: without those that left, the others code differently.
         again = code_rows(lm, [rows[r] for r in lm_rows], settings)
         for k, r in enumerate(lm_rows):
             left[r], width[r], bits[r] = again[0][k], again[1][k], again[2][k]
@@ -170,30 +169,6 @@ def encode_segment(
         name = fmt.METHOD_NAMES[chunk.method]
         stats.chunks[name] = stats.chunks.get(name, 0) + 1
     return fmt.Segment(start, len(data), zlib.crc32(data), chunks, payloads, stream), stats
-
-
-class MatchMixer:
-    """The decoder's side of ``mixing``: the match model and hit estimate of one segment, step by step."""
-
-    def __init__(self, rows: int):
-        self.model, self.estimate, self._mixed = mixing.MatchModel(rows), mixing.HitEstimate(), mixed_frequencies
-        self.step: list[tuple[int, int, int]] = []  # (predicted, length, its LM frequency) of each active row
-
-    def frequencies(self, rows: list[int], freqs: Tensor) -> Tensor:
-        """The rows' mixed frequencies, from the LM's."""
-        lm = freqs.cpu().numpy()
-        self.step = []
-        for i, row in enumerate(rows):
-            predicted, length = self.model.predict(row)
-            self.step.append((predicted, length, int(lm[i, predicted]) if predicted >= 0 else 0))
-        p = [self.estimate.probability(length, f) if predicted >= 0 else 0 for predicted, length, f in self.step]
-        return torch.from_numpy(self._mixed(lm, np.array([s[0] for s in self.step]), np.array(p)))
-
-    def update(self, rows: list[int], tokens: np.ndarray) -> None:
-        for row, token, (predicted, length, f) in zip(rows, tokens.tolist(), self.step):
-            if predicted >= 0:
-                self.estimate.update(length, f, token == predicted)
-            self.model.update(row, token, predicted)
 
 
 def decode_segment(
@@ -226,12 +201,14 @@ def decode_segment(
             raise FormatError(f"{where} is corrupted (its chunk table has more tokens than its stream can hold)")
         decoded = [np.zeros(n, np.int64) for n in lengths]
         per_token = (segment.raw_size - sum(c.raw_size for c in chunks)) / sum(lengths)
-        mixer = MatchMixer(len(lm_rows)) if settings.mix else None
+        mixer = mixers.mixer(settings.mixer, lengths, settings.primer)
         for group in groups(list(range(len(lm_rows))), settings.batch):
             steps = Lockstep(lm, [lengths[r] for r in group], settings)
             for t in range(max(lengths[r] for r in group)):
                 active = [group[row] for row in steps.rows]
-                freqs = steps.freqs if mixer is None else mixer.frequencies(active, steps.freqs)
+                freqs = steps.freqs
+                if mixer is not None:
+                    freqs = torch.from_numpy(mixer.frequencies(active, freqs.cpu().numpy()))
                 try:
                     tokens = decoder.decode(freqs)
                 except (AssertionError, ValueError, RuntimeError):  # constriction's word for an impossible stream

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import format as fmt
+from .context_mixing import NAME as CONTEXT_MIXING
+from .mixers import NAMES as MIXERS
 
 if TYPE_CHECKING:
     from ..models import LanguageModel
@@ -31,19 +33,19 @@ class Level:
     window: int
     keep: int
     batch: int
-    mix: bool
+    mixer: str
 
 
 LEVELS = {
-    1: Level(4096, 1024, 256, 48, False),
-    2: Level(8192, 1024, 256, 48, False),
-    3: Level(8192, 2048, 512, 24, False),  # lmpress 0.2's only setting
-    4: Level(8192, 2048, 512, 24, True),
-    5: Level(16384, 2048, 512, 24, True),
-    6: Level(32768, 2048, 512, 24, True),
-    7: Level(65536, 2048, 512, 24, True),
-    8: Level(65536, 2048, 1024, 24, True),
-    9: Level(131072, 2048, 1024, 24, True),
+    1: Level(4096, 1024, 256, 48, ""),
+    2: Level(8192, 1024, 256, 48, ""),
+    3: Level(8192, 2048, 512, 24, ""),  # lmpress 0.2's only setting
+    4: Level(8192, 2048, 512, 24, CONTEXT_MIXING),
+    5: Level(16384, 2048, 512, 24, CONTEXT_MIXING),
+    6: Level(32768, 2048, 512, 24, CONTEXT_MIXING),
+    7: Level(65536, 2048, 512, 24, CONTEXT_MIXING),
+    8: Level(65536, 2048, 1024, 24, CONTEXT_MIXING),
+    9: Level(131072, 2048, 1024, 24, CONTEXT_MIXING),
 }
 DEFAULT_LEVEL = 4  # the strongest level that decodes (nearly) as fast as level 3 on inputs of any size
 _DEFAULT = LEVELS[DEFAULT_LEVEL]
@@ -51,7 +53,7 @@ _DEFAULT = LEVELS[DEFAULT_LEVEL]
 
 @dataclass(frozen=True)
 class Settings:
-    """How to cut and code. ``window``, ``keep``, ``batch``, ``mix`` and ``start_token`` are recorded in the
+    """How to cut and code. ``window``, ``keep``, ``batch``, ``mixer`` and ``start_token`` are recorded in the
     archive, and so is the dictionary whose tokens ``primer`` holds. The defaults are level ``DEFAULT_LEVEL``'s."""
 
     window: int = _DEFAULT.window
@@ -61,7 +63,7 @@ class Settings:
     threads: int = 0  # compute threads, for speed only (0: torch's default for this machine)
     start_token: int | None = None  # None: the model's own choice
     primer: tuple[int, ...] = ()  # a dictionary's tokens: every context starts with them, after the start token
-    mix: bool = _DEFAULT.mix  # mix the LM with the match model of ``mixing``
+    mixer: str = _DEFAULT.mixer  # the online models mixed with the LM (``mixers.NAMES``; "" for none)
 
     @classmethod
     def at_level(cls, level: int | None = None, **settings: Any) -> Settings:
@@ -72,6 +74,9 @@ class Settings:
         if "max_batch" in settings:  # lmpress 0.3's name for ``batch``
             warnings.warn("the setting max_batch is now called batch", DeprecationWarning, stacklevel=3)
             settings["batch"] = settings.pop("max_batch")
+        if "mix" in settings:  # lmpress 0.4's switch: the match model or nothing
+            warnings.warn("the setting mix is now mixer (a name, or '')", DeprecationWarning, stacklevel=3)
+            settings["mixer"] = CONTEXT_MIXING if settings.pop("mix") else ""
         chosen = LEVELS[DEFAULT_LEVEL if level is None else level]
         if settings.get("window") is not None and settings.get("keep") is None:
             settings["keep"] = chosen.keep * settings["window"] // chosen.window  # the level's share of a window
@@ -86,6 +91,8 @@ class Settings:
             )
         if self.window > fmt.MAX_WINDOW:
             raise ValueError(f"window must be at most {fmt.MAX_WINDOW}")
+        if self.mixer not in MIXERS:
+            raise ValueError(f"mixer must be one of {', '.join(repr(m) for m in MIXERS)}, not {self.mixer!r}")
         if self.chunk_size < 1 or not 1 <= self.batch <= fmt.MAX_CHUNKS or self.threads < 0:
             raise ValueError("chunk_size and batch must be positive, threads non-negative")
 

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .. import api
 from ..api import DictionarySpec
-from ..codec import mixing
+from ..codec import mixers
 from ..codec.scoring import score_rows
 from ..codec.settings import Settings
 from ..errors import LmpressError, UnsupportedArchitectureError
@@ -86,9 +86,9 @@ def score_document(
         )
     settings = settings or Settings()
     out, rows = text_rows(lm.tokenize, data, settings, ENGINE)
-    # With the match model mixed in (as the compressor codes), bits come from the mixed intervals, the rest from
-    # the LM alone; the rows are mixed as one segment (the compressor restarts the match model every segment).
-    plan = mixing.Plan(rows, settings.batch) if settings.mix else None
+    # With online models mixed in (as the compressor codes), bits come from the mixed intervals, the rest from
+    # the LM alone; the rows are mixed as one segment (the compressor restarts the online models every segment).
+    plan = mixers.plan(settings.mixer, rows, settings.batch, settings.primer)
     left = [np.zeros(len(ids), np.int64) for ids in rows]
     width = [np.zeros(len(ids), np.int64) for ids in rows]
     z = [np.zeros(len(ids)) for ids in rows]
@@ -105,8 +105,8 @@ def score_document(
         if plan is not None:
             below = freqs.cumsum(-1).gather(1, tokens.view(-1, 1).to(freqs.device)) - chosen
             left[row][at] = below[:, 0].cpu().numpy()
-            guesses = torch.from_numpy(plan.guesses(row, at)).view(-1, 1).to(freqs.device)
-            plan.f_predicted[row][at] = freqs.gather(1, guesses)[:, 0].cpu().numpy()
+            guesses = torch.from_numpy(plan.guesses(row, at)).to(freqs.device)
+            plan.record(row, at, freqs.gather(1, guesses).cpu().numpy())
         z[row][at], rank[row][at] = zs.cpu().numpy(), ranks.cpu().numpy()
         if detail:
             values, indices = freqs.topk(detail, dim=-1)
@@ -170,8 +170,8 @@ class Audit:
 
 def local_settings(settings: Settings, window: int = LOCAL_WINDOW) -> Settings:
     """The audit's short context: windows of ``window`` positions that restart from their last half, and no
-    match model (which would credit the document's own repetition to the model)."""
-    return dataclasses.replace(settings, window=window, keep=window // 2, mix=False)
+    online models (which would credit the document's own repetition to the model)."""
+    return dataclasses.replace(settings, window=window, keep=window // 2, mixer="")
 
 
 def min_k_percent_pp(z: list[float], k: float = 0.2) -> float:
