@@ -5,7 +5,9 @@ rest are the training samples):
 
 - ``bib``: the records of calgary/bib (a 1980s bibliography in refer format), one file per record;
 - ``swagger``: the definitions and paths of fresh/crush_swagger.json (an OpenAPI file written in 2026), one JSON
-  object per file, as ``json.dumps({name: value}, indent=2)``.
+  object per file, as ``json.dumps({name: value}, indent=2)``;
+- ``releases``: the versions of fresh/eol_gitlab.json (release data of 2026), 25 consecutive ones a file (~1.7 KB),
+  as ``json.dumps(..., indent=2)``: records of one schema.
 
 Each held-out file is compressed on its own (one archive per file) by every compressor and decompressed again by
 the same compressor to check it. lmpress builds its dictionaries on the training samples, each kind in turn: a
@@ -46,6 +48,9 @@ def corpus(name: str) -> list[bytes]:
         spec = json.loads((BENCH / "fresh" / "crush_swagger.json").read_bytes())
         items = [*spec["definitions"].items(), *spec["paths"].items()]
         return [json.dumps({k: v}, indent=2).encode() + b"\n" for k, v in items]
+    if name == "releases":
+        versions = list(json.loads((BENCH / "fresh" / "eol_gitlab.json").read_bytes())["versions"].items())
+        return [json.dumps(dict(versions[i : i + 25]), indent=2).encode() + b"\n" for i in range(0, len(versions), 25)]
     raise SystemExit(f"unknown corpus {name!r}")
 
 
@@ -53,7 +58,9 @@ def zstd(args: list[str], data: bytes) -> bytes:
     return subprocess.run(["zstd", "-q", *args], input=data, capture_output=True, check=True).stdout
 
 
-def run_corpus(name: str, every: int, limit: int, size: int, steps: int, kinds: list[str], lm) -> dict:
+def run_corpus(
+    name: str, every: int, limit: int, size: int, steps: int, kinds: list[str], lm, mixer: str | None
+) -> dict:
     records = corpus(name)
     held = [r for i, r in enumerate(records) if i % every == every - 1][:limit]
     train = [r for i, r in enumerate(records) if i % every != every - 1]
@@ -84,7 +91,7 @@ def run_corpus(name: str, every: int, limit: int, size: int, steps: int, kinds: 
         once[label] = time.perf_counter() - started
         for i, r in enumerate(held):
             t0 = time.perf_counter()
-            blob = lmpress.compress(r, model=lm, dictionary=d)
+            blob = lmpress.compress(r, model=lm, dictionary=d, **({} if mixer is None else {"mixer": mixer}))
             t1 = time.perf_counter()
             assert lmpress.decompress(blob, model=lm, dictionary=d) == r, (name, i, label)
             seconds[label][0] += t1 - t0
@@ -168,17 +175,19 @@ def table(results: list[dict]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--corpus", nargs="+", default=["bib", "swagger"])
+    p.add_argument("--corpus", nargs="+", default=["bib", "swagger", "releases"])
     p.add_argument("--every", type=int, default=5, help="hold out every N-th record (default 5)")
     p.add_argument("--limit", type=int, default=40, help="held-out files per corpus at most (default 40)")
     p.add_argument("--size", type=int, default=DEFAULT_TOKENS, help="primed context tokens")
     p.add_argument("--kinds", nargs="+", default=["primed", "adapter", "both"], choices=["primed", "adapter", "both"])
     p.add_argument("--adapter-steps", type=int, default=60, help="adapter training steps (default 60: ~5 minutes)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/out/dictionary"))
+    p.add_argument("--mixer", help="lmpress's mixer (default: the default level's), e.g. match-v1 to compare")
     args = p.parse_args()
     lm = lmpress.load_model()
     results = [
-        run_corpus(name, args.every, args.limit, args.size, args.adapter_steps, args.kinds, lm) for name in args.corpus
+        run_corpus(name, args.every, args.limit, args.size, args.adapter_steps, args.kinds, lm, args.mixer)
+        for name in args.corpus
     ]
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/dictionary.py " + " ".join(sys.argv[1:])

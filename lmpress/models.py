@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from filelock import FileLock
 from safetensors import safe_open
@@ -84,6 +85,11 @@ class LanguageModel:
 
     def detokenize(self, ids: list[int]) -> bytes:
         return self.tokenizer.decode(ids, skip_special_tokens=False).encode("utf-8")
+
+    @functools.cached_property
+    def newlines(self) -> np.ndarray:
+        """Which tokens' bytes hold a newline (bool [V]): where lines begin, for the online models."""
+        return np.array([b"\n" in self.detokenize([i]) for i in range(self.net.cfg.vocab_size)])
 
 
 def device_for(device: str | torch.device | None = None) -> torch.device:

@@ -8,9 +8,11 @@ import struct
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from lmpress.codec import context_mixing as cm
 from lmpress.exact import arithmetic as A
 from lmpress.exact import kernels
 from lmpress.exact.tables import rope_tables, sigmoid_table
@@ -21,6 +23,7 @@ LOGIT_SAMPLES = (0, 1, 255, 256, 2000, 7935, 8191)  # logit weights: frac 8, one
 SIGMOID_SAMPLES = (-4096, -1000, -1, 0, 1, 256, 4096)
 ROPE_SAMPLES = ((1, 0), (1, 31), (777, 17), (2047, 5))  # (position, i) for θ = 100000, hd = 64 (SmolLM2-135M)
 LOGITS = [0, -256, -512, 300, 300, -4194304, 17, -9]  # a row of 8 logits: ties for the top, one far below
+CM_TOKENS = [7, 300, 12, 5]  # a row's last tokens, for cm-v1's context hashes
 
 
 def _hex(x: float) -> str:
@@ -42,8 +45,46 @@ def lines(default_model=None) -> list[str]:
         out.append(f"rope theta=100000 hd=64 p={p} i={i} = cos {_hex(cos[p, i].item())} sin {_hex(sin[p, i].item())}")
     freqs = A.frequencies(torch.tensor([LOGITS], dtype=torch.int32))[0]
     out.append(f"frequencies z={LOGITS} = {freqs.tolist()}")
+    out += _context_mixing_lines(freqs.numpy())
     if default_model is not None:
         out += _model_lines(default_model)
+    return out
+
+
+def _context_mixing_lines(freqs: np.ndarray) -> list[str]:
+    """cm-v1: the hashes of an order-4 context and of a column context, the slot and tag of the first in a table of
+    2**10 slots, and the mix of the 8 frequencies above with two candidates: token 6 with an order-8 context
+    feature of value 8 (weight +2.5 bits) and token 0 with a match-length feature of value 5 (weight −1 bit); then
+    the weights after token 6 is coded."""
+    recent = np.zeros(max(cm.ORDERS), np.int64)
+    recent[-len(CM_TOKENS) :] = CM_TOKENS
+    hashes = np.zeros(cm.TABLES, np.uint64)
+    cm.context_hashes(recent, len(CM_TOKENS), 41, hashes)
+    order4 = hashes[cm.ORDERS.index(len(CM_TOKENS))]
+    slot, tag = cm.slot_and_tag(order4, 10)
+    out = [
+        f"cm context tokens={CM_TOKENS} = 0x{int(order4):016x}",
+        f"cm column context column=41 last={CM_TOKENS[-1]} = 0x{int(hashes[cm.TABLES - 1]):016x}",
+        f"cm slot bits=10 hash=0x{int(order4):016x} = slot {slot} tag 0x{int(tag):08x}",
+    ]
+    n, vocab = 2, len(freqs)
+    cands = np.full(cm.MAX_CANDIDATES, -1, np.int64)
+    cands[:n] = (6, 0)
+    feats = np.full((cm.MAX_CANDIDATES, cm.SLOTS), -1, np.int8)
+    feats[0, 2], feats[1, 0] = 8, 5
+    f = np.zeros(cm.MAX_CANDIDATES, np.int64)
+    f[:n] = freqs[cands[:n]]
+    weights, updates = np.zeros(cm.FEATURES, np.int64), np.zeros(cm.FEATURES, np.int64)
+    features = [cm.feature(2, 8, cm.share_group(f[0])), cm.feature(0, 5, cm.share_group(f[1]))]
+    weights[features] = (5 << 15, -(1 << 16))
+    boosted = np.zeros(cm.MAX_CANDIDATES, np.int64)
+    others, rest = cm.boost_row(weights, cands, feats, f, n, vocab, boosted)
+    mixed = np.empty((1, vocab), np.int64)
+    cm.mixed_frequencies(freqs[None].astype(np.int64), cands[None], boosted[None], np.array([n]), np.array([others]),
+                         np.array([rest]), mixed)  # fmt: skip
+    out.append(f"cm mix f={freqs.tolist()} x={features} = a {boosted[:n].tolist()} g {mixed[0].tolist()}")
+    cm.learn_row(weights, updates, cands, feats, f, boosted, n, 6)
+    out.append(f"cm learn token=6 x={features} = w {weights[features].tolist()}")
     return out
 
 

@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lmpress
-from lmpress.codec import format as fmt
 from lmpress.codec import context_mixing, mixers, mixing
+from lmpress.codec import format as fmt
 from lmpress.codec.scoring import code_rows
 from lmpress.codec.segments import Lockstep, groups
 from lmpress.codec.settings import DEFAULT_LEVEL, LEVELS, Settings
@@ -177,7 +177,7 @@ def test_encoder_intervals_are_the_decoder_s_frequencies(tiny, mixer, primer):
     rows = [tiny.tokenize(_repetitive(rng.randrange(5, 30), seed=k)) for k in range(5)]
     s = Settings(mixer=mixer, batch=2, window=64, keep=16, primer=primer)
     left, width, _ = code_rows(tiny, rows, s)
-    mixer_ = mixers.mixer(mixer, [len(r) for r in rows], primer)
+    mixer_ = mixers.mixer(tiny, s, [len(r) for r in rows])
     assert mixer_ is not None
     for group in groups(list(range(len(rows))), s.batch):
         steps = Lockstep(tiny, [len(rows[r]) for r in group], s)

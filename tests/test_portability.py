@@ -21,8 +21,14 @@ from lmpress.models import load_model
 DATA = Path(__file__).parent / "data"
 SAMPLE = (DATA / "sample.txt").read_bytes()
 GOLDEN = DATA / "sample.txt.lmp"  # made once with the default model (level 3); every later version must decode it
-GOLDEN_MIXED = DATA / "sample.txt.mixed.lmp"  # the same at level 6: the match model mixed in (engine 2)
-GOLDENS = {3: GOLDEN, 6: GOLDEN_MIXED}
+GOLDEN_MIXED = DATA / "sample.txt.mixed.lmp"  # the same at level 6 with the match model mixed in (engine 2)
+GOLDEN_CM = DATA / "sample.txt.cm.lmp"  # the same at level 6 with context mixing (engine 3)
+# each golden archive: the settings that made it, as arguments of lmpress.compress and of the CLI
+GOLDENS = {
+    "level 3": (GOLDEN, {"level": 3}, ["-3"]),
+    "match-v1": (GOLDEN_MIXED, {"level": 6, "mixer": "match-v1"}, ["-6", "--mixer", "match-v1"]),
+    "cm-v1": (GOLDEN_CM, {"level": 6, "mixer": "cm-v1"}, ["-6", "--mixer", "cm-v1"]),
+}
 # Tiny models of the families beside llama, trained and committed (Qwen2: biases on the query, key and value
 # products; Qwen3: RMSNorms of the query and key heads), and each one's golden archive of families.txt (level 6,
 # chunks of 500 bytes).
@@ -84,7 +90,7 @@ def test_family_golden_archives_decode_and_are_reproduced(family):
     lm, golden = load_model(str(FAMILY_MODELS[family])), (DATA / f"{family}-tiny.lmp").read_bytes()
     text = (DATA / "families.txt").read_bytes()
     assert lmpress.decompress(golden, lm) == text
-    assert lmpress.compress(text, lm, level=6, chunk_size=500) == golden
+    assert lmpress.compress(text, lm, level=6, chunk_size=500, mixer="match-v1") == golden
     (member,) = fmt.members(golden)
     segment = fmt.whole_frame(golden[slice(*member.segments[0])])
     assert isinstance(segment, fmt.Segment) and fmt.METHOD_LM in {c.method for c in segment.chunks}  # the model's
@@ -107,25 +113,26 @@ def test_dictionary_archives_are_identical_on_every_configuration(tiny, tiny_mod
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("level", GOLDENS)
-def test_golden_archive_decodes_and_is_reproduced(level):
-    """tests/data/sample.txt.lmp and .mixed.lmp were made by the default model once; they must decode, and
-    compressing the same text at the same level must give the same bytes, on every machine and with every
-    lmpress that reads format 3."""
-    golden = GOLDENS[level].read_bytes()
-    assert lmpress.decompress(golden) == SAMPLE
-    assert lmpress.compress(SAMPLE, level=level) == golden
+@pytest.mark.parametrize("golden", GOLDENS)
+def test_golden_archive_decodes_and_is_reproduced(golden):
+    """tests/data/sample.txt*.lmp were made by the default model once; they must decode, and compressing the same
+    text with the same settings must give the same bytes, on every machine and with every lmpress that reads
+    format 3."""
+    path, settings, _ = GOLDENS[golden]
+    assert lmpress.decompress(path.read_bytes()) == SAMPLE
+    assert lmpress.compress(SAMPLE, **settings) == path.read_bytes()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS[:4], ids=_name)
 def test_default_model_archives_are_identical_on_every_configuration(config):
-    """The mixed archive: its numbers are the model's and then the match model's."""
-    assert _lmpress(config, "compress", "-6", stdin=SAMPLE) == GOLDEN_MIXED.read_bytes()
+    """The context-mixed archive: its numbers are the model's and then the online models'."""
+    path, _, flags = GOLDENS["cm-v1"]
+    assert _lmpress(config, "compress", *flags, stdin=SAMPLE) == path.read_bytes()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS[:2], ids=_name)
-@pytest.mark.parametrize("level", GOLDENS)
-def test_default_model_decodes_the_golden_archive_on_other_configurations(config, level):
-    assert _lmpress(config, "decompress", stdin=GOLDENS[level].read_bytes()) == SAMPLE
+@pytest.mark.parametrize("golden", GOLDENS)
+def test_default_model_decodes_the_golden_archive_on_other_configurations(config, golden):
+    assert _lmpress(config, "decompress", stdin=GOLDENS[golden][0].read_bytes()) == SAMPLE

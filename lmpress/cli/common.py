@@ -114,6 +114,8 @@ def scoring_settings(args: argparse.Namespace) -> dict:
     """The level, and the settings given that override it (``Settings.at_level``'s arguments)."""
     given = {"window": args.window, "keep": args.keep_tokens, "chunk_size": args.chunk_size}
     given["batch"] = getattr(args, "batch", None)
+    if (mixer := getattr(args, "mixer", None)) is not None:
+        given["mixer"] = "" if mixer == "none" else mixer
     return {"level": args.level} | {k: v for k, v in given.items() if v is not None}
 
 

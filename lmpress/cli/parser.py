@@ -6,6 +6,7 @@ import argparse
 from argparse import SUPPRESS
 
 from .. import __version__
+from ..codec import format as fmt
 from ..codec.settings import DEFAULT_LEVEL, LEVELS
 from ..dictionary import ADAPTER_RANK, ADAPTER_STEPS, DEFAULT_TOKENS
 from ..lens.analysis import ENGINES, LOCAL_WINDOW
@@ -91,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--chunk-size", type=int, help=f"target bytes per chunk {level_help}")
     c.add_argument("--batch", type=int, help=f"chunks decoded side by side, ~25 MB each {level_help}")
+    c.add_argument(
+        "--mixer",
+        choices=[m or "none" for m in fmt.MIXERS],
+        help=f"online models mixed with the model's predictions (docs/FORMAT.md) {level_help}",
+    )
     d = sub.add_parser(
         "decompress", parents=[common, compute, io_opts, scale], help="decompress FILE.lmp", epilog=EPILOG
     )

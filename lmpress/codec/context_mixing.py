@@ -3,17 +3,20 @@
 The language model sees one chunk's context and knows the world's text; the online models see every token
 already coded in the segment (and a dictionary's tokens) and learn this file as coding goes:
 
-- the match model of ``match-v1`` (the token that followed the last occurrence of the last 3 tokens);
-- token contexts of orders 6, 4, 3, 2 and 1, each a hashed table (bounded memory) that remembers up to
-  ``WAYS`` tokens seen after a context and how often.
+- the match model of ``match-v1``: the token that followed the last occurrence of the last 3 tokens;
+- the column model: the token at the same place in the last line that began with the same 3 tokens (a line
+  begins at a token whose bytes hold a newline): the field one record up, in JSON, logs, tables;
+- token contexts, each a hashed table (bounded memory) remembering up to ``WAYS`` tokens seen after a context and
+  how often: the last 6, 4, 3, 2 and 1 tokens, and the column model's token with the last one.
 
-Each position gets up to ``MAX_CANDIDATES`` candidate tokens: the match model's, then the successors of each
-context, most specific first. Every candidate has features (the match length, or the count of the candidate and
-the total count of a context, in buckets), each crossed with the language model's own share of the candidate.
-A weight per feature, learned online, says how many bits to move the candidate's probability up or down: the
-mix is log-linear, ``f_c · 2**(Σ weights)`` for the candidates and the model's frequencies for every other token,
-scaled back to the coder's 2**24 (``boost_row``). After each step the weights follow the gradient of the code
-length (``learn_row``), with a rate that starts fast for a feature seldom seen.
+Each position gets up to ``MAX_CANDIDATES`` candidate tokens: the match model's, the column model's, then the
+successors of each context in that order. Every candidate has features (the match length; the column model's
+record in this line; the count of the candidate and the total count of each context, in buckets), each crossed
+with the language model's own share of the candidate. A weight per feature, learned online, says how many bits to
+move the candidate's probability: the mix is log-linear, ``f_c · 2**(Σ weights)`` for the candidates and the
+model's frequencies for every other token, scaled back to the coder's 2**24 (``boost_row``). After each step the
+weights follow the gradient of the code length (``learn_row``), at a rate that starts fast for a feature seldom
+seen.
 
 Everything is integers, updated in the stream's order (``mixing._steps``: rows predicted from the state of the
 start of their step, updated in table order at its end), so the encoder, which knows every token in advance,
@@ -24,22 +27,30 @@ specifies it to the last rounding, with known answers.
 from __future__ import annotations
 
 import numpy as np
+import torch
 from numba import njit, prange
+from torch import Tensor
 
 from ..exact.arithmetic import TOTAL
 from . import mixing
 
 NAME = "cm-v1"
-ORDERS = (6, 4, 3, 2, 1)  # token contexts, most specific first: the order candidates are taken in
-WAYS = 4  # tokens remembered after each context
-MAX_CANDIDATES = 8
+ORDERS = (8, 6, 4, 3, 2, 1)  # the token contexts' lengths; the column context comes after them
+TABLES = len(ORDERS) + 1
+WAYS = 6  # tokens remembered after each context
+HISTORY_CANDIDATES = 8  # candidates from the online models; the language model's own first choice may add one
+MAX_CANDIDATES = HISTORY_CANDIDATES + 1
 COUNT_LIMIT = 255  # a successor's count beyond this halves every count of its context
-SLOTS = 1 + len(ORDERS)  # a candidate's features: the match model's, then each context's (−1: none)
+LINE_KEY = 3  # a line's first tokens, which find the line above it
+SLOTS = 3 + TABLES  # a candidate's features: the match model's, the column model's, each context's, the LM's top
 COUNT_BUCKETS = 7  # counts 0, 1, 2, 3, 4..7, 8..15, 16 and more
 CONTEXT_FEATURES = COUNT_BUCKETS * COUNT_BUCKETS  # (the candidate's count, the context's total) buckets
+COLUMN_FEATURES = COUNT_BUCKETS * 3  # (agreeing tokens in a row, misses in the line: 0, 1, 2 or more)
 SHARE_GROUPS = 7  # the language model's share of a candidate, by four octaves: mixing.share_bucket(f) >> 3
-SLOT_START = np.array([0] + [mixing.LENGTH_BUCKETS + CONTEXT_FEATURES * j for j in range(len(ORDERS))], np.int64)
-FEATURES = (mixing.LENGTH_BUCKETS + CONTEXT_FEATURES * len(ORDERS)) * SHARE_GROUPS
+SLOT_SIZES = (mixing.LENGTH_BUCKETS, COLUMN_FEATURES) + (CONTEXT_FEATURES,) * TABLES + (1,)
+TOP = SLOTS - 1  # the slot of the language model's first choice: its one feature, crossed with its share, calibrates it
+SLOT_START = np.cumsum((0,) + SLOT_SIZES[:-1]).astype(np.int64)
+FEATURES = sum(SLOT_SIZES) * SHARE_GROUPS
 
 # Weights and scores in 1/65536 bits (base-2 logarithms of a probability's factor).
 BIT = 1 << 16
@@ -61,14 +72,15 @@ POW2 = np.array(
     np.int64,
 )  # fmt: skip
 
-# FNV-1a over token ids (64-bit, wrapping), the hash of a context
+# FNV-1a over token ids (64-bit, wrapping): the hash of a context
 FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 FNV_PRIME = np.uint64(0x100000001B3)
-MIN_TABLE_BITS, MAX_TABLE_BITS = 10, 19  # 2**bits contexts a table per order, chosen by the segment's size
+COLUMN_MARK = np.uint64(1 << 32)  # hashed before the column context's two tokens: not a token id
+MIN_TABLE_BITS, MAX_TABLE_BITS = 10, 19  # 2**bits contexts a table, chosen by the segment's size
 
 
 def table_bits(tokens: int) -> int:
-    """Slots (as a power of two) of each order's table for a segment of ``tokens`` tokens (dictionary included)."""
+    """Slots (as a power of two) of each table for a segment of ``tokens`` tokens (dictionary included)."""
     return min(max(tokens.bit_length(), MIN_TABLE_BITS), MAX_TABLE_BITS)
 
 
@@ -88,35 +100,49 @@ def share_group(f):  # pragma: no cover (compiled)
 
 
 @njit(cache=True)
-def context_hash(recent, k):  # pragma: no cover (compiled)
-    """FNV-1a of the last ``k`` tokens of a row, oldest first (``recent`` holds its last len(recent), newest last)."""
-    h = FNV_OFFSET
-    for i in range(len(recent) - k, len(recent)):
-        h = (h ^ np.uint64(recent[i])) * FNV_PRIME
-    return h
+def fnv(h, token):  # pragma: no cover (compiled)
+    return (h ^ np.uint64(token)) * FNV_PRIME
 
 
 @njit(cache=True)
-def _slot_and_tag(h, bits):  # pragma: no cover (compiled)
+def context_hashes(recent, have, column, out):  # pragma: no cover (compiled)
+    """The hash of each context of a row (0: the row has no such context yet), from its last tokens ``recent``
+    (newest last; ``have`` of them real) and the column model's token (−1: none)."""
+    for j in range(len(ORDERS)):
+        k = ORDERS[j]
+        h = np.uint64(0)
+        if have >= k:
+            h = FNV_OFFSET
+            for i in range(len(recent) - k, len(recent)):
+                h = fnv(h, recent[i])
+        out[j] = h
+    out[TABLES - 1] = np.uint64(0)
+    if column >= 0 and have >= 1:
+        out[TABLES - 1] = fnv(fnv(fnv(FNV_OFFSET, COLUMN_MARK), column), recent[len(recent) - 1])
+
+
+@njit(cache=True)
+def slot_and_tag(h, bits):  # pragma: no cover (compiled)
     return np.int64(h >> np.uint64(64 - bits)), np.uint32(h & np.uint64(0xFFFFFFFF)) | np.uint32(1)
 
 
 @njit(cache=True)
 def row_candidates(  # pragma: no cover (compiled)
-    tags, successors, counts, bits, recent, have, match, length, cands, feats
+    tags, successors, counts, bits, hashes, match, length, column, agreement, cands, feats
 ):
-    """A row's candidates (``cands``, −1 after the last) and their features (``feats`` [C, SLOTS], −1: none).
+    """A row's candidates (``cands``, −1 after the last) and their features (``feats`` [C, SLOTS], −1: none), from
+    its contexts' ``hashes``, the match model's token and length and the column model's token and feature.
     Returns how many."""
     n = 0
-    if match >= 0:
-        cands[0] = match
-        n = 1
-    slots = np.full(len(ORDERS), -1, np.int64)
-    for j in range(len(ORDERS)):
-        k = ORDERS[j]
-        if have < k:
+    for token in (match, column):
+        if token >= 0 and (n == 0 or cands[0] != token):
+            cands[n] = token
+            n += 1
+    slots = np.full(TABLES, -1, np.int64)
+    for j in range(TABLES):
+        if hashes[j] == 0:
             continue
-        slot, tag = _slot_and_tag(context_hash(recent, k), bits)
+        slot, tag = slot_and_tag(hashes[j], bits)
         if tags[j, slot] != tag:
             continue
         slots[j] = slot
@@ -124,7 +150,8 @@ def row_candidates(  # pragma: no cover (compiled)
         for _ in range(WAYS):  # the ways by count, largest first (ties: the lower way)
             best = -1
             for w in range(WAYS):
-                if not taken[w] and counts[j, slot, w] > 0 and (best < 0 or counts[j, slot, w] > counts[j, slot, best]):
+                c = counts[j, slot, w]
+                if not taken[w] and c > 0 and (best < 0 or c > counts[j, slot, best]):
                     best = w
             if best < 0:
                 break
@@ -133,7 +160,7 @@ def row_candidates(  # pragma: no cover (compiled)
             known = False
             for i in range(n):
                 known |= cands[i] == token
-            if not known and n < MAX_CANDIDATES:
+            if not known and n < HISTORY_CANDIDATES:
                 cands[n] = token
                 n += 1
     for i in range(n, MAX_CANDIDATES):
@@ -144,7 +171,9 @@ def row_candidates(  # pragma: no cover (compiled)
     for i in range(n):
         if cands[i] == match:
             feats[i, 0] = length if length < 16 else 16 + (length - 16) // 8
-        for j in range(len(ORDERS)):
+        if cands[i] == column:
+            feats[i, 1] = agreement
+        for j in range(TABLES):
             slot = slots[j]
             if slot < 0:
                 continue
@@ -153,19 +182,37 @@ def row_candidates(  # pragma: no cover (compiled)
                 total += counts[j, slot, w]
                 if successors[j, slot, w] == cands[i] and counts[j, slot, w] > 0:
                     seen = counts[j, slot, w]
-            feats[i, 1 + j] = count_bucket(seen) * COUNT_BUCKETS + count_bucket(total)
+            feats[i, 2 + j] = count_bucket(seen) * COUNT_BUCKETS + count_bucket(total)
     return n
 
 
 @njit(cache=True)
-def update_row(tags, successors, counts, bits, recent, have, token):  # pragma: no cover (compiled)
-    """Count ``token`` after each context of the row, then append it to the row's recent tokens.
-    Returns the row's new count of recent tokens."""
-    for j in range(len(ORDERS)):
-        k = ORDERS[j]
-        if have < k:
+def add_top(cands, feats, freqs, n, top, f_top):  # pragma: no cover (compiled)
+    """Mark the language model's first choice ``top`` (frequency ``f_top``) among a row's ``n`` candidates, adding
+    it after them if it is not one. Returns how many candidates."""
+    for i in range(n):
+        if cands[i] == top:
+            feats[i, TOP] = 0
+            return n
+    cands[n], freqs[n], feats[n, TOP] = top, f_top, 0
+    return n + 1
+
+
+@njit(cache=True)
+def add_tops(cands, feats, freqs, count, top, f_top):  # pragma: no cover (compiled)
+    """``add_top`` for rows of positions, their counts updated."""
+    for i in range(len(count)):
+        count[i] = add_top(cands[i], feats[i], freqs[i], count[i], top[i], f_top[i])
+
+
+@njit(cache=True)
+def update_row(tags, successors, counts, bits, hashes, recent, have, token):  # pragma: no cover (compiled)
+    """Count ``token`` after each of the row's contexts (``hashes``, as they were when it was predicted), then
+    append it to the row's recent tokens. Returns the row's new count of recent tokens."""
+    for j in range(TABLES):
+        if hashes[j] == 0:
             continue
-        slot, tag = _slot_and_tag(context_hash(recent, k), bits)
+        slot, tag = slot_and_tag(hashes[j], bits)
         if tags[j, slot] != tag:  # a new context (or another one's slot): forget the old
             tags[j, slot] = tag
             for w in range(WAYS):
@@ -273,15 +320,14 @@ def mixed_frequencies(freqs, cands, boosted, n, others, rest, out):  # pragma: n
     """Every row's mixed frequencies (int64 [R, V], each row summing to 2**24) from the model's ``freqs``."""
     rows, vocab = freqs.shape
     for r in prange(rows):
+        order = np.argsort(cands[r, : n[r]])  # the candidates by token, met in that order below
+        k = 0
         below, lifted = np.int64(0), np.int64(0)
         last = np.int64(0)  # the cumulative frequency below token u
         for u in range(vocab):
-            own = -1
-            for i in range(n[r]):
-                if cands[r, i] == u:
-                    own = i
-            if own >= 0:
-                lifted += boosted[r, own]
+            if k < n[r] and cands[r, order[k]] == u:
+                lifted += boosted[r, order[k]]
+                k += 1
             else:
                 below += freqs[r, u] - 1
             g = u + 1 + lifted + _scaled(below, others[r], rest[r])
@@ -308,34 +354,91 @@ def mix_stream(  # pragma: no cover (compiled)
             learn_row(weights, updates, cands[i], feats[i], freqs[i], boosted[at], count[i], tokens[i])
 
 
-class OnlineModels:
-    """The state both sides keep for a segment of ``rows`` LM chunks: the match model, the context tables and the
-    recent tokens of each row. A dictionary's tokens (``primer``) are seen first, as a row of their own."""
+class ColumnModel:
+    """The token at the same place in the line above: the last line, in any row, that began with the same
+    ``LINE_KEY`` tokens. A line begins at a token whose bytes hold a newline (``newlines``), or at a row's start."""
 
-    def __init__(self, rows: int, tokens: int, primer: tuple[int, ...] = ()):
+    def __init__(self, tokens: list[list[int]], newlines: np.ndarray):
+        self.tokens, self.newlines = tokens, newlines  # ``tokens``: the match model's, appended to by it
+        rows = len(tokens)
+        self.start = [0] * rows  # where each row's current line begins
+        self.above: list[tuple[int, int] | None] = [None] * rows  # (row, start) of the line above it
+        self.run = [0] * rows  # tokens in a row that equalled the line above's
+        self.misses = [0] * rows  # tokens of this line that did not
+        self.last: dict[tuple[int, ...], tuple[int, int]] = {}  # a line's first tokens -> (row, start)
+
+    def predict(self, row: int) -> tuple[int, int]:
+        """(the line above's token at this place, the feature of its record in this line), or (−1, −1)."""
+        if (above := self.above[row]) is None:
+            return -1, -1
+        source, start = above
+        at = start + len(self.tokens[row]) - self.start[row]
+        if at >= len(self.tokens[source]):
+            return -1, -1
+        return self.tokens[source][at], count_bucket(self.run[row]) * 3 + min(self.misses[row], 2)
+
+    def update(self, row: int, token: int, predicted: int) -> None:
+        """``token`` was appended to ``row``; ``predicted`` is what ``predict`` said before."""
+        if predicted >= 0:
+            hit = token == predicted
+            self.run[row] = self.run[row] + 1 if hit else 0
+            self.misses[row] += not hit
+        own = self.tokens[row]
+        if self.newlines[token]:
+            self.start[row], self.above[row], self.run[row], self.misses[row] = len(own) - 1, None, 0, 0
+        if len(own) - self.start[row] == LINE_KEY:
+            key = tuple(own[self.start[row] :])
+            self.above[row] = self.last.get(key)
+            self.last[key] = (row, self.start[row])
+
+
+class Prediction:
+    """What a row's step needs again at its end: its contexts' hashes and the match and column models' tokens."""
+
+    def __init__(self) -> None:
+        self.hashes = np.zeros(TABLES, np.uint64)
+        self.match = self.column = -1
+
+
+class OnlineModels:
+    """The state both sides keep for a segment of ``rows`` LM chunks: the match and column models, the context
+    tables and the recent tokens of each row. A dictionary's tokens (``primer``) are seen first, as a row of their
+    own. ``newlines``: which tokens begin a line."""
+
+    def __init__(self, rows: int, tokens: int, newlines: np.ndarray, primer: tuple[int, ...] = ()):
         self.bits = table_bits(tokens + len(primer))
         size = 1 << self.bits
-        self.tags = np.zeros((len(ORDERS), size), np.uint32)
-        self.successors = np.full((len(ORDERS), size, WAYS), -1, np.int32)
-        self.counts = np.zeros((len(ORDERS), size, WAYS), np.int32)
+        self.tags = np.zeros((TABLES, size), np.uint32)
+        self.successors = np.full((TABLES, size, WAYS), -1, np.int32)
+        self.counts = np.zeros((TABLES, size, WAYS), np.int32)
         self.recent = np.zeros((rows + 1, max(ORDERS)), np.int64)  # the last row: the dictionary's
         self.have = np.zeros(rows + 1, np.int64)
         self.match = mixing.MatchModel(rows + 1)
+        self.column = ColumnModel(self.match.tokens, newlines)
+        seen, cands, feats = (
+            Prediction(),
+            np.zeros(MAX_CANDIDATES, np.int64),
+            np.zeros((MAX_CANDIDATES, SLOTS), np.int8),
+        )
         for token in primer:
-            self.update(rows, token, -1)
+            self.predict(rows, seen, cands, feats)
+            self.update(rows, token, seen)
 
-    def predict(self, row: int, cands: np.ndarray, feats: np.ndarray) -> tuple[int, int]:
-        """Row ``row``'s candidates and their features, written into ``cands`` [MAX_CANDIDATES] and ``feats``
-        [MAX_CANDIDATES, SLOTS]: (how many, the match model's token or −1, which ``update`` needs)."""
-        match, length = self.match.predict(row)
+    def predict(self, row: int, into: Prediction, cands: np.ndarray, feats: np.ndarray) -> int:
+        """Row ``row``'s prediction (``into``), its candidates and their features, written into ``cands``
+        [MAX_CANDIDATES] and ``feats`` [MAX_CANDIDATES, SLOTS]. Returns how many candidates."""
+        into.match, length = self.match.predict(row)
+        into.column, agreement = self.column.predict(row)
+        context_hashes(self.recent[row], self.have[row], into.column, into.hashes)
         tables = self.tags, self.successors, self.counts, self.bits
-        return row_candidates(*tables, self.recent[row], self.have[row], match, length, cands, feats), match
+        return row_candidates(*tables, into.hashes, into.match, length, into.column, agreement, cands, feats)
 
-    def update(self, row: int, token: int, match: int) -> None:
-        """Row ``row`` coded ``token``; ``match`` is what ``predict`` said the match model's token was."""
+    def update(self, row: int, token: int, seen: Prediction) -> None:
+        """Row ``row`` coded ``token``; ``seen`` is its prediction of the step."""
         tables = self.tags, self.successors, self.counts, self.bits
-        self.have[row] = update_row(*tables, self.recent[row], self.have[row], token)
-        self.match.update(row, token, match)
+        self.have[row] = update_row(*tables, seen.hashes, self.recent[row], self.have[row], token)
+        self.match.update(row, token, seen.match)
+        self.column.update(row, token, seen.column)
 
 
 class Plan:
@@ -343,28 +446,28 @@ class Plan:
     decoded ``group`` at a time): every position's candidates first, then, while the model scores the rows,
     their frequencies (``record``), then the mixed intervals (``mixed``)."""
 
-    def __init__(self, rows: list[list[int]], group: int, primer: tuple[int, ...] = ()):
+    def __init__(self, rows: list[list[int]], group: int, newlines: np.ndarray, primer: tuple[int, ...] = ()):
         self.rows, self.group = rows, group
-        models = OnlineModels(len(rows), sum(len(r) for r in rows), primer)
+        models = OnlineModels(len(rows), sum(len(r) for r in rows), newlines, primer)
         self.cands = [np.full((len(r), MAX_CANDIDATES), -1, np.int64) for r in rows]
         self.feats = [np.full((len(r), MAX_CANDIDATES, SLOTS), -1, np.int8) for r in rows]
         self.count = [np.zeros(len(r), np.int64) for r in rows]
         self.freqs = [np.zeros((len(r), MAX_CANDIDATES), np.int64) for r in rows]
+        seen = [Prediction() for _ in rows]
         for t, active in mixing._steps([len(r) for r in rows], group):
-            matches = []
             for r in active:
-                self.count[r][t], match = models.predict(r, self.cands[r][t], self.feats[r][t])
-                matches.append(match)
-            for r, match in zip(active, matches):
-                models.update(r, rows[r][t], match)
+                self.count[r][t] = models.predict(r, seen[r], self.cands[r][t], self.feats[r][t])
+            for r in active:
+                models.update(r, rows[r][t], seen[r])
 
-    def guesses(self, row: int, at: slice) -> np.ndarray:
-        """The candidates at ``at`` of ``row`` [n, MAX_CANDIDATES] (0 where there are fewer), whose
-        frequencies to ``record``."""
-        return np.maximum(self.cands[row][at], 0)
-
-    def record(self, row: int, at: slice, freqs: np.ndarray) -> None:
-        self.freqs[row][at] = freqs
+    def record(self, row: int, at: slice, freqs: Tensor) -> None:
+        """The model's frequencies [n, V] at positions ``at`` of ``row``: the candidates' and its first choice."""
+        cands = torch.from_numpy(np.maximum(self.cands[row][at], 0)).to(freqs.device)
+        self.freqs[row][at] = freqs.gather(1, cands).cpu().numpy()
+        top = freqs.argmax(1)  # the first of the largest
+        f_top = freqs.gather(1, top[:, None])[:, 0]
+        add_tops(self.cands[row][at], self.feats[row][at], self.freqs[row][at], self.count[row][at],
+                 top.cpu().numpy(), f_top.cpu().numpy())  # fmt: skip
 
     def mixed(
         self, left: list[np.ndarray], width: list[np.ndarray], vocab: int
@@ -398,8 +501,9 @@ class Plan:
 class ContextMixer:
     """The decoder's side: the online models and the mixer's weights of one segment, step by step."""
 
-    def __init__(self, rows: int, tokens: int, primer: tuple[int, ...] = ()):
-        self.models = OnlineModels(rows, tokens, primer)
+    def __init__(self, rows: int, tokens: int, newlines: np.ndarray, primer: tuple[int, ...] = ()):
+        self.models = OnlineModels(rows, tokens, newlines, primer)
+        self.seen = [Prediction() for _ in range(rows)]
         self.weights = np.zeros(FEATURES, np.int64)
         self.updates = np.zeros(FEATURES, np.int64)
 
@@ -409,11 +513,11 @@ class ContextMixer:
         self.cands = np.full((n, MAX_CANDIDATES), -1, np.int64)
         self.feats = np.full((n, MAX_CANDIDATES, SLOTS), -1, np.int8)
         self.count = np.zeros(n, np.int64)
-        self.matches = []
         for i, row in enumerate(rows):
-            self.count[i], match = self.models.predict(row, self.cands[i], self.feats[i])
-            self.matches.append(match)
+            self.count[i] = self.models.predict(row, self.seen[row], self.cands[i], self.feats[i])
         self.freqs = np.take_along_axis(freqs, np.maximum(self.cands, 0), 1)
+        top = freqs.argmax(1)  # the first of the largest
+        add_tops(self.cands, self.feats, self.freqs, self.count, top, freqs[np.arange(n), top])
         self.boosted = np.zeros((n, MAX_CANDIDATES), np.int64)
         others, rest = np.zeros(n, np.int64), np.zeros(n, np.int64)
         vocab = freqs.shape[1]
@@ -432,5 +536,5 @@ class ContextMixer:
                 self.weights, self.updates, self.cands[i], self.feats[i], self.freqs[i], self.boosted[i],
                 self.count[i], token,
             )  # fmt: skip
-        for i, (row, token) in enumerate(zip(rows, tokens.tolist())):
-            self.models.update(row, token, self.matches[i])
+        for row, token in zip(rows, tokens.tolist()):
+            self.models.update(row, token, self.seen[row])

@@ -26,6 +26,7 @@ DEFAULT_MODEL = "smollm2-135m"  # what an empty model name in a header means
 # The arithmetic of docs/FORMAT.md, by the number a header stores: (engine, mixer); mixer "" is the LM alone
 # (a new engine or mixer gets a new number; these stay as they are)
 ARITHMETIC = {1: (ENGINE, ""), 2: (ENGINE, MATCH_MIXER), 3: (ENGINE, CONTEXT_MIXING)}
+MIXERS = tuple(dict.fromkeys(mixer for _, mixer in ARITHMETIC.values()))  # "" first: the model alone
 
 FRAME_SEGMENT = 0x01
 FRAME_END = 0xFF

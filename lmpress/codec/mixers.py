@@ -7,19 +7,20 @@ step). ``""`` is the language model alone.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+from torch import Tensor
 
 from . import context_mixing, mixing
 
-NAMES = ("", mixing.NAME, context_mixing.NAME)  # in the order they were made; "" is the model alone
+if TYPE_CHECKING:
+    from ..models import LanguageModel
+    from .settings import Settings
 
 
 class Plan(Protocol):
-    def guesses(self, row: int, at: slice) -> np.ndarray: ...
-
-    def record(self, row: int, at: slice, freqs: np.ndarray) -> None: ...
+    def record(self, row: int, at: slice, freqs: Tensor) -> None: ...
 
     def mixed(
         self, left: list[np.ndarray], width: list[np.ndarray], vocab: int
@@ -32,19 +33,19 @@ class Mixer(Protocol):
     def update(self, rows: list[int], tokens: np.ndarray) -> None: ...
 
 
-def plan(name: str, rows: list[list[int]], group: int, primer: tuple[int, ...] = ()) -> Plan | None:
-    """The encoder's side of mixer ``name`` for a segment's LM chunks ``rows`` (None: the model alone)."""
-    if name == mixing.NAME:
-        return mixing.Plan(rows, group)
-    if name == context_mixing.NAME:
-        return context_mixing.Plan(rows, group, primer)
+def plan(lm: LanguageModel, settings: Settings, rows: list[list[int]]) -> Plan | None:
+    """The encoder's side of ``settings.mixer`` for a segment's LM chunks ``rows`` (None: the model alone)."""
+    if settings.mixer == mixing.NAME:
+        return mixing.Plan(rows, settings.batch)
+    if settings.mixer == context_mixing.NAME:
+        return context_mixing.Plan(rows, settings.batch, lm.newlines, settings.primer)
     return None
 
 
-def mixer(name: str, lengths: list[int], primer: tuple[int, ...] = ()) -> Mixer | None:
-    """The decoder's side of mixer ``name`` for LM chunks of ``lengths`` tokens (None: the model alone)."""
-    if name == mixing.NAME:
+def mixer(lm: LanguageModel, settings: Settings, lengths: list[int]) -> Mixer | None:
+    """The decoder's side of ``settings.mixer`` for LM chunks of ``lengths`` tokens (None: the model alone)."""
+    if settings.mixer == mixing.NAME:
         return mixing.MatchMixer(len(lengths))
-    if name == context_mixing.NAME:
-        return context_mixing.ContextMixer(len(lengths), sum(lengths), primer)
+    if settings.mixer == context_mixing.NAME:
+        return context_mixing.ContextMixer(len(lengths), sum(lengths), lm.newlines, settings.primer)
     return None

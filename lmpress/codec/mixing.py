@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from typing import TypeVar
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from ..exact import kernels
 from ..exact.arithmetic import TOTAL
@@ -179,13 +181,10 @@ class Plan:
         self.predicted, self.length = predictions(rows, group)
         self.f_predicted = [np.zeros(len(r), np.int64) for r in rows]
 
-    def guesses(self, row: int, at: slice) -> np.ndarray:
-        """The predicted tokens at ``at`` of ``row`` [n, 1] (0 where there is none), whose frequencies to
-        ``record``."""
-        return np.maximum(self.predicted[row][at], 0)[:, None]
-
-    def record(self, row: int, at: slice, freqs: np.ndarray) -> None:
-        self.f_predicted[row][at] = freqs[:, 0]
+    def record(self, row: int, at: slice, freqs: Tensor) -> None:
+        """The model's frequencies [n, V] at positions ``at`` of ``row``: those of the predicted tokens."""
+        guesses = torch.from_numpy(np.maximum(self.predicted[row][at], 0)).to(freqs.device)
+        self.f_predicted[row][at] = freqs.gather(1, guesses[:, None])[:, 0].cpu().numpy()
 
     def mixed(
         self, left: list[np.ndarray], width: list[np.ndarray], vocab: int

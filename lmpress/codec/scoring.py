@@ -142,16 +142,14 @@ def code_rows(
     (row, tokens scored, bits the model alone spent on them)."""
     left = [np.zeros(len(ids), np.int64) for ids in rows]
     width = [np.zeros(len(ids), np.int64) for ids in rows]
-    plan = mixers.plan(settings.mixer, rows, settings.batch, settings.primer)
+    plan = mixers.plan(lm, settings, rows)
 
     def visit(row: int, first: int, logits: Tensor, tokens: Tensor) -> None:
         at = slice(first, first + len(tokens))
         lo, f = token_intervals(logits, tokens)
         left[row][at], width[row][at] = lo.cpu().numpy(), f.cpu().numpy()
         if plan is not None:
-            freqs = frequencies(logits)
-            guesses = torch.from_numpy(plan.guesses(row, at)).to(freqs.device)
-            plan.record(row, at, freqs.gather(1, guesses).cpu().numpy())
+            plan.record(row, at, frequencies(logits))
         if progress is not None:
             progress(row, len(tokens), float((PRECISION_BITS - torch.log2(f.double())).sum()))
 

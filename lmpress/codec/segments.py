@@ -201,7 +201,7 @@ def decode_segment(
             raise FormatError(f"{where} is corrupted (its chunk table has more tokens than its stream can hold)")
         decoded = [np.zeros(n, np.int64) for n in lengths]
         per_token = (segment.raw_size - sum(c.raw_size for c in chunks)) / sum(lengths)
-        mixer = mixers.mixer(settings.mixer, lengths, settings.primer)
+        mixer = mixers.mixer(lm, settings, lengths)
         for group in groups(list(range(len(lm_rows))), settings.batch):
             steps = Lockstep(lm, [lengths[r] for r in group], settings)
             for t in range(max(lengths[r] for r in group)):

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 from . import format as fmt
 from .context_mixing import NAME as CONTEXT_MIXING
-from .mixers import NAMES as MIXERS
 
 if TYPE_CHECKING:
     from ..models import LanguageModel
@@ -63,7 +62,7 @@ class Settings:
     threads: int = 0  # compute threads, for speed only (0: torch's default for this machine)
     start_token: int | None = None  # None: the model's own choice
     primer: tuple[int, ...] = ()  # a dictionary's tokens: every context starts with them, after the start token
-    mixer: str = _DEFAULT.mixer  # the online models mixed with the LM (``mixers.NAMES``; "" for none)
+    mixer: str = _DEFAULT.mixer  # the online models mixed with the LM (``format.MIXERS``; "" for none)
 
     @classmethod
     def at_level(cls, level: int | None = None, **settings: Any) -> Settings:
@@ -91,8 +90,8 @@ class Settings:
             )
         if self.window > fmt.MAX_WINDOW:
             raise ValueError(f"window must be at most {fmt.MAX_WINDOW}")
-        if self.mixer not in MIXERS:
-            raise ValueError(f"mixer must be one of {', '.join(repr(m) for m in MIXERS)}, not {self.mixer!r}")
+        if self.mixer not in fmt.MIXERS:
+            raise ValueError(f"mixer must be one of {', '.join(repr(m) for m in fmt.MIXERS)}, not {self.mixer!r}")
         if self.chunk_size < 1 or not 1 <= self.batch <= fmt.MAX_CHUNKS or self.threads < 0:
             raise ValueError("chunk_size and batch must be positive, threads non-negative")
 

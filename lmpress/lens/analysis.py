@@ -88,7 +88,7 @@ def score_document(
     out, rows = text_rows(lm.tokenize, data, settings, ENGINE)
     # With online models mixed in (as the compressor codes), bits come from the mixed intervals, the rest from
     # the LM alone; the rows are mixed as one segment (the compressor restarts the online models every segment).
-    plan = mixers.plan(settings.mixer, rows, settings.batch, settings.primer)
+    plan = mixers.plan(lm, settings, rows)
     left = [np.zeros(len(ids), np.int64) for ids in rows]
     width = [np.zeros(len(ids), np.int64) for ids in rows]
     z = [np.zeros(len(ids)) for ids in rows]
@@ -105,8 +105,7 @@ def score_document(
         if plan is not None:
             below = freqs.cumsum(-1).gather(1, tokens.view(-1, 1).to(freqs.device)) - chosen
             left[row][at] = below[:, 0].cpu().numpy()
-            guesses = torch.from_numpy(plan.guesses(row, at)).to(freqs.device)
-            plan.record(row, at, freqs.gather(1, guesses).cpu().numpy())
+            plan.record(row, at, freqs)
         z[row][at], rank[row][at] = zs.cpu().numpy(), ranks.cpu().numpy()
         if detail:
             values, indices = freqs.topk(detail, dim=-1)
