@@ -136,3 +136,21 @@ def test_corpus_files_are_named_by_their_place_in_the_corpora_however_given(tmp_
     (tmp_path / "link").symlink_to(tmp_path / "corpora")
     monkeypatch.setattr(bench, "BENCH", (tmp_path / "corpora").resolve())
     assert bench.display_name(tmp_path / "link" / "fresh" / "a.md") == "fresh/a.md"
+
+
+def test_ablation_measures_every_component(tiny):
+    """benchmarks/ablation.py on the tiny model: every mixer's code length, from one scoring pass."""
+    spec = importlib.util.spec_from_file_location("ablation", BENCHMARKS / "ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    from conftest import TRAINING_TEXT
+
+    from lmpress.codec.context_mixing import COMPONENTS
+    from lmpress.codec.settings import Settings
+
+    result = ablation.ablate(tiny, TRAINING_TEXT.encode() * 3, Settings(chunk_size=600, window=128, keep=32))
+    bits = result["bits"]
+    assert set(bits) == {"model alone", "match-v1", "cm-v1", *(f"cm-v1 − {c}" for c in COMPONENTS)}
+    assert bits["cm-v1"] < bits["model alone"] and bits["cm-v1 − match"] != bits["cm-v1"]
+    table = ablation.table({"t": result})
+    assert table.count("\n") == 6 and "| t |" in table  # two tables of one file each

@@ -77,6 +77,9 @@ FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 FNV_PRIME = np.uint64(0x100000001B3)
 COLUMN_MARK = np.uint64(1 << 32)  # hashed before the column context's two tokens: not a token id
 MIN_TABLE_BITS, MAX_TABLE_BITS = 10, 19  # 2**bits contexts a table, chosen by the segment's size
+# The parts an encoder's ``Plan`` can leave out, to measure what each one gains (benchmarks/ablation.py); an archive
+# always has them all.
+COMPONENTS = ("match", "column", "contexts", "top")
 
 
 def table_bits(tokens: int) -> int:
@@ -405,7 +408,15 @@ class OnlineModels:
     tables and the recent tokens of each row. A dictionary's tokens (``primer``) are seen first, as a row of their
     own. ``newlines``: which tokens begin a line."""
 
-    def __init__(self, rows: int, tokens: int, newlines: np.ndarray, primer: tuple[int, ...] = ()):
+    def __init__(
+        self,
+        rows: int,
+        tokens: int,
+        newlines: np.ndarray,
+        primer: tuple[int, ...] = (),
+        without: frozenset = frozenset(),
+    ):
+        self.without = without
         self.bits = table_bits(tokens + len(primer))
         size = 1 << self.bits
         self.tags = np.zeros((TABLES, size), np.uint32)
@@ -427,9 +438,11 @@ class OnlineModels:
     def predict(self, row: int, into: Prediction, cands: np.ndarray, feats: np.ndarray) -> int:
         """Row ``row``'s prediction (``into``), its candidates and their features, written into ``cands``
         [MAX_CANDIDATES] and ``feats`` [MAX_CANDIDATES, SLOTS]. Returns how many candidates."""
-        into.match, length = self.match.predict(row)
-        into.column, agreement = self.column.predict(row)
+        into.match, length = self.match.predict(row) if "match" not in self.without else (-1, 0)
+        into.column, agreement = self.column.predict(row) if "column" not in self.without else (-1, -1)
         context_hashes(self.recent[row], self.have[row], into.column, into.hashes)
+        if "contexts" in self.without:
+            into.hashes[:] = 0
         tables = self.tags, self.successors, self.counts, self.bits
         return row_candidates(*tables, into.hashes, into.match, length, into.column, agreement, cands, feats)
 
@@ -444,11 +457,19 @@ class OnlineModels:
 class Plan:
     """What an encoder, which knows every token, needs to mix ``rows`` (a segment's LM chunks in table order,
     decoded ``group`` at a time): every position's candidates first, then, while the model scores the rows,
-    their frequencies (``record``), then the mixed intervals (``mixed``)."""
+    their frequencies (``record``), then the mixed intervals (``mixed``). ``without``: ``COMPONENTS`` to leave
+    out, for measuring only."""
 
-    def __init__(self, rows: list[list[int]], group: int, newlines: np.ndarray, primer: tuple[int, ...] = ()):
-        self.rows, self.group = rows, group
-        models = OnlineModels(len(rows), sum(len(r) for r in rows), newlines, primer)
+    def __init__(
+        self,
+        rows: list[list[int]],
+        group: int,
+        newlines: np.ndarray,
+        primer: tuple[int, ...] = (),
+        without: frozenset = frozenset(),
+    ):
+        self.rows, self.group, self.without = rows, group, without
+        models = OnlineModels(len(rows), sum(len(r) for r in rows), newlines, primer, without)
         self.cands = [np.full((len(r), MAX_CANDIDATES), -1, np.int64) for r in rows]
         self.feats = [np.full((len(r), MAX_CANDIDATES, SLOTS), -1, np.int8) for r in rows]
         self.count = [np.zeros(len(r), np.int64) for r in rows]
@@ -464,6 +485,8 @@ class Plan:
         """The model's frequencies [n, V] at positions ``at`` of ``row``: the candidates' and its first choice."""
         cands = torch.from_numpy(np.maximum(self.cands[row][at], 0)).to(freqs.device)
         self.freqs[row][at] = freqs.gather(1, cands).cpu().numpy()
+        if "top" in self.without:
+            return
         top = freqs.argmax(1)  # the first of the largest
         f_top = freqs.gather(1, top[:, None])[:, 0]
         add_tops(self.cands[row][at], self.feats[row][at], self.freqs[row][at], self.count[row][at],
