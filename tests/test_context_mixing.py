@@ -50,13 +50,13 @@ def _tables(bits: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     return (
         np.zeros((cm.TABLES, size), np.uint32),
         np.full((cm.TABLES, size, cm.WAYS), -1, np.int32),
-        np.zeros((cm.TABLES, size, cm.WAYS), np.int32),
+        np.zeros((cm.TABLES, size, cm.WAYS), np.uint16),
         bits,
     )
 
 
 def _candidates(tables, hashes, match=-1, length=0, column=-1, agreement=-1):
-    cands = np.zeros(cm.MAX_CANDIDATES, np.int64)
+    cands = np.zeros(cm.MAX_CANDIDATES, np.int32)
     feats = np.zeros((cm.MAX_CANDIDATES, cm.SLOTS), np.int8)
     n = cm.row_candidates(*tables, hashes, match, length, column, agreement, cands, feats)
     return cands[:n].tolist(), feats[:n]
@@ -81,9 +81,9 @@ def test_tables_count_successors_and_rank_them():
 
 
 def test_the_model_s_first_choice_joins_or_marks_the_candidates():
-    cands = np.array([5, 7] + [-1] * (cm.MAX_CANDIDATES - 2), np.int64)
+    cands = np.array([5, 7] + [-1] * (cm.MAX_CANDIDATES - 2), np.int32)
     feats = np.full((cm.MAX_CANDIDATES, cm.SLOTS), -1, np.int8)
-    freqs = np.zeros(cm.MAX_CANDIDATES, np.int64)
+    freqs = np.zeros(cm.MAX_CANDIDATES, np.int32)
     assert cm.add_top(cands, feats, freqs, 2, 7, 1000) == 2 and feats[1, cm.TOP] == 0 and freqs[1] == 0
     assert cm.add_top(cands, feats, freqs, 2, 9, 1000) == 3 and cands[2] == 9 and freqs[2] == 1000
 
@@ -182,9 +182,9 @@ def test_the_mix_is_the_specified_one_and_a_distribution(seed, peak, cands, weig
     assert sum(expected) == A.TOTAL and min(expected) >= 1
 
     n = len(cands)
-    cand_row = np.full(cm.MAX_CANDIDATES, -1, np.int64)
+    cand_row = np.full(cm.MAX_CANDIDATES, -1, np.int32)
     cand_row[:n] = cands
-    f = np.zeros(cm.MAX_CANDIDATES, np.int64)
+    f = np.zeros(cm.MAX_CANDIDATES, np.int32)
     f[:n] = [freqs[c] for c in cands]
     boosted = np.zeros(cm.MAX_CANDIDATES, np.int64)
     others, rest = cm.boost_row(w, cand_row, feats, f, n, VOCAB, boosted)
@@ -212,10 +212,10 @@ def test_the_model_s_certainty_left_to_candidates_stays_codable():
 
 def test_weights_learn_toward_the_coded_token():
     w, n = np.zeros(cm.FEATURES, np.int64), np.zeros(cm.FEATURES, np.int64)
-    cands = np.array([4, 9] + [-1] * (cm.MAX_CANDIDATES - 2), np.int64)
+    cands = np.array([4, 9] + [-1] * (cm.MAX_CANDIDATES - 2), np.int32)
     feats = np.full((cm.MAX_CANDIDATES, cm.SLOTS), -1, np.int8)
     feats[0, 2] = feats[1, 3] = 8
-    f = np.array([1 << 20, 1 << 20] + [0] * (cm.MAX_CANDIDATES - 2), np.int64)
+    f = np.array([1 << 20, 1 << 20] + [0] * (cm.MAX_CANDIDATES - 2), np.int32)
     boosted = np.array([1 << 20, 1 << 20] + [0] * (cm.MAX_CANDIDATES - 2), np.int64)
     cm.learn_row(w, n, cands, feats, f, boosted, 2, 4)
     hit, miss = cm.feature(2, 8, _share_group(1 << 20)), cm.feature(3, 8, _share_group(1 << 20))

@@ -68,11 +68,11 @@ def _context_mixing_lines(freqs: np.ndarray) -> list[str]:
         f"cm slot bits=10 hash=0x{int(order4):016x} = slot {slot} tag 0x{int(tag):08x}",
     ]
     n, vocab = 2, len(freqs)
-    cands = np.full(cm.MAX_CANDIDATES, -1, np.int64)
+    cands = np.full(cm.MAX_CANDIDATES, -1, np.int32)
     cands[:n] = (6, 0)
     feats = np.full((cm.MAX_CANDIDATES, cm.SLOTS), -1, np.int8)
     feats[0, 2], feats[1, 0] = 8, 5
-    f = np.zeros(cm.MAX_CANDIDATES, np.int64)
+    f = np.zeros(cm.MAX_CANDIDATES, np.int32)
     f[:n] = freqs[cands[:n]]
     weights, updates = np.zeros(cm.FEATURES, np.int64), np.zeros(cm.FEATURES, np.int64)
     features = [cm.feature(2, 8, cm.share_group(f[0])), cm.feature(0, 5, cm.share_group(f[1]))]

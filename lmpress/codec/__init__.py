@@ -2,7 +2,8 @@
 
 - ``format``: the .lmp byte layout and its parser (docs/FORMAT.md);
 - ``coding``: the range coder, fed integer frequencies;
-- ``mixing``: the match model mixed with the model's frequencies (``match-v1``);
+- ``mixers``: the online models an archive may mix with the model's frequencies, by name:
+  ``mixing`` (the match model, ``match-v1``) and ``context_mixing`` (``cm-v1``);
 - ``settings``: levels and the settings an archive records;
 - ``chunking``: where data is cut into segments and chunks;
 - ``scoring``: every token's frequencies in full-sequence passes (the encoder, the lens);

@@ -7,10 +7,11 @@ already coded in the segment (and a dictionary's tokens) and learn this file as 
 - the column model: the token at the same place in the last line that began with the same 3 tokens (a line
   begins at a token whose bytes hold a newline): the field one record up, in JSON, logs, tables;
 - token contexts, each a hashed table (bounded memory) remembering up to ``WAYS`` tokens seen after a context and
-  how often: the last 6, 4, 3, 2 and 1 tokens, and the column model's token with the last one.
+  how often: the last 8, 6, 4, 3, 2 and 1 tokens, and the column model's token with the last one.
 
-Each position gets up to ``MAX_CANDIDATES`` candidate tokens: the match model's, the column model's, then the
-successors of each context in that order. Every candidate has features (the match length; the column model's
+Each position gets up to ``HISTORY_CANDIDATES`` candidate tokens: the match model's, the column model's, then the
+successors of each context in that order; and the language model's own first choice, once its frequencies are
+known (its weights calibrate the model). Every candidate has features (the match length; the column model's
 record in this line; the count of the candidate and the total count of each context, in buckets), each crossed
 with the language model's own share of the candidate. A weight per feature, learned online, says how many bits to
 move the candidate's probability: the mix is log-linear, ``f_c · 2**(Σ weights)`` for the candidates and the
@@ -76,7 +77,7 @@ POW2 = np.array(
 FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 FNV_PRIME = np.uint64(0x100000001B3)
 COLUMN_MARK = np.uint64(1 << 32)  # hashed before the column context's two tokens: not a token id
-MIN_TABLE_BITS, MAX_TABLE_BITS = 10, 19  # 2**bits contexts a table, chosen by the segment's size
+MIN_TABLE_BITS, MAX_TABLE_BITS = 10, 18  # 2**bits contexts a table (40 bytes each), chosen by the segment's size
 # The parts an encoder's ``Plan`` can leave out, to measure what each one gains (benchmarks/ablation.py); an archive
 # always has them all.
 COMPONENTS = ("match", "column", "contexts", "top")
@@ -94,12 +95,8 @@ def count_bucket(n):  # pragma: no cover (compiled)
 
 @njit(cache=True)
 def share_group(f):  # pragma: no cover (compiled)
-    """``mixing.share_bucket(f) >> 3``: the language model's frequency f ≥ 1 by four octaves."""
-    n = 0
-    while (f >> n) > 0:
-        n += 1
-    bucket = 2 * n + (((f >> (n - 2)) & 1) if n >= 2 else 0)
-    return bucket >> 3
+    """The language model's frequency f ≥ 1 by four octaves."""
+    return mixing.share_bucket(f) >> 3
 
 
 @njit(cache=True)
@@ -173,7 +170,7 @@ def row_candidates(  # pragma: no cover (compiled)
             feats[i, s] = -1
     for i in range(n):
         if cands[i] == match:
-            feats[i, 0] = length if length < 16 else 16 + (length - 16) // 8
+            feats[i, 0] = mixing.length_bucket(length)
         if cands[i] == column:
             feats[i, 1] = agreement
         for j in range(TABLES):
@@ -344,17 +341,20 @@ def mix_stream(  # pragma: no cover (compiled)
 ):
     """The encoder's mix: tokens in stream order (``order``, steps from ``starts``), their candidates and
     features, the model's intervals (``left``, ``width``, replaced by the mixed ones)."""
-    boosted = np.zeros((len(order), MAX_CANDIDATES), np.int64)
+    widest = 0
+    for s in range(len(starts) - 1):
+        widest = max(widest, starts[s + 1] - starts[s])
+    boosted = np.zeros((widest, MAX_CANDIDATES), np.int64)  # the candidates' new counts of one step's rows
     for s in range(len(starts) - 1):
         for at in range(starts[s], starts[s + 1]):
-            i = order[at]
-            others, rest = boost_row(weights, cands[i], feats[i], freqs[i], count[i], vocab, boosted[at])
+            i, b = order[at], boosted[at - starts[s]]
+            others, rest = boost_row(weights, cands[i], feats[i], freqs[i], count[i], vocab, b)
             left[i], width[i] = token_interval(
-                left[i], width[i], tokens[i], cands[i], freqs[i], boosted[at], count[i], others, rest
+                left[i], width[i], tokens[i], cands[i], freqs[i], b, count[i], others, rest
             )
         for at in range(starts[s], starts[s + 1]):
             i = order[at]
-            learn_row(weights, updates, cands[i], feats[i], freqs[i], boosted[at], count[i], tokens[i])
+            learn_row(weights, updates, cands[i], feats[i], freqs[i], boosted[at - starts[s]], count[i], tokens[i])
 
 
 class ColumnModel:
@@ -421,14 +421,14 @@ class OnlineModels:
         size = 1 << self.bits
         self.tags = np.zeros((TABLES, size), np.uint32)
         self.successors = np.full((TABLES, size, WAYS), -1, np.int32)
-        self.counts = np.zeros((TABLES, size, WAYS), np.int32)
+        self.counts = np.zeros((TABLES, size, WAYS), np.uint16)
         self.recent = np.zeros((rows + 1, max(ORDERS)), np.int64)  # the last row: the dictionary's
         self.have = np.zeros(rows + 1, np.int64)
         self.match = mixing.MatchModel(rows + 1)
         self.column = ColumnModel(self.match.tokens, newlines)
         seen, cands, feats = (
             Prediction(),
-            np.zeros(MAX_CANDIDATES, np.int64),
+            np.zeros(MAX_CANDIDATES, np.int32),
             np.zeros((MAX_CANDIDATES, SLOTS), np.int8),
         )
         for token in primer:
@@ -470,10 +470,10 @@ class Plan:
     ):
         self.rows, self.group, self.without = rows, group, without
         models = OnlineModels(len(rows), sum(len(r) for r in rows), newlines, primer, without)
-        self.cands = [np.full((len(r), MAX_CANDIDATES), -1, np.int64) for r in rows]
+        self.cands = [np.full((len(r), MAX_CANDIDATES), -1, np.int32) for r in rows]
         self.feats = [np.full((len(r), MAX_CANDIDATES, SLOTS), -1, np.int8) for r in rows]
         self.count = [np.zeros(len(r), np.int64) for r in rows]
-        self.freqs = [np.zeros((len(r), MAX_CANDIDATES), np.int64) for r in rows]
+        self.freqs = [np.zeros((len(r), MAX_CANDIDATES), np.int32) for r in rows]
         seen = [Prediction() for _ in rows]
         for t, active in mixing._steps([len(r) for r in rows], group):
             for r in active:
@@ -533,12 +533,12 @@ class ContextMixer:
     def frequencies(self, rows: list[int], freqs: np.ndarray) -> np.ndarray:
         """The rows' mixed frequencies (int64 [R, V]), from the model's."""
         n = len(rows)
-        self.cands = np.full((n, MAX_CANDIDATES), -1, np.int64)
+        self.cands = np.full((n, MAX_CANDIDATES), -1, np.int32)
         self.feats = np.full((n, MAX_CANDIDATES, SLOTS), -1, np.int8)
         self.count = np.zeros(n, np.int64)
         for i, row in enumerate(rows):
             self.count[i] = self.models.predict(row, self.seen[row], self.cands[i], self.feats[i])
-        self.freqs = np.take_along_axis(freqs, np.maximum(self.cands, 0), 1)
+        self.freqs = np.take_along_axis(freqs, np.maximum(self.cands, 0), 1).astype(np.int32)
         top = freqs.argmax(1)  # the first of the largest
         add_tops(self.cands, self.feats, self.freqs, self.count, top, freqs[np.arange(n), top])
         self.boosted = np.zeros((n, MAX_CANDIDATES), np.int64)

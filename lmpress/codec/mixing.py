@@ -23,6 +23,7 @@ from typing import TypeVar
 
 import numpy as np
 import torch
+from numba import njit
 from torch import Tensor
 
 from ..exact import kernels
@@ -40,14 +41,18 @@ P_ONE = 1 << 16  # probabilities are in 1/65536
 P_MIN, P_MAX = 16, P_ONE - 16
 
 
-def length_bucket(length: int) -> int:
+@njit(cache=True)
+def length_bucket(length: int) -> int:  # pragma: no cover (compiled; also called from Python)
     return length if length < 16 else 16 + (length - 16) // 8
 
 
-def share_bucket(f: int) -> int:
+@njit(cache=True)
+def share_bucket(f: int) -> int:  # pragma: no cover (compiled; also called from Python)
     """Half-octave of a frequency 1 ≤ f ≤ 2**24: 2 · bit_length(f), plus the bit below the top one."""
-    n = f.bit_length()
-    return 2 * n + ((f >> (n - 2)) & 1 if n >= 2 else 0)
+    n = 0
+    while (f >> n) > 0:
+        n += 1
+    return 2 * n + (((f >> (n - 2)) & 1) if n >= 2 else 0)
 
 
 class MatchModel:

@@ -75,7 +75,7 @@ def score_document(
     rolling: bool = False,
 ) -> TokenScores:
     """Score every text chunk of ``data`` the way the compressor would cut it; ``detail`` top alternatives. On the
-    exact engine the bits are the archive's ideal code length (with the match model where ``settings`` mix it);
+    exact engine the bits are the archive's ideal code length (with the online models where ``settings`` mix them);
     a ``FloatModel`` scores with the float engine (``float_engine``), in ``rolling`` windows if asked."""
     if isinstance(lm, FloatModel):
         return float_engine.score_document(lm, data, settings, detail, progress, rolling)

@@ -6,7 +6,7 @@ Pythia, Mamba, RWKV, ...) in float32 or bfloat16, on a CPU or a GPU. Its figures
 UncheatableEval's and lm-evaluation-harness's bits per byte do; they are not archive sizes, and every output that
 shows them names the engine. Documents are cut into chunks and their context windows laid out as the compressor
 lays them out (``codec.chunking``, ``codec.scoring.windows``), so that both engines' figures of one model compare;
-the float engine scores the model alone (no match model mixed in, no dictionary).
+the float engine scores the model alone (no online models mixed in, no dictionary).
 """
 
 from __future__ import annotations
