@@ -6,11 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from lmpress.exact.ops import frequencies
 from lmpress.models import LanguageModel, load_model
 
 TRAINING_TEXT = (
@@ -41,6 +43,14 @@ def _train(model: torch.nn.Module, ids: list[int], steps: int) -> None:
             opt.step()
     finally:
         torch.set_num_threads(threads)
+
+
+def frequency_row(seed: int, peak: int, vocab: int = 320) -> np.ndarray:
+    """A valid row of the coder's frequencies (Σ = 2**24, each ≥ 1), as peaked as ``peak`` (0: flat … 40: one token
+    has nearly all), from random logits."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(1, vocab, generator=gen) * peak * 256).round().to(torch.int32)
+    return frequencies(logits)[0].numpy()
 
 
 def build_tiny_model(folder: Path, seed: int = 2, vocab: int = 320, train_steps: int = 300, layers: int = 2) -> Path:

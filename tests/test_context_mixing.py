@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
+from conftest import frequency_row
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmpress.codec import context_mixing as cm
 from lmpress.codec import mixing
 from lmpress.exact import arithmetic as A
-from lmpress.exact.ops import frequencies
 
 VOCAB = 320
 MASK = (1 << 64) - 1
@@ -71,21 +70,13 @@ def test_tables_count_successors_and_rank_them():
         cm.update_row(*tables, hashes, recent, 8, token)
     assert recent[-1] == 99
     cands, feats = _candidates(tables, hashes)
-    assert cands == [11, 99, *others][: cm.HISTORY_CANDIDATES]  # by count, ties by way
+    assert cands == [11, 99, *others][: cm.MAX_CANDIDATES]  # by count, ties by way
     total = 2 + 1 + len(others)
     assert feats[0, 2].item() == cm.count_bucket(2) * cm.COUNT_BUCKETS + cm.count_bucket(total)
     assert feats[1, 2].item() == cm.count_bucket(1) * cm.COUNT_BUCKETS + cm.count_bucket(total)
     orders = 2 + len(cm.ORDERS)
     assert (feats[:, 2:orders] >= 0).all() and (feats[:, orders] == -1).all()  # no column context: its hash is 0
-    assert (feats[:, :2] == -1).all() and (feats[:, cm.TOP] == -1).all()  # no match, column or model's token
-
-
-def test_the_model_s_first_choice_joins_or_marks_the_candidates():
-    cands = np.array([5, 7] + [-1] * (cm.MAX_CANDIDATES - 2), np.int32)
-    feats = np.full((cm.MAX_CANDIDATES, cm.SLOTS), -1, np.int8)
-    freqs = np.zeros(cm.MAX_CANDIDATES, np.int32)
-    assert cm.add_top(cands, feats, freqs, 2, 7, 1000) == 2 and feats[1, cm.TOP] == 0 and freqs[1] == 0
-    assert cm.add_top(cands, feats, freqs, 2, 9, 1000) == 3 and cands[2] == 9 and freqs[2] == 1000
+    assert (feats[:, :2] == -1).all()  # no match, no column token
 
 
 def test_counts_halve_beyond_the_limit():
@@ -158,12 +149,6 @@ def _reference_mix(freqs: list[int], cands: list[int], feats: np.ndarray, weight
     return g, a
 
 
-def _row(seed: int, peak: int) -> list[int]:
-    gen = torch.Generator().manual_seed(seed)
-    logits = (torch.randn(1, VOCAB, generator=gen) * peak * 256).round().to(torch.int32)
-    return frequencies(logits)[0].tolist()
-
-
 @settings(max_examples=150, deadline=None)
 @given(
     seed=st.integers(0, 2**31),
@@ -173,7 +158,7 @@ def _row(seed: int, peak: int) -> list[int]:
     spread=st.sampled_from([1 << 12, 1 << 16, 1 << 19, 1 << 21]),
 )
 def test_the_mix_is_the_specified_one_and_a_distribution(seed, peak, cands, weights, spread):
-    freqs = _row(seed, peak)
+    freqs = frequency_row(seed, peak, VOCAB).tolist()
     rng = np.random.default_rng(weights)
     w = rng.integers(-spread, spread, cm.FEATURES).astype(np.int64)
     sizes = np.array(cm.SLOT_SIZES)

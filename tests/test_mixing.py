@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TRAINING_TEXT
+from conftest import TRAINING_TEXT, frequency_row
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,16 +23,8 @@ from lmpress.codec.segments import Lockstep, groups
 from lmpress.codec.settings import DEFAULT_LEVEL, LEVELS, Settings
 from lmpress.exact import arithmetic as A
 from lmpress.exact import kernels
-from lmpress.exact.ops import frequencies
 
 VOCAB = 320
-
-
-def _frequencies(seed: int, peak: int) -> np.ndarray:
-    """A valid frequency row (Σ = 2**24, each ≥ 1), as peaked as ``peak`` (0: flat … 40: one token has nearly all)."""
-    gen = torch.Generator().manual_seed(seed)
-    logits = (torch.randn(1, VOCAB, generator=gen) * peak * 256).round().to(torch.int32)
-    return frequencies(logits)[0].numpy()
 
 
 @settings(max_examples=300, deadline=None)
@@ -44,7 +36,7 @@ def _frequencies(seed: int, peak: int) -> np.ndarray:
 )
 def test_mixed_frequencies_are_a_distribution_and_intervals_agree(seed, peak, predicted, p):
     """The decoder's whole rows and the encoder's token-by-token intervals are the same numbers."""
-    f = _frequencies(seed, peak)
+    f = frequency_row(seed, peak)
     g = mixing.mixed_frequencies(f.copy(), predicted, p)
     assert g.sum() == A.TOTAL and g.min() >= 1
     assert (kernels.mixed_frequencies(f[None], [predicted], [p])[0] == g).all()  # the decoder's compiled twin
@@ -61,14 +53,14 @@ def test_mixed_frequencies_are_a_distribution_and_intervals_agree(seed, peak, pr
 
 def test_compiled_mixing_keeps_rows_without_a_prediction_or_without_room():
     """A row with no prediction, and one whose LM gives the predicted token every count, stay the LM's."""
-    f = np.stack([_frequencies(2, 4), _frequencies(3, 4)])
+    f = np.stack([frequency_row(2, 4), frequency_row(3, 4)])
     f[1] = 1
     f[1, 5] += A.TOTAL - VOCAB
     assert (kernels.mixed_frequencies(f, [-1, 5], [0, mixing.P_MAX]) == f).all()
 
 
 def test_rows_without_a_prediction_keep_the_model_s_intervals():
-    f = _frequencies(1, 4)
+    f = frequency_row(1, 4)
     left = np.concatenate([[0], np.cumsum(f)[:-1]])
     tokens = np.arange(VOCAB)
     none = np.full(VOCAB, -1)

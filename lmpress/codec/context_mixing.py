@@ -9,9 +9,8 @@ already coded in the segment (and a dictionary's tokens) and learn this file as 
 - token contexts, each a hashed table (bounded memory) remembering up to ``WAYS`` tokens seen after a context and
   how often: the last 8, 6, 4, 3, 2 and 1 tokens, and the column model's token with the last one.
 
-Each position gets up to ``HISTORY_CANDIDATES`` candidate tokens: the match model's, the column model's, then the
-successors of each context in that order; and the language model's own first choice, once its frequencies are
-known (its weights calibrate the model). Every candidate has features (the match length; the column model's
+Each position gets up to ``MAX_CANDIDATES`` candidate tokens: the match model's, the column model's, then the
+successors of each context in that order. Every candidate has features (the match length; the column model's
 record in this line; the count of the candidate and the total count of each context, in buckets), each crossed
 with the language model's own share of the candidate. A weight per feature, learned online, says how many bits to
 move the candidate's probability: the mix is log-linear, ``f_c · 2**(Σ weights)`` for the candidates and the
@@ -39,17 +38,15 @@ NAME = "cm-v1"
 ORDERS = (8, 6, 4, 3, 2, 1)  # the token contexts' lengths; the column context comes after them
 TABLES = len(ORDERS) + 1
 WAYS = 6  # tokens remembered after each context
-HISTORY_CANDIDATES = 8  # candidates from the online models; the language model's own first choice may add one
-MAX_CANDIDATES = HISTORY_CANDIDATES + 1
+MAX_CANDIDATES = 8
 COUNT_LIMIT = 255  # a successor's count beyond this halves every count of its context
 LINE_KEY = 3  # a line's first tokens, which find the line above it
-SLOTS = 3 + TABLES  # a candidate's features: the match model's, the column model's, each context's, the LM's top
+SLOTS = 2 + TABLES  # a candidate's features: the match model's, the column model's, each context's (−1: none)
 COUNT_BUCKETS = 7  # counts 0, 1, 2, 3, 4..7, 8..15, 16 and more
 CONTEXT_FEATURES = COUNT_BUCKETS * COUNT_BUCKETS  # (the candidate's count, the context's total) buckets
 COLUMN_FEATURES = COUNT_BUCKETS * 3  # (agreeing tokens in a row, misses in the line: 0, 1, 2 or more)
 SHARE_GROUPS = 7  # the language model's share of a candidate, by four octaves: mixing.share_bucket(f) >> 3
-SLOT_SIZES = (mixing.LENGTH_BUCKETS, COLUMN_FEATURES) + (CONTEXT_FEATURES,) * TABLES + (1,)
-TOP = SLOTS - 1  # the slot of the language model's first choice: its one feature, crossed with its share, calibrates it
+SLOT_SIZES = (mixing.LENGTH_BUCKETS, COLUMN_FEATURES) + (CONTEXT_FEATURES,) * TABLES
 SLOT_START = np.cumsum((0,) + SLOT_SIZES[:-1]).astype(np.int64)
 FEATURES = sum(SLOT_SIZES) * SHARE_GROUPS
 
@@ -80,7 +77,7 @@ COLUMN_MARK = np.uint64(1 << 32)  # hashed before the column context's two token
 MIN_TABLE_BITS, MAX_TABLE_BITS = 10, 18  # 2**bits contexts a table (40 bytes each), chosen by the segment's size
 # The parts an encoder's ``Plan`` can leave out, to measure what each one gains (benchmarks/ablation.py); an archive
 # always has them all.
-COMPONENTS = ("match", "column", "contexts", "top")
+COMPONENTS = ("match", "column", "contexts")
 
 
 def table_bits(tokens: int) -> int:
@@ -160,7 +157,7 @@ def row_candidates(  # pragma: no cover (compiled)
             known = False
             for i in range(n):
                 known |= cands[i] == token
-            if not known and n < HISTORY_CANDIDATES:
+            if not known and n < MAX_CANDIDATES:
                 cands[n] = token
                 n += 1
     for i in range(n, MAX_CANDIDATES):
@@ -184,25 +181,6 @@ def row_candidates(  # pragma: no cover (compiled)
                     seen = counts[j, slot, w]
             feats[i, 2 + j] = count_bucket(seen) * COUNT_BUCKETS + count_bucket(total)
     return n
-
-
-@njit(cache=True)
-def add_top(cands, feats, freqs, n, top, f_top):  # pragma: no cover (compiled)
-    """Mark the language model's first choice ``top`` (frequency ``f_top``) among a row's ``n`` candidates, adding
-    it after them if it is not one. Returns how many candidates."""
-    for i in range(n):
-        if cands[i] == top:
-            feats[i, TOP] = 0
-            return n
-    cands[n], freqs[n], feats[n, TOP] = top, f_top, 0
-    return n + 1
-
-
-@njit(cache=True)
-def add_tops(cands, feats, freqs, count, top, f_top):  # pragma: no cover (compiled)
-    """``add_top`` for rows of positions, their counts updated."""
-    for i in range(len(count)):
-        count[i] = add_top(cands[i], feats[i], freqs[i], count[i], top[i], f_top[i])
 
 
 @njit(cache=True)
@@ -468,7 +446,7 @@ class Plan:
         primer: tuple[int, ...] = (),
         without: frozenset = frozenset(),
     ):
-        self.rows, self.group, self.without = rows, group, without
+        self.rows, self.group = rows, group
         models = OnlineModels(len(rows), sum(len(r) for r in rows), newlines, primer, without)
         self.cands = [np.full((len(r), MAX_CANDIDATES), -1, np.int32) for r in rows]
         self.feats = [np.full((len(r), MAX_CANDIDATES, SLOTS), -1, np.int8) for r in rows]
@@ -482,15 +460,9 @@ class Plan:
                 models.update(r, rows[r][t], seen[r])
 
     def record(self, row: int, at: slice, freqs: Tensor) -> None:
-        """The model's frequencies [n, V] at positions ``at`` of ``row``: the candidates' and its first choice."""
+        """The model's frequencies [n, V] at positions ``at`` of ``row``: the candidates'."""
         cands = torch.from_numpy(np.maximum(self.cands[row][at], 0)).to(freqs.device)
         self.freqs[row][at] = freqs.gather(1, cands).cpu().numpy()
-        if "top" in self.without:
-            return
-        top = freqs.argmax(1)  # the first of the largest
-        f_top = freqs.gather(1, top[:, None])[:, 0]
-        add_tops(self.cands[row][at], self.feats[row][at], self.freqs[row][at], self.count[row][at],
-                 top.cpu().numpy(), f_top.cpu().numpy())  # fmt: skip
 
     def mixed(
         self, left: list[np.ndarray], width: list[np.ndarray], vocab: int
@@ -539,8 +511,6 @@ class ContextMixer:
         for i, row in enumerate(rows):
             self.count[i] = self.models.predict(row, self.seen[row], self.cands[i], self.feats[i])
         self.freqs = np.take_along_axis(freqs, np.maximum(self.cands, 0), 1).astype(np.int32)
-        top = freqs.argmax(1)  # the first of the largest
-        add_tops(self.cands, self.feats, self.freqs, self.count, top, freqs[np.arange(n), top])
         self.boosted = np.zeros((n, MAX_CANDIDATES), np.int64)
         others, rest = np.zeros(n, np.int64), np.zeros(n, np.int64)
         vocab = freqs.shape[1]
