@@ -129,6 +129,14 @@ def test_mixed_archives_round_trip_across_rows_and_groups(tiny, batch, mixer):
 
 
 @pytest.mark.parametrize("mixer", MIXERS)
+def test_inputs_without_text_mix_nothing(tiny, mixer):
+    """No chunk for the model (binary data): the mixers have no rows to mix."""
+    assert code_rows(tiny, [], Settings(mixer=mixer)) == ([], [], pytest.approx([]))
+    data = bytes(range(256)) * 8
+    assert lmpress.decompress(lmpress.compress(data, model=tiny, mixer=mixer), model=tiny) == data
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
 def test_mixing_pays_on_repetitive_text(tiny, mixer):
     data = _repetitive(300)
     plain = lmpress.compress(data, model=tiny, chunk_size=1024, mixer="")

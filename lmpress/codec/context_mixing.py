@@ -468,6 +468,8 @@ class Plan:
         self, left: list[np.ndarray], width: list[np.ndarray], vocab: int
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Every token's interval under the mixed frequencies, from its interval under the model's."""
+        if not self.rows:
+            return left, width
         lengths = [len(r) for r in self.rows]
         first = np.concatenate([[0], np.cumsum(lengths)])
         order: list[int] = []
