@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,8 @@ from lmpress.codec.scoring import score_rows
 from lmpress.codec.settings import Settings
 from lmpress.exact.arithmetic import PRECISION_BITS
 from lmpress.exact.ops import frequencies, token_intervals
+
+from suite.measuring import script_meta
 
 BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "bench"
 FILES = [
@@ -126,13 +126,8 @@ def main() -> None:
         results[path.name] = ablate(lm, path.read_bytes()[: args.prefix], settings)
         print(path.name, {k: round(v / 8) for k, v in results[path.name]["bits"].items()}, file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/ablation.py " + " ".join(sys.argv[1:])
-    meta = {
-        "command": command,
-        "measured": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}",
-    }
+    meta = script_meta("ablation.py")
+    command = meta["command"]
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     md = (
         "Ideal code length in bytes of each file's LM-coded chunks (in parentheses: against cm-v1 with every "

@@ -23,19 +23,17 @@ import argparse
 import dataclasses
 import json
 import lzma
-import platform
 import re
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
-
-import torch
 
 import lmpress
 from lmpress.dictionary import DEFAULT_TOKENS, train_adapter
+
+from suite.measuring import script_meta
 
 BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "bench"
 
@@ -190,14 +188,8 @@ def main() -> None:
         for name in args.corpus
     ]
     args.out.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/dictionary.py " + " ".join(sys.argv[1:])
-    meta = {
-        "command": command,
-        "measured": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}",
-        "lmpress": lmpress.__version__,
-    }
+    meta = script_meta("dictionary.py") | {"lmpress": lmpress.__version__}
+    command = meta["command"]
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     md = table(results) + f"\n\n- Measured {meta['measured']} on {meta['machine']} with `{command}`.\n"
     (args.out / "results.md").write_text(md)

@@ -8,9 +8,11 @@ import json
 import math
 import platform
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -244,3 +246,13 @@ def source_digest() -> str:
     for f in sorted(root.rglob("*.py")):  # every package's modules, by their path in the package
         h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]
+
+
+def script_meta(script: str) -> dict:
+    """When, where and how a benchmark script measured: its command line, the time, the machine."""
+    return {
+        "command": f"python benchmarks/{script} " + " ".join(sys.argv[1:]),
+        "measured": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}",
+    }

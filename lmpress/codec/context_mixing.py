@@ -18,8 +18,8 @@ model's frequencies for every other token, scaled back to the coder's 2**24 (``b
 weights follow the gradient of the code length (``learn_row``), at a rate that starts fast for a feature seldom
 seen.
 
-Everything is integers, updated in the stream's order (``mixing._steps``: rows predicted from the state of the
-start of their step, updated in table order at its end), so the encoder, which knows every token in advance,
+Everything is integers, updated in the stream's order (``mixing.stream_steps``: rows predicted from the state
+of the start of their step, updated in table order at its end), so the encoder, which knows every token in advance,
 and the decoder, which learns them step by step, compute the same numbers on any machine. ``docs/FORMAT.md``
 specifies it to the last rounding, with known answers.
 """
@@ -32,6 +32,7 @@ from numba import njit, prange
 from torch import Tensor
 
 from ..exact.arithmetic import TOTAL
+from ..exact.kernels import floor_ratio
 from . import mixing
 
 NAME = "cm-v1"
@@ -268,14 +269,6 @@ def learn_row(weights, updates, cands, feats, freqs, boosted, n, token):  # prag
 
 
 @njit(cache=True)
-def _scaled(n, others, rest):  # pragma: no cover (compiled)
-    """⌊n · others / rest⌋ for 0 ≤ n·others < 2**48: a binary64 division, exact after the correction."""
-    m = n * others
-    q = np.int64(np.float64(m) / np.float64(rest))
-    return q + np.int64((q + 1) * rest <= m) - np.int64(q * rest > m)
-
-
-@njit(cache=True)
 def token_interval(left, width, token, cands, freqs, boosted, n, others, rest):  # pragma: no cover (compiled)
     """The mixed interval of ``token`` from its interval (left, width) under the language model."""
     below = left - token  # the counts of the tokens below it, candidates' included
@@ -287,10 +280,10 @@ def token_interval(left, width, token, cands, freqs, boosted, n, others, rest): 
             lifted += boosted[i]
         elif cands[i] == token:
             hit = i
-    start = token + lifted + _scaled(below, others, rest)
+    start = token + lifted + floor_ratio(below * others, rest)
     if hit >= 0:
         return start, boosted[hit] + 1
-    return start, 1 + _scaled(below + width - 1, others, rest) - _scaled(below, others, rest)
+    return start, 1 + floor_ratio((below + width - 1) * others, rest) - floor_ratio(below * others, rest)
 
 
 @njit(parallel=True, cache=True)
@@ -308,7 +301,7 @@ def mixed_frequencies(freqs, cands, boosted, n, others, rest, out):  # pragma: n
                 k += 1
             else:
                 below += freqs[r, u] - 1
-            g = u + 1 + lifted + _scaled(below, others[r], rest[r])
+            g = u + 1 + lifted + floor_ratio(below * others[r], rest[r])
             out[r, u] = g - last
             last = g
 
@@ -453,7 +446,7 @@ class Plan:
         self.count = [np.zeros(len(r), np.int64) for r in rows]
         self.freqs = [np.zeros((len(r), MAX_CANDIDATES), np.int32) for r in rows]
         seen = [Prediction() for _ in rows]
-        for t, active in mixing._steps([len(r) for r in rows], group):
+        for t, active in mixing.stream_steps([len(r) for r in rows], group):
             for r in active:
                 self.count[r][t] = models.predict(r, seen[r], self.cands[r][t], self.feats[r][t])
             for r in active:
@@ -474,7 +467,7 @@ class Plan:
         first = np.concatenate([[0], np.cumsum(lengths)])
         order: list[int] = []
         starts = [0]
-        for t, active in mixing._steps(lengths, self.group):
+        for t, active in mixing.stream_steps(lengths, self.group):
             order.extend(int(first[r]) + t for r in active)
             starts.append(len(order))
         new_left, new_width = np.concatenate(left), np.concatenate(width)

@@ -168,7 +168,7 @@ def mixed_frequencies(freqs: np.ndarray, predicted: int, p: int) -> np.ndarray:
     return np.diff(cumulative)
 
 
-def _steps(lengths: list[int], group: int) -> Iterator[tuple[int, list[int]]]:
+def stream_steps(lengths: list[int], group: int) -> Iterator[tuple[int, list[int]]]:
     """The stream's order: each step t of each group, with the rows (numbered in table order) coded in it."""
     for first in range(0, len(lengths), group):
         members = range(first, min(first + group, len(lengths)))
@@ -209,7 +209,7 @@ def predictions(rows: list[list[int]], group: int) -> tuple[list[np.ndarray], li
     model = MatchModel(len(rows))
     predicted = [np.full(len(r), -1, np.int64) for r in rows]
     length = [np.zeros(len(r), np.int64) for r in rows]
-    for t, active in _steps([len(r) for r in rows], group):
+    for t, active in stream_steps([len(r) for r in rows], group):
         for r in active:
             predicted[r][t], length[r][t] = model.predict(r)
         for r in active:
@@ -227,7 +227,7 @@ def hit_probabilities(
     """``HitEstimate``'s probability at every token that has a prediction (0 elsewhere), in the stream's order."""
     estimate = HitEstimate()
     p = [np.zeros(len(r), np.int64) for r in rows]
-    for t, active in _steps([len(r) for r in rows], group):
+    for t, active in stream_steps([len(r) for r in rows], group):
         live = [r for r in active if predicted[r][t] >= 0]
         for r in live:
             p[r][t] = estimate.probability(int(length[r][t]), int(f_predicted[r][t]))

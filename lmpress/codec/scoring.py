@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..exact.arithmetic import PRECISION_BITS
+from ..exact.arithmetic import PRECISION_BITS, intervals
 from ..exact.model import KVCache
 from ..exact.ops import frequencies, token_intervals
 from ..exact.runner import Runner
@@ -146,10 +146,13 @@ def code_rows(
 
     def visit(row: int, first: int, logits: Tensor, tokens: Tensor) -> None:
         at = slice(first, first + len(tokens))
-        lo, f = token_intervals(logits, tokens)
+        if plan is None:
+            lo, f = token_intervals(logits, tokens)
+        else:  # the whole rows, once: the tokens' intervals and the mixer's candidates come from them
+            freqs = frequencies(logits)
+            lo, f = intervals(freqs, tokens)
+            plan.record(row, at, freqs)
         left[row][at], width[row][at] = lo.cpu().numpy(), f.cpu().numpy()
-        if plan is not None:
-            plan.record(row, at, frequencies(logits))
         if progress is not None:
             progress(row, len(tokens), float((PRECISION_BITS - torch.log2(f.double())).sum()))
 

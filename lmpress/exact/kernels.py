@@ -946,6 +946,14 @@ def layers_step(
     return torch.from_numpy(_layers_step(x_, operand, factor_, *weights, bits16, cos_, sin_, pos, *kv, *rest))
 
 
+@njit(inline="always", boundscheck=False)
+def floor_ratio(m, d):  # pragma: no cover (compiled)
+    """⌊m / d⌋ for 0 ≤ m < 2**53 and d > 0, by a binary64 division corrected to the exact floor (the mixers'
+    scaling of the model's counts)."""
+    q = np.int64(np.float64(m) / np.float64(d))
+    return q + np.int64((q + 1) * d <= m) - np.int64(q * d > m)
+
+
 @njit(parallel=True, boundscheck=False, cache=True)
 def _mixed(freqs, predicted, p, total, out):  # pragma: no cover (compiled)
     rows, vocab = freqs.shape
@@ -966,9 +974,7 @@ def _mixed(freqs, predicted, p, total, out):  # pragma: no cover (compiled)
         for u in range(vocab):
             below[u + 1] = below[u] + (freqs[r, u] - 1 if u != x else 0)
         for u in range(vocab + 1):
-            n = below[u] * b
-            q = np.int64(np.float64(n) / np.float64(rest))
-            q += np.int64((q + 1) * rest <= n) - np.int64(q * rest > n)
+            q = floor_ratio(below[u] * b, rest)
             below[u] = u + q + (a if u > x else 0)  # the cumulative frequency: each token its +1, x its a + 1
         for u in range(vocab):
             out[r, u] = below[u + 1] - below[u]
