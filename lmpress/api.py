@@ -17,7 +17,7 @@ from typing import IO, Any
 from .codec import format as fmt
 from .codec.chunking import segment_length
 from .codec.segments import decode_segment, encode_segment
-from .codec.settings import Progress, Settings, Stats
+from .codec.settings import Progress, Settings, Stats, Steps
 from .dictionary import Dictionary
 from .errors import DictionaryMismatchError, FormatError, LmpressError, ModelMismatchError, NotAnArchiveError
 from .exact import ENGINE
@@ -244,6 +244,7 @@ class Decompressor:
         self._out = bytearray()  # decoded, not yet returned
         self._position = 0  # archive bytes consumed
         self._tally = fmt.Tally()  # the segments read so far
+        self.steps = Steps()  # what decoding took: model steps, guesses checked
 
     @property
     def eof(self) -> bool:
@@ -285,7 +286,7 @@ class Decompressor:
                 break
             where = self._tally.segment(frame.offset, frame.raw_size)
             with compute_threads(self._threads):
-                self._out += decode_segment(model, frame, settings, where, self._progress)
+                self._out += decode_segment(model, frame, settings, where, self._progress, self.steps)
         self._limited = 0 <= max_length <= len(self._out) and not self._ended
         n = len(self._out) if max_length < 0 else max_length
         out = bytes(self._out[:n])

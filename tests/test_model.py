@@ -38,34 +38,56 @@ def _frequencies_by_scoring(lm, rows, settings):
     return out
 
 
-def test_full_sequence_passes_equal_lockstep_steps(model):
+def _oracle(rows, steps, wrong):
+    """Guesses of ``steps``' next tokens from the rows themselves, every ``wrong``-th of them wrong (0: none)."""
+
+    def guess(row: int, most: int) -> list[int]:
+        t = steps[0].step
+        ids = rows[row][t : t + most]
+        return [(x + 1) % 300 if wrong and (row + t + i) % wrong == 0 else x for i, x in enumerate(ids)]
+
+    return guess
+
+
+@pytest.mark.parametrize("wrong", [None, 0, 4])
+def test_full_sequence_passes_equal_lockstep_steps(model, wrong):
     """What the encoder computes in large passes is what the decoder computes one token at a time, through
-    context restarts and with rows leaving the batch."""
+    context restarts and with rows leaving the batch; and so it is when the decoder's steps check guesses of the
+    next tokens (all right, or some wrong), taking fewer model steps."""
     rows = [model.tokenize(TRAINING_TEXT[a : a + n].encode()) for a, n in ((0, 300), (500, 140), (900, 37))]
     settings = Settings(window=24, keep=8)
     scored = _frequencies_by_scoring(model, rows, settings)
-    steps = Lockstep(model, [len(r) for r in rows], settings)
+    holder: list[Lockstep] = []
+    steps = Lockstep(model, [len(r) for r in rows], settings, None if wrong is None else _oracle(rows, holder, wrong))
+    holder.append(steps)
     for t in range(max(len(r) for r in rows)):
         for i, row in enumerate(steps.rows):
             assert torch.equal(steps.freqs[i], scored[int(row), t]), (row, t)
         steps.advance(np.array([rows[row][t] for row in steps.rows]))
+    longest = max(len(r) for r in rows)  # model steps: one a token without guesses (restarts included)
+    passes = steps.tally.passes
+    assert passes == longest - 1 if wrong is None else passes < longest / (3 if wrong == 0 else 1.2)
 
 
 @pytest.mark.parametrize("step", [1, 2, 5])
-def test_prefill_then_steps_equals_one_pass(model, step):
-    """Steps of one token run the runner's compiled step on a CPU; steps of more the model's own forward pass (what a
-    GPU runs for every step), writing and reading the cache at positions that are not multiples of its tiles."""
+@pytest.mark.parametrize("rows", [1, 2 * PACKED_ROWS])
+def test_prefill_then_steps_equals_one_pass(model, step, rows):
+    """Steps of ``step`` positions a row (a decoding step, or one that checks guesses) give the integers of one
+    full pass: the runner's compiled step on a CPU, with packed weights (few rows) or the backend's products
+    (many), the model's own forward pass elsewhere, writing and reading the cache at positions that are not
+    multiples of its tiles."""
     net = model.net
-    run = Runner(net, 1)
-    ids = torch.tensor([[model.start_token, *model.tokenize(TRAINING_TEXT.encode()[:200])]])
+    run = Runner(net, rows)
+    text = model.tokenize(TRAINING_TEXT.encode()[:400])
+    ids = torch.tensor([[model.start_token, *text[i : i + 60]] for i in range(rows)])
     with torch.inference_mode():
-        full = net.logits(net.forward(ids)[0])
-        cache = net.new_cache(1, ids.shape[1])
-        parts = [net.logits(net.forward(ids[:, :17], cache, 0)[0])]
+        full = net.logits(net.forward(ids).flatten(0, 1)).view(rows, ids.shape[1], -1)
+        cache = net.new_cache(rows, ids.shape[1])
+        parts = [net.logits(net.forward(ids[:, :17], cache, 0).flatten(0, 1)).view(rows, 17, -1)]
         for p in range(17, ids.shape[1], step):
-            hidden = run.step(ids[:, p : p + 1], cache, p) if step == 1 else net.forward(ids[:, p : p + step], cache, p)
-            parts.append(run.logits(hidden[0]))
-    assert torch.equal(torch.cat(parts), full)
+            hidden = run.step(ids[:, p : p + step], cache, p)
+            parts.append(run.logits(hidden.flatten(0, 1)).view(rows, hidden.shape[1], -1))
+    assert torch.equal(torch.cat(parts, 1), full)
 
 
 @pytest.mark.skipif(not simd.AMX, reason="this CPU has no AMX tiles (or may not use them)")

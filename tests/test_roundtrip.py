@@ -231,13 +231,33 @@ def test_chunks_are_decoded_in_groups(tiny, monkeypatch):
     seen = []
     original = segments.Lockstep.__init__
 
-    def spy(self, lm, lengths, settings):
+    def spy(self, lm, lengths, settings, guess=None):
         seen.append(len(lengths))
-        original(self, lm, lengths, settings)
+        original(self, lm, lengths, settings, guess)
 
     monkeypatch.setattr(segments.Lockstep, "__init__", spy)
     assert lmpress.decompress(blob, model=tiny) == data
     assert max(seen) == 3 and sum(seen) == comp.stats.chunks["lm"]
+
+
+@pytest.mark.parametrize("mixer", ["", "match-v1", "cm-v1"])
+def test_repeated_records_decode_in_fewer_model_steps(tiny, monkeypatch, mixer):
+    """Lines that repeat are guessed (``codec.drafts``), several tokens checked by one model step: the bytes are
+    the same, with fewer steps, in one row at a time and in several side by side."""
+    data = TRAINING_TEXT.encode()[:2400]
+    made = []
+    original = segments.Lockstep.__init__
+
+    def spy(self, *args):
+        made.append(self)
+        original(self, *args)
+
+    monkeypatch.setattr(segments.Lockstep, "__init__", spy)
+    for chunk_size, batch in ((150, 1), (150, 4)):
+        blob = lmpress.compress(data, tiny, chunk_size=chunk_size, batch=batch, mixer=mixer)
+        made.clear()
+        assert lmpress.decompress(blob, tiny) == data
+        assert sum(s.tally.passes for s in made) < 0.6 * sum(s.step for s in made)
 
 
 def test_the_old_name_of_batch_still_works(tiny):

@@ -134,9 +134,10 @@ def measure_lmpress(model, data: bytes, settings: dict, reference: FloatReferenc
     blob = comp.compress(data) + comp.flush()
     c_s = time.perf_counter() - started
     started = time.perf_counter()
-    exact = lmpress.decompress(blob, model=model) == data
+    unpacker = lmpress.Decompressor(model)
+    exact = unpacker.decompress(blob) == data and unpacker.eof
     d_s = time.perf_counter() - started
-    s = comp.stats
+    s, steps = comp.stats, unpacker.steps
     rss = peak_rss_kib()
     float_bits = reference.bits(data, s.lm_spans, Settings.at_level(**settings)) if reference else None
     return {
@@ -152,6 +153,9 @@ def measure_lmpress(model, data: bytes, settings: dict, reference: FloatReferenc
         "lm_bytes_out": s.lm_bytes_out,
         "overhead_pct": 100 * s.overhead,
         "chunks": s.chunks,
+        "model_steps": steps.passes,  # the decoder's: fewer than tokens where guesses of the next ones were right
+        "guesses_checked": steps.checked,
+        "guesses_right": steps.right,
     }
 
 

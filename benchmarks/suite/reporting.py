@@ -14,11 +14,15 @@ def derive(r: dict) -> dict:
     r["bits_per_byte"] = 8 * r["bytes_out"] / max(r["bytes"], 1)
     r["compress_kbps"] = r["bytes"] / 1000 / max(r["compress_s"], 1e-9)
     r["decompress_kbps"] = r["bytes"] / 1000 / max(r["decompress_s"], 1e-9)
+    if r.get("model_steps"):  # lmpress's rows of runs that counted them
+        r["tokens_per_step"] = r["tokens"] / r["model_steps"]
+        r["guess_hit_pct"] = 100 * r["guesses_right"] / max(r["guesses_checked"], 1)
     return r
 
 
 def totals(rows: list[dict], name: str, label: str) -> dict:
-    keys = ("bytes", "bytes_out", "compress_s", "decompress_s", "tokens", "ideal_bits", "lm_bytes_out")
+    keys = ("bytes", "bytes_out", "compress_s", "decompress_s", "tokens", "ideal_bits", "lm_bytes_out", "model_steps")
+    keys += ("guesses_checked", "guesses_right")
     t = {k: sum(r.get(k, 0) or 0 for r in rows) for k in keys}
     t.update(compressor=name, file=label, files=len(rows), exact=all(r["exact"] for r in rows))
     t["rss_kib"] = max(r["rss_kib"] for r in rows)
@@ -68,15 +72,17 @@ def full_table(rows: list[dict], xz: dict[str, int]) -> str:
     """One line per compressor and file (or total): every measured figure."""
     lines = [
         "| compressor | file | bytes | compressed | bits/byte | vs xz -9e | compress KB/s | decompress KB/s | "
-        "peak RSS MiB | exact |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "decompress / compress speed | tokens / model step (guesses right) | peak RSS MiB | exact |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         vs = r["bytes_out"] / xz[r["file"]] if xz.get(r["file"]) else float("nan")
+        steps = f"{r['tokens_per_step']:.2f} ({r['guess_hit_pct']:.0f} %)" if r.get("tokens_per_step") else "–"
         lines.append(
             f"| {r['compressor']} | {r['file']} | {r['bytes']:,} | {r['bytes_out']:,} | "
             f"{r['bits_per_byte']:.3f} | {vs:.3f}× | {r['compress_kbps']:.2f} | {r['decompress_kbps']:.2f} | "
-            f"{r['rss_kib'] / 1024:.0f} | {'yes' if r['exact'] else 'NO'} |"
+            f"{r['compress_s'] / max(r['decompress_s'], 1e-9):.2f} | {steps} | {r['rss_kib'] / 1024:.0f} | "
+            f"{'yes' if r['exact'] else 'NO'} |"
         )
     return "\n".join(lines)
 

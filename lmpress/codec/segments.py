@@ -25,12 +25,12 @@ from ..exact.model import KVCache
 from ..exact.ops import frequencies
 from ..exact.runner import Runner
 from ..models import LanguageModel
+from . import drafts, mixers
 from . import format as fmt
-from . import mixers
 from .chunking import looks_like_text, split
 from .coding import TokenDecoder, TokenEncoder, code_length_bits, max_tokens
 from .scoring import code_rows, prefix_state
-from .settings import Progress, Settings, Stats
+from .settings import Progress, Settings, Stats, Steps
 
 # Raw LZMA2 (no container) at xz's strongest preset; FORMAT.md names these exact filters.
 LZMA2_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
@@ -39,9 +39,13 @@ RESTART_TOKENS = 2048  # positions per pass of the decoder's restarts: their mem
 
 class Lockstep:
     """Rows of token streams advancing one token per step, each row with its own context; a row leaves the
-    batch when its last token has been read (rows do not affect each other's numbers)."""
+    batch when its last token has been read (rows do not affect each other's numbers).
 
-    def __init__(self, lm: LanguageModel, lengths: list[int], settings: Settings):
+    Given ``guess`` (``drafts``), a step also feeds guesses of the tokens after the one it feeds, as many as
+    ``drafts.draft_length`` finds worth checking: while the decoded tokens equal the guesses of every row, the
+    next steps' predictions are already computed, and no model step is taken."""
+
+    def __init__(self, lm: LanguageModel, lengths: list[int], settings: Settings, guess: drafts.Guess | None = None):
         self.net, self.run = lm.net, Runner(lm.net, len(lengths))
         self.window, self.keep = settings.window, settings.keep
         self.lengths = np.asarray(lengths)
@@ -49,6 +53,12 @@ class Lockstep:
         self.history = torch.zeros((len(lengths), int(self.lengths.max())), dtype=torch.long)
         self.cache: KVCache | None = self.net.new_cache(len(lengths), self.window)
         self.step = 0
+        self.guess = guess
+        self.first = self.later = drafts.HIT_START  # how often a step's first guess is right, and its later ones
+        self.guesses = np.zeros((len(lengths), 0), np.int64)  # guesses of the next steps' tokens [rows, n] ...
+        self.ahead: Tensor | None = None  # ... the logits after the first `fed` of them [rows, fed, vocab]
+        self.fed = self.confirmed = 0  # (and how many have been confirmed)
+        self.tally = Steps()
         self.start = prefix_state(lm, settings.prefix(lm))  # the same in every row: computed once, copied in
         self.start.copy_into(self.cache)
         self._after_prefix()
@@ -58,38 +68,77 @@ class Lockstep:
         self.freqs, self.pos = self.start.freqs.expand(len(self.rows), -1), len(self.start.tokens)
 
     def _forward(self, tokens: Tensor, pos: int) -> None:
-        """The next frequencies of the active rows after ``tokens`` [rows, T] at positions pos .. pos+T−1: a decoding
-        step (T = 1), or a restart's pass over the kept tokens."""
+        """The next frequencies of the active rows after ``tokens`` [rows, T] at positions pos .. pos+T−1: a
+        restart's pass over the kept tokens."""
         assert self.cache is not None
         rows, t, device = len(tokens), tokens.shape[1], self.net.device
+        self.tally.passes += 1
         with torch.inference_mode():
-            if t == 1:
-                last = self.run.step(tokens.to(device), self.cache, pos)[:, -1]
-            else:
-                per_pass = max(1, RESTART_TOKENS // t)  # a restart's rows, a few at a time
-                parts = []
-                for a in range(0, rows, per_pass):
-                    cache = self.cache.rows(a, a + per_pass)
-                    parts.append(self.run.forward(tokens[a : a + per_pass].to(device), cache, pos)[:, -1])
-                last = torch.cat(parts)
-            self.freqs = frequencies(self.run.logits(last))
-        self.pos = pos + tokens.shape[1]
+            per_pass = max(1, RESTART_TOKENS // t)  # a restart's rows, a few at a time
+            parts = []
+            for a in range(0, rows, per_pass):
+                cache = self.cache.rows(a, a + per_pass)
+                parts.append(self.run.forward(tokens[a : a + per_pass].to(device), cache, pos)[:, -1])
+            self.freqs = frequencies(self.run.logits(torch.cat(parts)))
+        self.pos = pos + t
+
+    def _step(self) -> None:
+        """A model step: the active rows' last tokens, and as many guesses of the tokens after them as are worth
+        checking (none without ``guess``; within the window)."""
+        assert self.cache is not None
+        fed = 0
+        if self.guess is not None:
+            most = min(drafts.MOST, self.window - 1 - self.pos)
+            fed = drafts.draft_length(self.first, self.later, len(self.rows), most) if most > 0 else 0
+            guessed = [self.guess(int(row), fed + 1) for row in self.rows]  # one more than fed: to learn from
+            n = min(len(g) for g in guessed)
+            self.guesses = np.array([g[:n] for g in guessed], np.int64).reshape(len(guessed), n)
+            fed = min(fed, n)
+        last = self.history[self.rows, self.step - 1 : self.step]
+        tokens = torch.cat([last, torch.from_numpy(self.guesses[:, :fed])], 1) if fed else last
+        self.tally.passes += 1
+        with torch.inference_mode():
+            hidden = self.run.step(tokens.to(self.net.device), self.cache, self.pos)
+            logits = self.run.logits(hidden.flatten(0, 1)).view(len(tokens), fed + 1, -1)  # the head read once
+            self.freqs = frequencies(logits[:, 0])
+        self.ahead, self.fed, self.confirmed = logits[:, 1:], fed, 0
+        self.pos += 1
 
     def advance(self, tokens: np.ndarray) -> None:
         """Append this step's tokens of the active rows and compute their next frequencies."""
+        right, checked = False, self.confirmed < self.fed
+        if self.confirmed < self.guesses.shape[1]:  # the hit rates learn from every guess that can be compared
+            right = bool((self.guesses[:, self.confirmed] == tokens).all())
+            if self.confirmed:
+                self.later += (right - self.later) / drafts.HIT_MEMORY
+            else:
+                self.first += (right - self.first) / drafts.HIT_MEMORY
+        self.tally.tokens += len(tokens)
+        self.tally.checked += checked
+        self.tally.right += checked and right
         self.history[self.rows, self.step] = torch.as_tensor(tokens, dtype=torch.long)
         self.step += 1
         staying = self.lengths[self.rows] > self.step
         if not staying.all():
             self.rows = self.rows[staying]
             if not len(self.rows):
-                self.cache = None  # done: its memory is the next group's, and so is the packed copy's
+                self.cache = self.ahead = None  # done: its memory is the next group's, and so is the packed copy's
                 self.run.release()
                 return
             assert self.cache is not None  # None only once every row has left
             self.cache.keep_rows(np.flatnonzero(staying).tolist())
+            self.guesses = self.guesses[staying]
+            if self.ahead is not None:
+                self.ahead = self.ahead[torch.from_numpy(staying)]
+        if right and checked:  # computed by the last step, which fed the guess just confirmed
+            assert self.ahead is not None
+            self.freqs = frequencies(self.ahead[:, self.confirmed])
+            self.confirmed += 1
+            self.pos += 1
+            return
+        self.guesses, self.ahead, self.fed, self.confirmed = self.guesses[:, :0], None, 0, 0
         if self.pos < self.window:
-            self._forward(self.history[self.rows, self.step - 1 : self.step], self.pos)
+            self._step()
         elif self.keep:  # context full: restart from the prefix (still in the cache) and the last `keep` tokens
             self._forward(self.history[self.rows, self.step - self.keep : self.step], len(self.start.tokens))
         else:
@@ -177,8 +226,10 @@ def decode_segment(
     settings: Settings,
     where: str,
     progress: Progress | None = None,
+    tally: Steps | None = None,
 ) -> bytes:
-    """The original bytes of ``segment``, or an error naming it (``where``)."""
+    """The original bytes of ``segment``, or an error naming it (``where``); what its decoding took is added to
+    ``tally``."""
     chunks, payloads = segment.chunks, segment.payloads
     out: list[bytes] = [b""] * len(chunks)
     for i, (c, payload) in enumerate(zip(chunks, payloads)):
@@ -202,8 +253,10 @@ def decode_segment(
         decoded = [np.zeros(n, np.int64) for n in lengths]
         per_token = (segment.raw_size - sum(c.raw_size for c in chunks)) / sum(lengths)
         mixer = mixers.mixer(lm, settings, lengths)
+        successors = drafts.Successors(len(lengths), settings.primer)
         for group in groups(list(range(len(lm_rows))), settings.batch):
-            steps = Lockstep(lm, [lengths[r] for r in group], settings)
+            guess = lambda row, most, group=group: successors.guess(group[row], most)  # noqa: E731
+            steps = Lockstep(lm, [lengths[r] for r in group], settings, guess)
             for t in range(max(lengths[r] for r in group)):
                 active = [group[row] for row in steps.rows]
                 freqs = steps.freqs
@@ -213,14 +266,17 @@ def decode_segment(
                     tokens = decoder.decode(freqs)
                 except (AssertionError, ValueError, RuntimeError):  # constriction's word for an impossible stream
                     raise FormatError(f"the token stream of {where} is corrupted") from None
-                for row, token in zip(active, tokens):
+                for row, token in zip(active, tokens.tolist()):
                     decoded[row][t] = token
+                    successors.add(row, token)
                 if mixer is not None:
                     mixer.update(active, tokens)
                 if progress is not None:
                     bits = float(code_length_bits(freqs, torch.from_numpy(tokens)).sum())
                     progress(per_token * len(tokens), bits)
                 steps.advance(tokens)
+            if tally is not None:
+                tally.add(steps.tally)
         for row, i in enumerate(lm_rows):
             try:
                 out[i] = lm.detokenize(decoded[row].tolist())

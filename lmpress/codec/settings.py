@@ -136,3 +136,18 @@ class Stats:
     def overhead(self) -> float:
         """Actual LM payload size over the ideal code length, minus one."""
         return self.lm_bytes_out * 8 / self.ideal_bits - 1 if self.ideal_bits else 0.0
+
+
+@dataclass
+class Steps:
+    """What decoding took: tokens decoded, model steps taken (restarts included), and the guesses of the next
+    tokens that steps checked (``drafts``; for a group of rows, a guess is right when every row's is)."""
+
+    tokens: int = 0
+    passes: int = 0
+    checked: int = 0
+    right: int = 0
+
+    def add(self, other: Steps) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))

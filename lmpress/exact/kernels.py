@@ -496,20 +496,23 @@ def _attention_step(
     params,
     shape,
 ):  # pragma: no cover
-    """Attention for one new position per row, from the query, key and value product ``acc`` to the operand
-    of the output product (out [B, H·hd], its factors out_factor [B]): rotate and quantise each row's heads,
-    write its key and value into the cache at ``pos``, attend over positions 0 .. pos.
+    """Attention for T new positions of each of the cache's B rows (a decoding step: T = 1; a step that checks
+    guesses: T > 1), from the query, key and value product ``acc`` of the B·T operand rows (row b's positions
+    pos .. pos+T−1 in turn; ``cos``, ``sin`` [T, hd]: their rotary tables) to the operand of the output product
+    (out [B·T, H·hd], its factors out_factor [B·T]): rotate and quantise each position's heads, write its key and
+    value into the cache, attend over positions 0 .. its own.
     The cache is laid out as ``model.KVCache`` says (keys [B, G, W/64, hd'/4, 64, 4], values [B, G, W/4, hd', 4],
-    hd' ≥ hd padded with zeros); its products are ``simd``'s. One job per (row, key head), which reads the key
-    head's keys and values once for its query heads, ``HEADS`` at a time."""
-    rows, groups, _, quads, _, _ = keys.shape
+    hd' ≥ hd padded with zeros); its products are ``simd``'s. One job per (row, key head), which writes the row's
+    new keys and values of the head, then reads its keys and values once a position for its query heads,
+    ``HEADS`` at a time."""
+    batch, groups, _, quads, _, _ = keys.shape
+    rows, t = factor.shape[0], cos.shape[0]  # operand rows: t new positions for each of the cache's batch rows
     padded = 4 * quads  # (bias: the product's bias, binary32 [N], added after its result; q_norm, k_norm: the
     # gains of Qwen3's head norms, with eps; all three empty for none)
     heads = groups * rep
     q_limit, tiny = params[6], params[7]
-    width = pos + 1
-    blocks = -(-width // LANES) * LANES  # positions whose dots are computed, 64 at once
-    fours = -(-width // 4) * 4  # positions whose values are weighed, 4 at once
+    blocks = -(-(pos + t) // LANES) * LANES  # positions whose dots are computed, 64 at once (at most)
+    fours = -(-(pos + t) // 4) * 4  # positions whose values are weighed, 4 at once (at most)
     qkv = np.empty((rows, scale.shape[0]), np.float32)
     y = np.empty((rows, heads * hd), np.float32)
     for m in prange(rows):
@@ -520,45 +523,53 @@ def _attention_step(
             for h in range(heads + groups):
                 norm = q_norm if h < heads else k_norm
                 _head_norm(qkv[m, h * hd : (h + 1) * hd], norm, eps, params[9], tiny)
-    for job in prange(rows * groups):
+    for job in prange(batch * groups):
         b, g = job // groups, job % groups
         head = np.empty(hd, np.float32)
         row = np.empty(hd, np.int8)
-        _write_key_value(
-            qkv[b], g, groups, heads, hd, cos, sin, q_limit, tiny, keys, values, k_scale, v_scale, b, pos, head, row
-        )
-        key_factor = np.empty(width, np.float32)
-        for s in range(width):
+        for i in range(t):
+            m = b * t + i
+            _write_key_value(
+                qkv[m], g, groups, heads, hd, cos[i], sin[i], q_limit, tiny, keys, values, k_scale, v_scale, b,
+                pos + i, head, row,
+            )  # fmt: skip
+        key_factor = np.empty(pos + t, np.float32)
+        for s in range(pos + t):
             key_factor[s] = k_scale[b, g, s] * kappa
-        z, ints, w = np.empty(width, np.int32), np.empty(width, np.int32), np.empty(width, np.float32)
+        z, ints, w = np.empty(pos + t, np.int32), np.empty(pos + t, np.int32), np.empty(pos + t, np.float32)
         most = min(rep, HEADS)  # query heads at a time
         query, dots = np.zeros((most, padded), np.int8), np.empty((most, blocks), np.int32)
         wq, total_wv = np.zeros((most, fours), np.int8), np.empty((most, padded), np.int32)
         qd, wd, total = np.empty(most, np.float32), np.empty(most, np.float32), np.empty(most, np.int64)
-        for h0 in range(g * rep, (g + 1) * rep, HEADS):
-            n = min(HEADS, (g + 1) * rep - h0)
-            for i in range(n):
-                _rotate(qkv[b, (h0 + i) * hd : (h0 + i + 1) * hd], cos, sin, head)
-                qd[i] = _quantize_head(head, q_limit, tiny, query[i])
-            dots[:] = 0
-            for s0 in range(0, width, LANES):
-                add_heads_dots(n, dots, s0, blocks, keys[b, g], s0 * padded, 4 * LANES, query, 0, padded, quads)
-            for line in range(0, min(STREAM_AHEAD, fours * padded), 64):  # what add_heads_values will not ask for
-                prefetch(values[b, g], line)  # ahead: on its way while the weights are computed
-            for i in range(n):
-                excess = _excess(query[i])
-                for s in range(width):
-                    dots[i, s] -= excess
-                wd[i], total[i] = _weights_row(
-                    dots[i], key_factor, qd[i], v_scale[b, g], width, z, ints, w, wq[i], params, shape
-                )
-            total_wv[:] = 0
-            for j0 in range(0, padded, LANES):
-                add_heads_values(n, total_wv, j0, padded, values[b, g], 4 * j0, 4 * padded, wq, 0, fours, fours // 4)
-            for i in range(n):
-                f = _F(np.float64(wd[i]) / np.float64(total[i]))
-                for j in range(hd):
-                    y[b, (h0 + i) * hd + j] = _F(total_wv[i, j]) * f
+        for i in range(t):
+            m, width = b * t + i, pos + i + 1  # the position's operand row, and the keys it sees
+            weighed = -(-width // 4) * 4  # its values weighed, 4 at once (wq is zero beyond width: never written)
+            for h0 in range(g * rep, (g + 1) * rep, HEADS):
+                n = min(HEADS, (g + 1) * rep - h0)
+                for k in range(n):
+                    _rotate(qkv[m, (h0 + k) * hd : (h0 + k + 1) * hd], cos[i], sin[i], head)
+                    qd[k] = _quantize_head(head, q_limit, tiny, query[k])
+                dots[:] = 0
+                for s0 in range(0, width, LANES):
+                    add_heads_dots(n, dots, s0, blocks, keys[b, g], s0 * padded, 4 * LANES, query, 0, padded, quads)
+                for line in range(0, min(STREAM_AHEAD, weighed * padded), 64):  # what add_heads_values will not ask
+                    prefetch(values[b, g], line)  # for ahead: on its way while the weights are computed
+                for k in range(n):
+                    excess = _excess(query[k])
+                    for s in range(width):
+                        dots[k, s] -= excess
+                    wd[k], total[k] = _weights_row(
+                        dots[k], key_factor, qd[k], v_scale[b, g], width, z, ints, w, wq[k], params, shape
+                    )
+                total_wv[:] = 0
+                for j0 in range(0, padded, LANES):
+                    add_heads_values(
+                        n, total_wv, j0, padded, values[b, g], 4 * j0, 4 * padded, wq, 0, fours, weighed // 4
+                    )
+                for k in range(n):
+                    f = _F(np.float64(wd[k]) / np.float64(total[k]))
+                    for j in range(hd):
+                        y[m, (h0 + k) * hd + j] = _F(total_wv[k, j]) * f
     for m in prange(rows):
         out_factor[m] = _operand_row(y[m], m, rows, q, bits16_out, False, 0.0, tiny, out)
 
@@ -679,12 +690,13 @@ def attention_step(
     norms: tuple[Tensor, Tensor] | None = None,
     eps: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
-    """``ExactLlama``'s attention for one new position per row (decoding), fused with the products around it:
-    from the query, key and value product ``acc`` (of ``bits``-bit operands) to the output product's operand
-    (``out_bits``), as ``arithmetic.product_result`` (plus ``bias``, where the product has one; then
+    """``ExactLlama``'s attention for T new positions of each of the cache's rows (decoding: T = 1), fused with the
+    products around it: from the query, key and value product ``acc`` (of ``bits``-bit operands; row b's positions
+    pos .. pos+T−1 in turn, ``factor`` [B·T]; ``cos``, ``sin`` [T, hd]: their rotary tables) to the output product's
+    operand (``out_bits``), as ``arithmetic.product_result`` (plus ``bias``, where the product has one; then
     ``arithmetic.head_norm`` with the query and key gains ``norms`` and ``eps``, where the model has them), rotate,
-    attend, ``arithmetic.product_operand``: (operand, factors [B])."""
-    rows, groups, hd = *cache.k.shape[1:3], cache.head_dim
+    attend, ``arithmetic.product_operand``: (operand, factors [B·T])."""
+    rows, groups, hd = factor.shape[0], cache.k.shape[2], cache.head_dim
     out, out_factor, q, bits16_out = _operand_buffers(rows, groups * rep * hd, out_bits)
     q_norm, k_norm = (_NONE, _NONE) if norms is None else (norms[0].numpy(), norms[1].numpy())
     _attention_step(

@@ -70,26 +70,28 @@ class Runner:
         return self.net.logits(hidden, self)
 
     def step(self, tokens: Tensor, cache: KVCache, pos: int) -> Tensor:
-        """``forward`` for one new position per row (``tokens`` [B, 1]: a decoding step). On a CPU, the work between
-        two products is fused into one compiled kernel (``kernels.attention_step``, ``residual_operand``,
-        ``swiglu_operand``), and every layer runs in one call where all the weights are packed (on AMX, or for a
-        narrow step)."""
+        """``forward`` for a few new positions per row (``tokens`` [B, T]: a decoding step, T = 1, or one that
+        checks T − 1 guessed tokens, each row's products done together: the weights are read once for all). On a
+        CPU, the work between two products is fused into one compiled kernel (``kernels.attention_step``,
+        ``residual_operand``, ``swiglu_operand``), and every layer runs in one call where all the weights are packed
+        (on AMX, or for a narrow step)."""
         net = self.net
         if net.device.type != "cpu":
             return self.forward(tokens, cache, pos)
         cfg, ops = net.cfg, net.ops
         eps, rep = cfg.rms_norm_eps, cfg.num_attention_heads // cfg.num_key_value_heads
-        cos, sin = net.rope(pos + 1)
+        b, t = tokens.shape
+        cos, sin = net.rope(pos + t)
         x = net.embed_tokens(tokens.reshape(-1))
         operand, factor = ops.product_operand(x, BITS["qkv"], eps)
         factor = factor.view(-1)
-        cos, sin, kappa = cos[pos], sin[pos], net.key_constant
+        cos, sin, kappa = cos[pos : pos + t], sin[pos : pos + t], net.key_constant
         weights = self._layer_arrays()
         if weights is not None:
             x = kernels.layers_step(
                 weights, x, operand, factor, cos, sin, pos, cache, kappa, rep, net.sigmoid, eps, BITS
             )
-            return x.view(len(x), 1, -1)
+            return x.view(b, t, -1)
         for i, layer in enumerate(net.layers):
             acc = self.product(layer.qkv, operand)
             scale, bias, norms = layer.qkv.scale, layer.qkv.bias, layer.head_norms
@@ -97,7 +99,7 @@ class Runner:
                 acc, BITS["qkv"], scale, bias, factor, cos, sin, pos, cache, i, kappa, rep, BITS["o"], norms, eps
             )
             x, operand, factor = net.rest_of_layer(layer, x, operand, factor, self)
-        return x.view(len(x), 1, -1)
+        return x.view(b, t, -1)
 
     def _layer_arrays(self) -> kernels.StepWeights | None:
         """``kernels.step_weights`` of the layers if all their weights are packed (kept by the model on AMX, or
