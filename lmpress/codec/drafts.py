@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 ORDERS = (4, 3, 2)  # contexts a guess is looked up by, longest first
-MOST = 12  # guesses checked in one step at most
+MOST = 12  # guesses checked in one step at most ...
+POSITIONS = 64  # ... and positions (rows × (1 + guesses)) in one step: its logits' memory, 12 MB with the default
 STEP_COST = 6  # a step's cost that does not grow with its positions, in units of one position's
 HIT_START = 1 / 4  # the estimated rates of right guesses before any was checked
 HIT_MEMORY = 16  # the estimate moves by 1/HIT_MEMORY of its error at each checked guess

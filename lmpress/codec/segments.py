@@ -3,7 +3,8 @@
 - the encoder scores every chunk in full-sequence passes (``scoring.py``) and keeps each token's interval of
   the cumulative frequencies;
 - the decoder steps the chunks of a segment in lockstep, ``batch`` at a time (a group), one token per row per
-  step, and decodes each token from the range-coded stream as soon as its row's frequencies are known.
+  step, and decodes each token from the range-coded stream as soon as its row's frequencies are known; a model
+  step may also check guesses of the next tokens (``drafts``), which saves the steps of those that are right.
 
 The stream holds the LM chunks in groups of ``batch`` consecutive chunks, one group after another, each group's
 tokens step by step: at step t, every chunk of the group with more than t tokens, in table order. The decoder so
@@ -88,7 +89,7 @@ class Lockstep:
         assert self.cache is not None
         fed = 0
         if self.guess is not None:
-            most = min(drafts.MOST, self.window - 1 - self.pos)
+            most = min(drafts.MOST, drafts.POSITIONS // len(self.rows) - 1, self.window - 1 - self.pos)
             fed = drafts.draft_length(self.first, self.later, len(self.rows), most) if most > 0 else 0
             guessed = [self.guess(int(row), fed + 1) for row in self.rows]  # one more than fed: to learn from
             n = min(len(g) for g in guessed)
