@@ -1,0 +1,112 @@
+"""What checking guesses of the next tokens (``codec.drafts``) saves the decoder, file by file: each archive decoded
+with guesses and without (``drafts.MOST`` = 0), alternately in one process, the best of ``--repeats`` each, with
+the model steps taken, the guesses checked and right, and compression's time for the decompress / compress ratio.
+
+The model is loaded and the kernels warmed first, so the times are the coding's alone.
+
+    python benchmarks/guesses.py --out benchmarks/guesses     # ~20 minutes on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import lmpress
+from lmpress.codec import drafts
+
+from suite.measuring import script_meta
+
+BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "bench"
+FILES = [
+    "fresh/eol_gitlab.json",
+    "fresh/crush_swagger.json",
+    "fresh/uv_CHANGELOG.md",
+    "fresh/uv_docs_internals_metadata.md",
+    "fresh/claude-code_security-guidance_llm.py",
+    "canterbury/alice29.txt",
+]
+
+
+def decode(lm, blob: bytes, data: bytes, most: int) -> tuple[float, lmpress.Decompressor]:
+    drafts.MOST, before = most, drafts.MOST
+    try:
+        started = time.perf_counter()
+        unpacker = lmpress.Decompressor(lm)
+        if unpacker.decompress(blob) != data:
+            raise SystemExit("a round trip was not exact")
+        return time.perf_counter() - started, unpacker
+    finally:
+        drafts.MOST = before
+
+
+def measure(lm, data: bytes, repeats: int) -> dict:
+    started = time.perf_counter()
+    blob = lmpress.compress(data, lm)
+    compress_s = time.perf_counter() - started
+    times: dict[str, list[float]] = {"without": [], "with": []}
+    for _ in range(repeats):
+        times["without"].append(decode(lm, blob, data, 0)[0])
+        seconds, unpacker = decode(lm, blob, data, drafts.MOST)
+        times["with"].append(seconds)
+    s = unpacker.steps
+    best = {k: min(v) for k, v in times.items()}
+    steps = {"passes": s.passes, "checked": s.checked, "right": s.right}
+    return {"bytes": len(data), "compress_s": compress_s, "decompress_s": best, "tokens": s.tokens, "steps": steps}
+
+
+def row(name: str, r: dict) -> str:
+    without, with_ = r["decompress_s"]["without"], r["decompress_s"]["with"]
+    steps = r["steps"]
+    return (
+        f"| {name} | {r['bytes']:,} | {r['tokens']:,} | {steps['passes']:,} ({r['tokens'] / steps['passes']:.2f}) | "
+        f"{steps['right']:,} / {steps['checked']:,} | {without:.1f} s | {with_:.1f} s | {without / with_:.2f}× | "
+        f"{r['compress_s'] / without:.2f} → {r['compress_s'] / with_:.2f} |"
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("files", nargs="*", type=Path, default=[BENCH / f for f in FILES])
+    p.add_argument("--sizes", default="4096,16384", help="bytes of each file to code, comma-separated")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/out/guesses"))
+    args = p.parse_args()
+    lm = lmpress.load_model()
+    warm = b'{"warm": "the kernels up"}\n' * 20
+    assert lmpress.decompress(lmpress.compress(warm, lm), lm) == warm
+    results, lines = {}, []
+    for path in args.files:
+        for size in map(int, args.sizes.split(",")):
+            data = path.read_bytes()[:size]
+            r = measure(lm, data, args.repeats)
+            results[f"{path.name}:{len(data)}"] = r
+            lines.append(row(path.name, r))
+            print(lines[-1], file=sys.stderr)
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = script_meta("guesses.py")
+    (args.out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
+    md = "\n".join(
+        [
+            "Decoding at the default level with and without checking guesses (best of "
+            f"{args.repeats} each; model steps: restarts included, in parentheses tokens per step, where a step codes "
+            "a token of every row of its group; a guess is right when every row's is).",
+            "",
+            "| file | bytes | tokens | model steps | guesses right / checked | decompress without | with | speed-up | "
+            "decompress / compress speed |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            *lines,
+            "",
+            f"- Measured {meta['measured']} on {meta['machine']} with `{meta['command']}`.",
+            "",
+        ]
+    )
+    (args.out / "results.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
