@@ -27,18 +27,10 @@ from lmpress.codec.settings import Settings
 from lmpress.exact.arithmetic import PRECISION_BITS
 from lmpress.exact.ops import frequencies, token_intervals
 
+from suite import BENCH, HELD_OUT
 from suite.measuring import script_meta
 
-BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "bench"
-FILES = [
-    "fresh/eol_gitlab.json",
-    "fresh/crush_swagger.json",
-    "fresh/uv_CHANGELOG.md",
-    "fresh/uv_docs_internals_metadata.md",
-    "fresh/claude-code_security-guidance_llm.py",
-    "canterbury/alice29.txt",
-    "calgary/progc",
-]
+FILES = [*HELD_OUT, "calgary/progc"]
 
 
 def ablate(lm, data: bytes, settings: Settings) -> dict:

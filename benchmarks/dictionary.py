@@ -33,9 +33,8 @@ from pathlib import Path
 import lmpress
 from lmpress.dictionary import DEFAULT_TOKENS, train_adapter
 
+from suite import BENCH
 from suite.measuring import script_meta
-
-BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "bench"
 
 
 def corpus(name: str) -> list[bytes]:

@@ -18,17 +18,8 @@ from pathlib import Path
 import lmpress
 from lmpress.codec import drafts
 
+from suite import BENCH, HELD_OUT
 from suite.measuring import script_meta
-
-BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "bench"
-FILES = [
-    "fresh/eol_gitlab.json",
-    "fresh/crush_swagger.json",
-    "fresh/uv_CHANGELOG.md",
-    "fresh/uv_docs_internals_metadata.md",
-    "fresh/claude-code_security-guidance_llm.py",
-    "canterbury/alice29.txt",
-]
 
 
 def decode(lm, blob: bytes, data: bytes, most: int) -> tuple[float, lmpress.Decompressor]:
@@ -70,7 +61,7 @@ def row(name: str, r: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("files", nargs="*", type=Path, default=[BENCH / f for f in FILES])
+    p.add_argument("files", nargs="*", type=Path, default=[BENCH / f for f in HELD_OUT])
     p.add_argument("--sizes", default="4096,16384", help="bytes of each file to code, comma-separated")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("benchmarks/out/guesses"))

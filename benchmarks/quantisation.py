@@ -20,9 +20,9 @@ import torch
 
 from lmpress.models import load_model
 
+from suite import BENCH
 from suite.measuring import FloatReference
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "bench"
 TEXTS = ["fresh/uv_CHANGELOG.md", "fresh/claude-code_security-guidance_llm.py", "canterbury/alice29.txt"]
 CALIBRATION = ("canterbury/alice29.txt", 20000, 28000)  # bytes a..b: not the evaluated prefix
 PRODUCTS = ("qkv", "o", "gate_up", "down", "head")
@@ -117,7 +117,7 @@ def quantize(model, bits: dict[str, int]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bench", type=Path, default=SHARED, help="the corpora (default ../shared/bench)")
+    parser.add_argument("--bench", type=Path, default=BENCH, help="the corpora (default ../shared/bench)")
     parser.add_argument("--tokens", type=int, default=1024, help="tokens of each text, one context each")
     args = parser.parse_args()
     lm = load_model()

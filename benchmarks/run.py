@@ -31,6 +31,7 @@ import lmpress
 from lmpress.exact import ENGINE
 from lmpress.models import load_model
 
+from suite import BENCH
 from suite.measuring import (
     PEERS,
     FloatReference,
@@ -43,9 +44,6 @@ from suite.measuring import (
     source_digest,
 )
 from suite.reporting import derive, report, summary
-
-BENCH = (Path(__file__).resolve().parents[2] / "shared" / "bench").resolve()  # resolved: ../shared may be a link
-
 
 DEFAULT_INPUTS = ["canterbury", "fresh", "enwik8-prefix/enwik5"]
 

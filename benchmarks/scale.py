@@ -29,7 +29,8 @@ import torch
 
 from lmpress.codec import format as fmt
 
-BENCH = (Path(__file__).resolve().parents[2] / "shared" / "bench").resolve()
+from suite import BENCH
+
 CONFIGURATIONS = {  # name: (lmpress options, cores it may use)
     "1 process, 1 thread": (["-T", "1"], 1),
     "1 process, 2 threads": (["-T", "2"], 2),
