@@ -29,12 +29,14 @@ if TYPE_CHECKING:
     from .api import Compressor, Damage, Decompressor, LmpFile, compress, decompress, open, recover, salvage
     from .dictionary import Dictionary, train
     from .models import load_model
+    from .tuning import tune
 
 # Loaded on first use: they import torch (seconds), and the command must be able to answer Ctrl-C meanwhile.
 _API = ("Compressor", "Damage", "Decompressor", "LmpFile", "compress", "decompress", "open", "recover", "salvage")
 _LAZY = dict.fromkeys(_API, "api")
 _LAZY["load_model"] = "models"
 _LAZY["Dictionary"] = _LAZY["train"] = "dictionary"
+_LAZY["tune"] = "tuning"
 
 
 def __getattr__(name: str) -> object:
@@ -71,4 +73,5 @@ __all__ = [
     "recover",
     "salvage",
     "train",
+    "tune",
 ]

@@ -50,6 +50,7 @@ MAGIC = b"LMPD"
 VERSION = 1
 KIND_PRIMED, KIND_ADAPTER = 1, 2  # flags
 DEFAULT_TOKENS = 1024  # a dictionary's default size: half the default context window
+PRIMED_SIZES = (256, 512, 1024)  # the sizes ``lmpress train`` tries (``tuning``), up to half the level's window
 ADAPTER_RANK, ADAPTER_STEPS, ADAPTER_BLOCK, ADAPTER_BATCH = 8, 100, 256, 4  # LoRA rank, steps, tokens, blocks a step
 ADAPTER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 GRAM = 3  # tokens per n-gram that the selection counts

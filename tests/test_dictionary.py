@@ -13,13 +13,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lmpress
+from lmpress.cli.dictionaries import report
 from lmpress.codec import format as fmt
 from lmpress.codec.scoring import score_rows
 from lmpress.codec.settings import Settings
-from lmpress.dictionary import SEGMENT, Dictionary, select, train_adapter
+from lmpress.dictionary import DEFAULT_TOKENS, SEGMENT, Dictionary, select, train_adapter
 from lmpress.errors import DictionaryMismatchError, FormatError, ModelMismatchError
 from lmpress.exact.arithmetic import merge_low_rank
 from lmpress.models import adapted, load_model
+from lmpress.tuning import HOLD_OUT, Trial, Tuned
 
 SAMPLES = [TRAINING_TEXT.encode()[i : i + 160] for i in range(0, 3000, 80)]
 
@@ -47,6 +49,41 @@ def test_training_is_deterministic_and_sized(tiny, dictionary):
     assert dictionary.model_id == tiny.model_id
     with pytest.raises(ValueError, match="share no text"):
         lmpress.train(tiny, [b"abc"], size=48)
+
+
+def test_tuning_measures_each_size_on_held_out_samples_and_builds_the_best_from_all(tiny):
+    seen = []
+    tuned = lmpress.tune(tiny, SAMPLES, sizes=[16, 48, 1000], progress=lambda done, total: seen.append((done, total)))
+    usable = [s for s in SAMPLES if tiny.tokenize(s)]  # a sample that is not text teaches nothing: left out
+    held, rest = usable[HOLD_OUT - 1 :: HOLD_OUT], [s for i, s in enumerate(usable) if i % HOLD_OUT != HOLD_OUT - 1]
+    assert (tuned.held_out, tuned.held_out_bytes) == (len(held), sum(map(len, held)))
+    assert [(t.kind, t.size) for t in tuned.trials][:3] == [("none", 0), ("primed", 16), ("primed", 48)]
+    assert len(tuned.trials) == 4 or lmpress.train(tiny, rest, 1000) == lmpress.train(tiny, rest, 48)  # same: once
+    for trial in tuned.trials:  # each trial is what compress writes, one archive a held-out sample
+        d = lmpress.train(tiny, rest, trial.size) if trial.size else None
+        assert trial.archive_bytes == sum(len(lmpress.compress(s, model=tiny, dictionary=d)) for s in held)
+    assert tuned.chosen == min(tuned.trials, key=lambda t: t.archive_bytes)
+    assert tuned.baseline == tuned.trials[0] and tuned.pays == (tuned.chosen.kind != "none")
+    assert tuned.dictionary == lmpress.train(tiny, SAMPLES, max(tuned.chosen.size, 16))  # from every sample
+    assert seen[-1][0] == seen[-1][1] == len(tuned.trials) * len(held)
+
+    few = lmpress.tune(tiny, SAMPLES[: HOLD_OUT - 1])  # none to hold out: the default size, and nothing measured
+    assert (
+        few.chosen is None and few.trials == () and few.dictionary == lmpress.train(tiny, SAMPLES[:4], DEFAULT_TOKENS)
+    )
+    assert "too few samples (4 or fewer)" in report(few)
+    with pytest.raises(ValueError, match="kinds to try"):
+        lmpress.tune(tiny, SAMPLES, kinds=["lora"])
+    with pytest.raises(ValueError, match="at most 1,534 tokens here"):
+        lmpress.tune(tiny, SAMPLES, sizes=[2000])
+
+
+def test_the_report_says_when_no_dictionary_paid(dictionary):
+    trials = (Trial("none", 0, 900), Trial("primed", 256, 950), Trial("primed", 512, 1000))
+    said = report(Tuned(dictionary, trials[0], trials, 10, 9000, 40))
+    assert "10 held-out samples (9,000 bytes)" in said and "built from 40 others" in said
+    assert "(+5.6%)" in said and said.count("<- chosen") == 1 and "no dictionary  " in said.splitlines()[1][:20]
+    assert said.splitlines()[-1].startswith("no dictionary made them smaller") and "without -D" in said
 
 
 def test_file_round_trip_and_damage(dictionary, tmp_path):
@@ -140,9 +177,15 @@ def test_command_line(tiny_model_dir, tmp_path):
     samples.mkdir()
     for i, s in enumerate(SAMPLES):
         (samples / f"{i}.txt").write_bytes(s)
+    r = run("train", samples, "-o", tmp_path / "auto.lmpd", *model)  # the size chosen on held-out samples
+    assert r.returncode == 0, r.stderr
+    assert b"measured on 6 held-out samples" in r.stderr and r.stderr.count(b"<- chosen") == 1
+    assert run("train", samples, "-o", tmp_path / "x.lmpd", "--size", "many", *model).stderr.endswith(
+        b"--size takes a number of tokens or 'auto', not 'many'\n"
+    )
     r = run("train", samples, "-o", tmp_path / "notes.lmpd", "--size", 48, *model)
     assert r.returncode == 0, r.stderr
-    assert b"wrote" in r.stderr and b"tokens" in r.stderr
+    assert b"wrote" in r.stderr and b"tokens" in r.stderr and b"measured" not in r.stderr
     assert Dictionary.read(tmp_path / "notes.lmpd").id.encode() in r.stderr
     assert run("train", samples, "-o", tmp_path / "notes.lmpd", *model).returncode == 1  # exists: needs -f
     r = run("train", samples, "-o", tmp_path / "notes.dict", *model)
@@ -240,6 +283,22 @@ def test_adapter_from_the_command_line(tiny_model_dir, tmp_path):
     r = run("train", "--kind", "adapter", "--steps", 3, tmp_path / "samples.jsonl", "-o", tmp_path / "a.lmpd", *model)
     assert r.returncode == 0, r.stderr
     assert b"an adapter of rank 8" in r.stderr
+    r = run(
+        "train",
+        "--kind",
+        "auto",
+        "--size",
+        32,
+        "--steps",
+        2,
+        tmp_path / "samples.jsonl",
+        "-o",
+        tmp_path / "b.lmpd",
+        *model,
+    )
+    assert r.returncode == 0, r.stderr
+    for trial in (b"no dictionary", b"32 tokens of primed context", b"an adapter ", b"an adapter and 32 tokens"):
+        assert trial in r.stderr
     (tmp_path / "a.txt").write_bytes(TRAINING_TEXT.encode()[:400])
     assert run("compress", "-D", tmp_path / "a.lmpd", *model, tmp_path / "a.txt").returncode == 0
     r = run("decompress", "-c", "-D", tmp_path / "a.lmpd", *model, tmp_path / "a.txt.lmp")
