@@ -13,6 +13,7 @@ from conftest import TRAINING_TEXT
 
 import lmpress
 from lmpress.codec import format as fmt
+from lmpress.partial import Part, partial
 
 TEXT = TRAINING_TEXT.encode()
 SEGMENTED = {"chunk_size": 40, "batch": 64}  # 64 chunks of ~40 bytes a segment: several segments from 7 KB
@@ -219,3 +220,81 @@ def test_fuzzer_findings(tiny):
     segment = lmpress.compress(TEXT[:100], model=tiny, window=64, keep=8, batch=2)[len(header.to_bytes()) :]
     with pytest.raises(lmpress.FormatError, match="start token 3065 is outside"):
         lmpress.decompress(header.to_bytes() + segment, model=tiny)
+
+
+@pytest.fixture(scope="module")
+def text_segments(tiny):
+    """Text in several segments: a lost one is invented by the model from the text before it."""
+    data = TEXT[:1900]
+    blob = lmpress.compress(data, model=tiny, chunk_size=10)  # 640 bytes a segment
+    assert sum(f.endswith("kind and length") for f, _, _ in fields(blob)) >= 3
+    return data, blob
+
+
+def check_partial(made, data: bytes) -> None:
+    """Every byte said to be verified is the original's; the parts cover the output in order; the output has
+    the original length unless the archive lost where it ends."""
+    assert [p.start for p in made.parts] == [0, *(p.end for p in made.parts)][: len(made.parts)]
+    assert (made.parts[-1].end if made.parts else 0) == len(made.data)
+    for part in made.parts:
+        if part.verified:
+            assert made.data[part.start : part.end] == data[part.start : part.end]
+        else:
+            assert part.reason and part.end > part.start
+    assert len(made.data) == len(data) if made.lost_after is None else made.lost_after == len(made.data)
+
+
+def test_partial_decoding_of_archives_damaged_and_cut_at_many_points(text_segments, tiny):
+    data, blob = text_segments
+    whole = partial(blob, tiny)
+    assert whole.data == data and whole.parts == (Part(0, len(data), True),) and whole.lost_after is None
+    lost = 0
+    for field, start, end in fields(blob):  # (the header must be intact: it says how the model was run)
+        if not field.startswith(("segment 0 ", "segment 1 ", "end marker")):
+            continue
+        damaged = bytearray(blob)
+        damaged[(start + end) // 2] ^= 0x40
+        made = partial(bytes(damaged), tiny)
+        check_partial(made, data)
+        lost += made.verified < len(data)
+        if field.startswith("segment 1 "):  # its bytes invented, the rest verified
+            assert [p.verified for p in made.parts] == [True, False, True], field
+    assert lost >= 10
+    for cut in range(len(blob) // 5, len(blob), len(blob) // 5):
+        made = partial(blob[:cut], tiny)
+        check_partial(made, data)
+        assert made.lost_after is not None and all(p.verified for p in made.parts)  # nothing says how much is lost
+    with pytest.raises(lmpress.FormatError, match="header"):
+        partial(blob[:5], tiny)
+
+
+def test_invented_bytes_are_the_same_each_time_and_a_seed_samples_others(text_segments, tiny):
+    data, blob = text_segments
+    start, end = next((s, e) for f, s, e in fields(blob) if f == "segment 1 token stream")
+    damaged = bytearray(blob)
+    damaged[start + 3] ^= 0x01
+    greedy, again = partial(bytes(damaged), tiny), partial(bytes(damaged), tiny)
+    sampled = [partial(bytes(damaged), tiny, seed=s) for s in (1, 1, 2)]
+    assert greedy.data == again.data and sampled[0].data == sampled[1].data != sampled[2].data
+    check_partial(sampled[2], data)
+    lo, hi = greedy.parts[1].start, greedy.parts[1].end
+    assert greedy.data[lo:hi] != data[lo:hi] and greedy.data[:lo] == data[:lo] and greedy.data[hi:] == data[hi:]
+
+
+def test_partial_command_names_every_part(text_segments, tiny, tiny_model_dir, tmp_path):
+    data, blob = text_segments
+    start, end = next((s, e) for f, s, e in fields(blob) if f == "segment 1 chunk table")
+    damaged = bytearray(blob)
+    damaged[start] ^= 0x10
+    (tmp_path / "d.lmp").write_bytes(damaged)
+    command = [sys.executable, "-m", "lmpress", "decompress", "--model", str(tiny_model_dir), str(tmp_path / "d.lmp")]
+    r = subprocess.run([*command, "--partial", "--seed", "3"], capture_output=True, timeout=300)
+    assert r.returncode == 3, r.stderr
+    lines = r.stderr.decode().splitlines()
+    assert "verified" in lines[0] and "invented by the model" in lines[1] and "verified" in lines[2]
+    assert "bytes verified" in lines[-1] and "Traceback" not in r.stderr.decode()
+    assert (tmp_path / "d").read_bytes() == partial(bytes(damaged), tiny, seed=3).data
+    r = subprocess.run([*command, "-c", "--seed", "3"], capture_output=True, timeout=300)
+    assert r.returncode == 1 and b"--seed samples what --partial invents" in r.stderr
+    r = subprocess.run([*command, "-c", "--partial", "--recover"], capture_output=True, timeout=300)
+    assert r.returncode == 2 and b"not allowed with" in r.stderr

@@ -80,7 +80,8 @@ def _workers(args: argparse.Namespace) -> Iterator[parallel.Pool | None]:
     workers = getattr(args, "workers", None)
     if workers is not None and workers < 1:
         raise UserError("--workers must be at least 1")
-    if not ray and (workers or 1) == 1 or getattr(args, "recover", False):  # --recover reads on in one process
+    if not ray and (workers or 1) == 1 or getattr(args, "recover", False) or getattr(args, "partial", False):
+        # --recover and --partial read on in one process
         yield None
         return
     threads = args.threads or (1 if ray else max(1, (os.cpu_count() or 1) // (workers or 1)))

@@ -17,6 +17,7 @@ from ..codec import format as fmt
 from ..codec.settings import Settings, Stats
 from ..dictionary import Dictionary
 from ..errors import LmpressError
+from ..partial import partial
 from .common import (
     BLOCK,
     DataLost,
@@ -180,6 +181,11 @@ def decompress_one(args: argparse.Namespace, name: str, test: bool = False) -> N
     if not test and args.recover:
         _recover_one(args, src_path, target, progress, bar)
         return
+    if not test and args.partial:
+        _partial_one(args, src_path, target, progress, bar)
+        return
+    if getattr(args, "seed", None) is not None:
+        raise UserError("--seed samples what --partial invents: use it with --partial")
     if not test:
         refuse_existing(target, args.force)
     journal = _journal(args, name, "decompress", src_path, target) if args.pool and not test else None
@@ -229,6 +235,31 @@ def _recover_one(args: argparse.Namespace, src_path: Path | None, target: Path |
         tail = " and everything after the last intact segment" if any(d.end is None for d in lost) else ""
         stretches = "1 stretch" if len(lost) == 1 else f"{len(lost)} stretches"
         raise DataLost(f"recovered what was intact; {known:,} original bytes lost{tail} ({stretches})")
+
+
+def _partial_one(args: argparse.Namespace, src_path: Path | None, target: Path | None, progress, bar) -> None:
+    """Write every intact segment of a damaged archive and, in each lost stretch of known length, what the model
+    writes there; name every verified and invented byte range."""
+    name = src_path or "-"
+    with archive_bytes(src_path) as archive, atomic_output(target, args.force) as (out, _), bar:
+        made = partial(
+            archive,
+            args.model,
+            dictionary=args.dictionary,
+            seed=args.seed,
+            progress=progress,
+            threads=args.threads,
+            invented=bar.update,
+        )
+        out.write(made.data)
+    for part in made.parts:
+        print(f"lmpress: {name}: {part}", file=sys.stderr)
+    if made.lost_after is not None:
+        print(f"lmpress: {name}: after byte {made.lost_after:,}: lost, length unknown ({made.reason})", file=sys.stderr)
+    invented = len(made.data) - made.verified
+    if invented or made.lost_after is not None:
+        unknown = "; the rest, of unknown length, is lost" if made.lost_after is not None else ""
+        raise DataLost(f"{made.verified:,} bytes verified, {invented:,} invented by the model{unknown}")
 
 
 def list_archives(args: argparse.Namespace) -> None:

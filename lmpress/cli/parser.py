@@ -12,8 +12,8 @@ from ..dictionary import ADAPTER_RANK, ADAPTER_STEPS, PRIMED_SIZES
 from ..lens.analysis import ENGINES, LOCAL_WINDOW
 from ..models import DEFAULT_MODEL
 
-EPILOG = """exit status: 0 success, 1 an error (named on stderr), 2 bad usage, 3 --recover saved only part
-of the data (what was lost is named on stderr), 130 interrupted.
+EPILOG = """exit status: 0 success, 1 an error (named on stderr), 2 bad usage, 3 --recover or --partial saved
+only part of the data (what was lost, or invented, is named on stderr), 130 interrupted.
 Without FILE, or with '-', read standard input and write standard output."""
 
 
@@ -100,10 +100,21 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser(
         "decompress", parents=[common, compute, io_opts, scale], help="decompress FILE.lmp", epilog=EPILOG
     )
-    d.add_argument(
+    damaged = d.add_mutually_exclusive_group()
+    damaged.add_argument(
         "--recover",
         action="store_true",
         help="from a damaged archive, write every intact segment, skip the rest and name the lost byte ranges",
+    )
+    damaged.add_argument(
+        "--partial",
+        action="store_true",
+        help="from a damaged archive, write every intact segment and, where the archive still records how many "
+        "bytes were lost, the model's own continuation in their place; each verified and invented byte range is "
+        "named on stderr",
+    )
+    d.add_argument(
+        "--seed", type=int, help="with --partial: sample the invented bytes with this seed (default: greedy)"
     )
     t = sub.add_parser("test", parents=[common, compute, scale], help="check that archives decompress", epilog=EPILOG)
     t.add_argument("-D", "--dictionary", metavar="FILE", help="the dictionary the archives were made with")
