@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import random
 import resource
 import subprocess
@@ -293,8 +295,15 @@ def test_partial_command_names_every_part(text_segments, tiny, tiny_model_dir, t
     lines = r.stderr.decode().splitlines()
     assert "verified" in lines[0] and "invented by the model" in lines[1] and "verified" in lines[2]
     assert "bytes verified" in lines[-1] and "Traceback" not in r.stderr.decode()
-    assert (tmp_path / "d").read_bytes() == partial(bytes(damaged), tiny, seed=3).data
+    made = partial(bytes(damaged), tiny, seed=3)
+    assert (tmp_path / "d").read_bytes() == made.data
+    r = subprocess.run([*command, "-f", "--partial", "--seed", "3", "--json"], capture_output=True, timeout=300)
+    described = json.loads(r.stdout)
+    assert r.returncode == 3 and described["parts"] == [dataclasses.asdict(p) for p in made.parts]
+    assert "lost_after" not in described and described["output"] == str(tmp_path / "d")
     r = subprocess.run([*command, "-c", "--seed", "3"], capture_output=True, timeout=300)
-    assert r.returncode == 1 and b"--seed samples what --partial invents" in r.stderr
+    assert r.returncode == 1 and b"--seed and --json are for what --partial invents" in r.stderr
+    r = subprocess.run([*command, "-c", "--partial", "--json"], capture_output=True, timeout=300)
+    assert r.returncode == 1 and b"not -c" in r.stderr
     r = subprocess.run([*command, "-c", "--partial", "--recover"], capture_output=True, timeout=300)
     assert r.returncode == 2 and b"not allowed with" in r.stderr

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
+import json
 import os
 import sys
 import time
@@ -178,14 +180,15 @@ def decompress_one(args: argparse.Namespace, name: str, test: bool = False) -> N
     bar, progress = progress_bar(show_progress(args), None, name)
     started = time.perf_counter()
     size = 0
+    inventing = getattr(args, "seed", None) is not None or getattr(args, "json", False)
+    if inventing and not getattr(args, "partial", False):
+        raise UserError("--seed and --json are for what --partial invents: use them with --partial")
     if not test and args.recover:
         _recover_one(args, src_path, target, progress, bar)
         return
     if not test and args.partial:
         _partial_one(args, src_path, target, progress, bar)
         return
-    if getattr(args, "seed", None) is not None:
-        raise UserError("--seed samples what --partial invents: use it with --partial")
     if not test:
         refuse_existing(target, args.force)
     journal = _journal(args, name, "decompress", src_path, target) if args.pool and not test else None
@@ -241,6 +244,8 @@ def _partial_one(args: argparse.Namespace, src_path: Path | None, target: Path |
     """Write every intact segment of a damaged archive and, in each lost stretch of known length, what the model
     writes there; name every verified and invented byte range."""
     name = src_path or "-"
+    if args.json and target is None:
+        raise UserError("--json writes to standard output: write the data to a file (-o), not -c")
     with archive_bytes(src_path) as archive, atomic_output(target, args.force) as (out, _), bar:
         made = partial(
             archive,
@@ -252,6 +257,10 @@ def _partial_one(args: argparse.Namespace, src_path: Path | None, target: Path |
             invented=bar.update,
         )
         out.write(made.data)
+    if args.json:
+        parts = [dataclasses.asdict(p) for p in made.parts]
+        lost = {"lost_after": made.lost_after, "reason": made.reason} if made.lost_after is not None else {}
+        print(json.dumps({"archive": str(name), "output": str(target), "parts": parts, **lost}, indent=1))
     for part in made.parts:
         print(f"lmpress: {name}: {part}", file=sys.stderr)
     if made.lost_after is not None:

@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--seed", type=int, help="with --partial: sample the invented bytes with this seed (default: greedy)"
     )
+    d.add_argument(
+        "--json", action="store_true", help="with --partial: the verified and invented byte ranges as JSON on stdout"
+    )
     t = sub.add_parser("test", parents=[common, compute, scale], help="check that archives decompress", epilog=EPILOG)
     t.add_argument("-D", "--dictionary", metavar="FILE", help="the dictionary the archives were made with")
     ls = sub.add_parser("list", help="show an archive's header and chunks (no model needed)")
