@@ -81,6 +81,8 @@ def partial(
         if not isinstance(piece, bytes):
             if piece.end is None:
                 return Partial(bytes(out), tuple(parts), start, piece.reason)
+            if piece.end == start:
+                continue
             out += continuation(lm, settings, bytes(out), piece.end - start, seed, invented)
             parts.append(Part(start, len(out), False, piece.reason))
         elif piece:
@@ -122,9 +124,10 @@ def continuation(
         else:
             token = int(np.searchsorted(np.cumsum(freqs), rng.integers(0, int(freqs.sum())), side="right"))
         made.append(token)
-        counted += len(lm.detokenize([token]))
+        length = len(lm.detokenize([token]))
+        counted += length
         if invented is not None:
-            invented(len(lm.detokenize([token])))
+            invented(length)
         if counted >= size:
             text = lm.detokenize(made)
             if len(text) >= size:

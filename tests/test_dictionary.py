@@ -183,6 +183,8 @@ def test_command_line(tiny_model_dir, tmp_path):
     assert run("train", samples, "-o", tmp_path / "x.lmpd", "--size", "many", *model).stderr.endswith(
         b"--size takes a number of tokens or 'auto', not 'many'\n"
     )
+    r = run("train", samples, "-o", tmp_path / "x.lmpd", "--size", 1600, *model)
+    assert r.returncode == 1 and b"holds at most 1,534 tokens" in r.stderr and not (tmp_path / "x.lmpd").exists()
     r = run("train", samples, "-o", tmp_path / "notes.lmpd", "--size", 48, *model)
     assert r.returncode == 0, r.stderr
     assert b"wrote" in r.stderr and b"tokens" in r.stderr and b"measured" not in r.stderr

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from ..dictionary import train, train_adapter
 from ..models import load_model
-from ..tuning import HOLD_OUT, KINDS, Tuned, tune
+from ..tuning import HOLD_OUT, KINDS, Tuned, check_size, tune
 from .common import Interrupt, UserError, atomic_output, show_progress
 from .documents import documents
 
@@ -26,6 +26,11 @@ def train_dictionary(args: argparse.Namespace) -> None:
     size = None if args.size == "auto" else _count(args.size)
     if args.steps < 1 or args.rank < 1 or size == 0:
         raise UserError("--size, --steps and --rank must be at least 1")
+    if size is not None and args.kind != "adapter":
+        try:
+            check_size(size)
+        except ValueError as e:
+            raise UserError(str(e)) from None
     lm = load_model(args.model)
     docs = [d.data for d in documents(args.paths, args.field, args.max_bytes)]
     total = sum(map(len, docs))
