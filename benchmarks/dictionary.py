@@ -11,8 +11,10 @@ rest are the training samples):
 
 Each held-out file is compressed on its own (one archive per file) by every compressor and decompressed again by
 the same compressor to check it. lmpress builds its dictionaries on the training samples, each kind in turn: a
-primed context (``lmpress.train``), an adapter (``train_adapter``, ``--adapter-steps``), and both together (the
-same adapter and primed context); zstd trains with ``zstd --train`` on the same samples (written as files).
+primed context (``lmpress.train``, ``--size`` tokens), one whose size ``lmpress.tune`` chose on the training samples
+(as ``lmpress train`` does by default: every 5th of them held out), an adapter (``train_adapter``,
+``--adapter-steps``), and both together (the same adapter and primed context); zstd trains with ``zstd --train``
+on the same samples (written as files).
 
     python benchmarks/dictionary.py --out benchmarks/dictionary    # ~15 minutes a corpus on 2 cores (adapters)
 """
@@ -69,6 +71,12 @@ def run_corpus(
     build_s["primed"] = time.perf_counter() - started
     if "primed" in kinds:
         dictionaries["primed"] = primed
+    tuned_size = 0
+    if "tuned" in kinds:
+        started = time.perf_counter()
+        tuned = lmpress.tune(lm, train)
+        build_s["tuned"] = time.perf_counter() - started
+        dictionaries["tuned"], tuned_size = tuned.dictionary, len(tuned.dictionary.tokens)
     if "adapter" in kinds or "both" in kinds:
         started = time.perf_counter()
         adapter = train_adapter(lm, train, steps)
@@ -127,6 +135,7 @@ def run_corpus(
         "seconds_once": once,
         "dictionary_bytes": {k: len(d.to_bytes()) for k, d in dictionaries.items() if d} | {"zstd": zdict_bytes},
         "primed_tokens": len(primed.tokens),
+        "tuned_tokens": tuned_size,
         "adapter_steps": steps,
         "build_s": build_s,
     }
@@ -158,6 +167,7 @@ def table(results: list[dict]) -> str:
             what = {
                 None: "none",
                 "primed": f"primed context, {r['primed_tokens']:,} tokens",
+                "tuned": f"primed context, {r.get('tuned_tokens', 0):,} tokens (size chosen by `lmpress train`)",
                 "adapter": f"adapter, {r['adapter_steps']} steps",
                 "both": "adapter and primed context",
             }[kind]
@@ -176,7 +186,8 @@ def main() -> None:
     p.add_argument("--every", type=int, default=5, help="hold out every N-th record (default 5)")
     p.add_argument("--limit", type=int, default=40, help="held-out files per corpus at most (default 40)")
     p.add_argument("--size", type=int, default=DEFAULT_TOKENS, help="primed context tokens")
-    p.add_argument("--kinds", nargs="+", default=["primed", "adapter", "both"], choices=["primed", "adapter", "both"])
+    kinds = ["primed", "tuned", "adapter", "both"]
+    p.add_argument("--kinds", nargs="+", default=kinds, choices=kinds)
     p.add_argument("--adapter-steps", type=int, default=60, help="adapter training steps (default 60: ~5 minutes)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/out/dictionary"))
     p.add_argument("--mixer", help="lmpress's mixer (default: the default level's), e.g. match-v1 to compare")
