@@ -71,23 +71,18 @@ class Tuned:
 def primed_sizes(**settings: Any) -> list[int]:
     """The primed sizes worth trying: ``PRIMED_SIZES`` up to half the level's window. (More leaves the data so
     little room that a file of a few KB restarts its context every few tokens: many times slower.)"""
-    level = _level(settings)
+    level = Settings.at_level(**settings)  # as compress codes with them
     return sorted({min(s, level.window // 2, level.window - level.keep - 2) for s in PRIMED_SIZES})
 
 
 def check_size(size: int, **settings: Any) -> None:
     """Refuse a primed size that leaves the data no room in the level's window (its archives could not be made)."""
-    level = _level(settings)
+    level = Settings.at_level(**settings)  # as compress codes with them
     if size > (room := level.window - level.keep - 2):
         raise ValueError(
             f"a primed context holds at most {room:,} tokens here (window {level.window:,}, keep {level.keep:,}): "
             f"a size of {size:,} leaves the data no room"
         )
-
-
-def _level(settings: dict[str, Any]) -> Settings:
-    """The settings ``compress`` codes with, given its keyword arguments."""
-    return Settings.at_level(settings.get("level"), **{k: v for k, v in settings.items() if k != "level"})
 
 
 def tune(

@@ -48,7 +48,7 @@ def train_dictionary(args: argparse.Namespace) -> None:
             elif args.kind == "adapter" or (args.kind == "both" and size is not None):
                 primer = size if args.kind == "both" and size is not None else 0
                 bar.total = args.steps
-                dictionary = train_adapter(lm, docs, args.steps, args.rank, primer, lambda n: bar.update(n))
+                dictionary = train_adapter(lm, docs, args.steps, args.rank, primer, bar.update)
             else:  # a size or a kind to choose on held-out samples
                 kinds = KINDS if args.kind == "auto" else (args.kind,)
                 tuned = tune(lm, docs, kinds, None if size is None else [size], args.steps, args.rank, progress)
