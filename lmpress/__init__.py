@@ -28,6 +28,7 @@ __version__ = "0.3.0"
 if TYPE_CHECKING:
     from .api import Compressor, Damage, Decompressor, LmpFile, compress, decompress, open, recover, salvage
     from .dictionary import Dictionary, train
+    from .distillation import distil
     from .models import load_model
     from .tuning import tune
 
@@ -37,6 +38,7 @@ _LAZY = dict.fromkeys(_API, "api")
 _LAZY["load_model"] = "models"
 _LAZY["Dictionary"] = _LAZY["train"] = "dictionary"
 _LAZY["tune"] = "tuning"
+_LAZY["distil"] = "distillation"
 
 
 def __getattr__(name: str) -> object:
@@ -68,6 +70,7 @@ __all__ = [
     "UnsupportedVersionError",
     "compress",
     "decompress",
+    "distil",
     "load_model",
     "open",
     "recover",

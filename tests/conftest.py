@@ -53,19 +53,31 @@ def frequency_row(seed: int, peak: int, vocab: int = 320) -> np.ndarray:
     return frequencies(logits)[0].numpy()
 
 
-def build_tiny_model(folder: Path, seed: int = 2, vocab: int = 320, train_steps: int = 300, layers: int = 2) -> Path:
-    """A small llama (2 layers unless told) with a byte-level BPE tokenizer, as a Hugging Face model folder."""
+def build_tiny_model(
+    folder: Path,
+    seed: int = 2,
+    vocab: int = 320,
+    train_steps: int = 300,
+    layers: int = 2,
+    text: str = TRAINING_TEXT,
+    tokenizer: Path | None = None,
+) -> Path:
+    """A small llama (2 layers unless told) trained on ``text``, with a byte-level BPE tokenizer (trained on the
+    text too, unless ``tokenizer`` names one to use), as a Hugging Face model folder."""
     folder.mkdir(parents=True, exist_ok=True)
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator([TRAINING_TEXT], trainer)
+    if tokenizer is not None:
+        tok = Tokenizer.from_file(str(tokenizer))
+    else:
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab,
+            special_tokens=["<|endoftext|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tok.train_from_iterator([text], trainer)
     tok.save(str(folder / "tokenizer.json"))
     config = {
         "model_type": "llama",
@@ -86,7 +98,7 @@ def build_tiny_model(folder: Path, seed: int = 2, vocab: int = 320, train_steps:
     torch.manual_seed(seed)
     model = LlamaForCausalLM(LlamaConfig(**config))
     # (seed and steps chosen for a wide margin: 600 memorised tokens where the audit test needs some)
-    _train(model, tok.encode(TRAINING_TEXT).ids, train_steps)
+    _train(model, tok.encode(text).ids, train_steps)
     model.save_pretrained(folder)
     return folder
 

@@ -1,7 +1,7 @@
 """The ``lmpress`` command: parsing, dispatch to a command family's module, and how errors end a run.
 
 ``archives`` (compress, decompress, test, list), ``lens`` (measure, audit, show), ``dictionaries`` (train),
-``models`` (fetch, info); ``common`` is what they share, ``parser`` the options of all."""
+``students`` (distil), ``models`` (fetch, info); ``common`` is what they share, ``parser`` the options of all."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from .dictionaries import train_dictionary
 from .lens import audit, measure, show
 from .models import manage
 from .parser import build_parser
+from .students import distil_student
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DAMAGED = 0, 1, 2, 3  # 130, interrupted: __main__.run
 
@@ -110,4 +111,11 @@ def _message(name: str | None, e: BaseException) -> str:
     return text if name is None or name == "-" or text.startswith(name) else f"{name}: {text}"
 
 
-ANALYSES = {"models": manage, "measure": measure, "audit": audit, "show": show, "train": train_dictionary}
+ANALYSES = {
+    "models": manage,
+    "measure": measure,
+    "audit": audit,
+    "show": show,
+    "train": train_dictionary,
+    "distil": distil_student,
+}

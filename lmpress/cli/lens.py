@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import hashlib
 import json
 import lzma
@@ -25,6 +26,8 @@ from ..lens.analysis import (
     scoring_setup,
 )
 from ..lens.charts import bits_chart
+from ..lens.float_engine import load_float_model
+from ..lens.lineage import MARGIN, trace
 from ..lens.report import render
 from .common import UserError, atomic_output, scoring_settings
 from .documents import documents
@@ -173,6 +176,9 @@ def _total(label: str, model: str, engine: str, rows: list[dict], interval: bool
 
 
 def audit(args: argparse.Namespace) -> None:
+    if args.teacher or args.reference:
+        trace_teacher(args)
+        return
     if args.local_window < 4:
         raise UserError("--local-window must be at least 4")
 
@@ -212,6 +218,42 @@ def audit(args: argparse.Namespace) -> None:
         for r in rows:
             for span in r["spans"][:1]:
                 print(f"longest memorised span in {r['document']}: {' '.join(span.split())[:160]!r}")
+
+
+def trace_teacher(args: argparse.Namespace) -> None:
+    """``audit --teacher``: whether the model (the suspect) learned from the teacher's predictions."""
+    if not (args.teacher and args.reference):
+        raise UserError("--teacher and --reference go together: the reference is a model not suspected, trained apart")
+    if args.engine == "exact":
+        raise UserError("audit --teacher compares the models' likeliest tokens on the float engine, not --engine exact")
+    engine = "float32" if args.engine == "auto" else args.engine
+    try:
+        teacher, suspect, reference = (
+            load_float_model(spec, engine) for spec in (args.teacher, args.model, args.reference)
+        )
+        found = trace(teacher, suspect, reference, (d.data for d in documents(args.paths, args.field, args.max_bytes)))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    row = {
+        "teacher": teacher.name,
+        "suspect": suspect.name,
+        "reference": reference.name,
+        **dataclasses.asdict(found),
+        "verdict": "learned from the teacher" if found.flagged else "no sign of the teacher",
+    }
+    if args.json:
+        json.dump(row, sys.stdout, indent=1)
+        print()
+        return
+    low, high = found.interval
+    print(
+        f"where {teacher.name} is wrong and {reference.name} right ({found.suspect_chances:,} tokens), "
+        f"{suspect.name} says what {teacher.name} said {found.suspect_repeats:.1%} of the time\n"
+        f"where {teacher.name} is wrong and {suspect.name} right ({found.reference_chances:,} tokens), "
+        f"{reference.name} says what {teacher.name} said {found.reference_repeats:.1%} of the time\n"
+        f"difference {found.difference:+.1%} (95% interval {low:+.1%} to {high:+.1%}, {found.windows} windows): "
+        f"{row['verdict']}" + (f" (the whole interval is above {MARGIN:.0%})" if found.flagged else "")
+    )
 
 
 def verdict(ratio: float) -> str:

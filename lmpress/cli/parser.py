@@ -9,6 +9,7 @@ from .. import __version__
 from ..codec import format as fmt
 from ..codec.settings import DEFAULT_LEVEL, LEVELS
 from ..dictionary import ADAPTER_RANK, ADAPTER_STEPS, PRIMED_SIZES
+from ..distillation import DEFAULT_PRESET, DEFAULT_STEPS, PRESETS
 from ..lens.analysis import ENGINES, LOCAL_WINDOW
 from ..models import DEFAULT_MODEL
 
@@ -171,6 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--model", help="model (default: the default model)")
     au.add_argument("--journal", metavar="DIR", help=JOURNAL_HELP)
     au.add_argument(
+        "--teacher",
+        metavar="MODEL",
+        help="instead of ranking documents: whether --model learned from this model's predictions, told by how often "
+        "it repeats the teacher's mistakes on the documents, against --reference",
+    )
+    au.add_argument(
+        "--reference", metavar="MODEL", help="with --teacher: a model not suspected, trained apart on data of the kind"
+    )
+    au.add_argument(
         "--local-window",
         type=int,
         default=LOCAL_WINDOW,
@@ -211,6 +221,34 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("-f", "--force", action="store_true", help="overwrite an existing dictionary file")
     tr.add_argument("-v", "--verbose", action="store_true", help="progress bar even when not on a terminal")
     tr.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    ds = sub.add_parser(
+        "distil",
+        parents=[compute],
+        help="train a small, fast student of the model on your data",
+        description="Train a small llama with the model's tokenizer on what the model (the teacher) predicts on your "
+        "files, and write it as a model folder for --model. Every 20th block of the data is held out to measure it "
+        "against the teacher. A stopped run resumes from its checkpoint when run again the same way.",
+    )
+    ds.add_argument(
+        "paths", nargs="+", metavar="SAMPLE", help="files, folders, glob patterns, .jsonl or .parquet files"
+    )
+    ds.add_argument("-o", "--output", required=True, help="the model folder to write")
+    ds.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        default=DEFAULT_PRESET,
+        help="the student's size: "
+        + ", ".join(f"{k} ({v.layers} layers of {v.hidden})" for k, v in PRESETS.items())
+        + f" (default {DEFAULT_PRESET})",
+    )
+    ds.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"training steps (default {DEFAULT_STEPS})")
+    ds.add_argument("--minutes", type=float, help="stop training after this many minutes, even before --steps")
+    ds.add_argument("--model", help="the teacher (default: the default model)")
+    ds.add_argument("--field", default="text", help="JSONL/Parquet field holding each sample (default: text)")
+    ds.add_argument("--max-bytes", type=int, default=0, help="read only the first N bytes of each sample")
+    ds.add_argument("-f", "--force", action="store_true", help="overwrite an existing output folder")
+    ds.add_argument("-v", "--verbose", action="store_true", help="progress bars even when not on a terminal")
+    ds.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summary")
     m = sub.add_parser(
         "models", parents=[compute], help="fetch the default model and compile the kernels, or describe a model"
     )
