@@ -11,7 +11,6 @@ bytes) of the LM-coded chunks of each file's first segment, at the level's chunk
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from lmpress.exact.arithmetic import PRECISION_BITS
 from lmpress.exact.ops import frequencies, token_intervals
 
 from suite import BENCH, HELD_OUT
-from suite.measuring import script_meta
+from suite.measuring import publish, script_meta
 
 FILES = [*HELD_OUT, "calgary/progc"]
 
@@ -117,18 +116,12 @@ def main() -> None:
     for path in args.files:
         results[path.name] = ablate(lm, path.read_bytes()[: args.prefix], settings)
         print(path.name, {k: round(v / 8) for k, v in results[path.name]["bits"].items()}, file=sys.stderr)
-    args.out.mkdir(parents=True, exist_ok=True)
-    meta = script_meta("ablation.py")
-    command = meta["command"]
-    (args.out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
-    md = (
+    text = (
         "Ideal code length in bytes of each file's LM-coded chunks (in parentheses: against cm-v1 with every "
         "component); then each mixer's own time per token (candidates, frequencies recorded, the mix).\n\n"
         + table(results)
-        + f"\n\n- Measured {meta['measured']} on {meta['machine']} with `{command}`.\n"
     )
-    (args.out / "results.md").write_text(md)
-    print(md)
+    publish(args.out, script_meta("ablation.py"), results, text)
 
 
 if __name__ == "__main__":

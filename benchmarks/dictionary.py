@@ -36,7 +36,7 @@ import lmpress
 from lmpress.dictionary import DEFAULT_TOKENS, train_adapter
 
 from suite import BENCH
-from suite.measuring import script_meta
+from suite.measuring import publish, script_meta
 
 
 def corpus(name: str) -> list[bytes]:
@@ -197,13 +197,8 @@ def main() -> None:
         run_corpus(name, args.every, args.limit, args.size, args.adapter_steps, args.kinds, lm, args.mixer)
         for name in args.corpus
     ]
-    args.out.mkdir(parents=True, exist_ok=True)
     meta = script_meta("dictionary.py") | {"lmpress": lmpress.__version__}
-    command = meta["command"]
-    (args.out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
-    md = table(results) + f"\n\n- Measured {meta['measured']} on {meta['machine']} with `{command}`.\n"
-    (args.out / "results.md").write_text(md)
-    print(md)
+    publish(args.out, meta, results, table(results))
 
 
 if __name__ == "__main__":

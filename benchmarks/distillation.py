@@ -20,7 +20,7 @@ from pathlib import Path
 import lmpress
 from lmpress import distillation
 
-from suite.measuring import PEERS, measure_peer, script_meta
+from suite.measuring import PEERS, measure_peer, publish, script_meta
 
 PEER_NAMES = ("xz -9e", "paq8px -8")
 
@@ -74,13 +74,8 @@ def main() -> None:
         results[path.name] = {"bytes": len(data), **r}
         lines.append(row(path.name, len(data), r))
         print(lines[-1], file=sys.stderr)
-    args.out.mkdir(parents=True, exist_ok=True)
-    meta = script_meta("distillation.py")
-    (args.out / "results.json").write_text(
-        json.dumps({"meta": meta, "card": card, "results": results}, indent=1) + "\n"
-    )
     gap = card["student_bits_per_byte"] / card["teacher_bits_per_byte"] - 1
-    md = "\n".join(
+    text = "\n".join(
         [
             f"A student of {card['teacher']} ({card['parameters'] / 1e6:.1f} M parameters: {card['shape']['layers']} "
             f"layers of {card['shape']['hidden']}), {card['steps']:,} steps in {card['minutes']} minutes on "
@@ -95,13 +90,9 @@ def main() -> None:
             "paq8px KB/s | student faster (c / d) |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             *lines,
-            "",
-            f"- Measured {meta['measured']} on {meta['machine']} with `{meta['command']}`.",
-            "",
         ]
     )
-    (args.out / "results.md").write_text(md)
-    print(md)
+    publish(args.out, script_meta("distillation.py"), results, text, card=card)
 
 
 if __name__ == "__main__":

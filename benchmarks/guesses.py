@@ -10,7 +10,6 @@ The model is loaded and the kernels warmed first, so the times are the coding's 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import lmpress
 from lmpress.codec import drafts
 
 from suite import BENCH, HELD_OUT
-from suite.measuring import script_meta
+from suite.measuring import publish, script_meta
 
 
 def decode(lm, blob: bytes, data: bytes, most: int) -> tuple[float, lmpress.Decompressor]:
@@ -77,10 +76,7 @@ def main() -> None:
             results[f"{path.name}:{len(data)}"] = r
             lines.append(row(path.name, r))
             print(lines[-1], file=sys.stderr)
-    args.out.mkdir(parents=True, exist_ok=True)
-    meta = script_meta("guesses.py")
-    (args.out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
-    md = "\n".join(
+    text = "\n".join(
         [
             "Decoding at the default level with and without checking guesses (best of "
             f"{args.repeats} each; model steps: restarts included, in parentheses tokens per step, where a step codes "
@@ -90,13 +86,9 @@ def main() -> None:
             "decompress / compress speed |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
             *lines,
-            "",
-            f"- Measured {meta['measured']} on {meta['machine']} with `{meta['command']}`.",
-            "",
         ]
     )
-    (args.out / "results.md").write_text(md)
-    print(md)
+    publish(args.out, script_meta("guesses.py"), results, text)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from conftest import TRAINING_TEXT, build_family_model
 import lmpress
 from lmpress.codec import format as fmt
 from lmpress.dictionary import train_adapter
+from lmpress.distillation import Shape, distil
 from lmpress.models import load_model
 
 DATA = Path(__file__).parent / "data"
@@ -66,12 +67,21 @@ def mistral_dir(tmp_path_factory, tiny_model_dir) -> Path:
     return build_family_model(folder, "mistral", tiny_model_dir / "tokenizer.json", train_steps=300)
 
 
-@pytest.mark.parametrize("family", ["llama", "mistral", *FAMILY_MODELS])
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory, tiny) -> Path:
+    """A student of the tiny llama by ``lmpress distil`` (half its loss on the teacher's top 32), trained until it
+    codes the text itself."""
+    samples = [TRAINING_TEXT.encode()[i : i + 300] for i in range(0, len(TRAINING_TEXT), 300)]
+    shape = Shape(hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64, head_dim=8)
+    return distil(tiny, samples, tmp_path_factory.mktemp("student") / "student", shape, 300, block=32).path
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "student", *FAMILY_MODELS])
 def test_tiny_model_archives_are_identical_on_every_configuration(tiny_model_dir, family, request):
     text = TRAINING_TEXT.encode()[:2500] + "Größe 東京 🙂\n".encode()
     folder = FAMILY_MODELS.get(family, tiny_model_dir)
-    if family == "mistral":
-        folder = request.getfixturevalue("mistral_dir")
+    if family in ("mistral", "student"):
+        folder = request.getfixturevalue(f"{family}_dir")
     model = ["--model", str(folder), "--chunk-size", "600", "--window", "64", "--keep-tokens", "16"]
     archives = {_name(c): _lmpress(c, "compress", *model, stdin=text) for c in CONFIGS}
     assert len(set(archives.values())) == 1, {k: hashlib.sha256(v).hexdigest()[:12] for k, v in archives.items()}

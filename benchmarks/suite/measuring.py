@@ -260,3 +260,13 @@ def script_meta(script: str) -> dict:
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}",
     }
+
+
+def publish(out: Path, meta: dict, results: dict, text: str, **more: object) -> None:
+    """A script's results under ``out``: results.json (``meta``, ``more`` and ``results``) and results.md (``text``,
+    then when, where and how it was measured), which is printed too."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"meta": meta, **more, "results": results}, indent=1) + "\n")
+    md = text.rstrip("\n") + f"\n\n- Measured {meta['measured']} on {meta['machine']} with `{meta['command']}`.\n"
+    (out / "results.md").write_text(md)
+    print(md)

@@ -190,9 +190,17 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--model", help="model (default: the default model)")
     sh.add_argument("--vs", metavar="MODEL_B", help="a second model to compare token by token")
     sh.add_argument("-o", "--output", help="HTML file to write (default: DOCUMENT.html here)")
+    learning = argparse.ArgumentParser(add_help=False)  # train and distil: samples in, a file or folder out
+    learning.add_argument(
+        "--field", default="text", help="JSONL field or Parquet column of each sample (default: text)"
+    )
+    learning.add_argument("--max-bytes", type=int, default=0, help="read only the first N bytes of each sample")
+    learning.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
+    learning.add_argument("-v", "--verbose", action="store_true", help="progress bars even when not on a terminal")
+    learning.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summary")
     tr = sub.add_parser(
         "train",
-        parents=[compute],
+        parents=[compute, learning],
         help="build a dictionary from samples of your data (as zstd --train)",
         description="Build a dictionary for files like the samples: text every context starts from (primed), a "
         "fine-tune of the model (adapter), or both. Its size (and with --kind auto its kind) is chosen by compressing "
@@ -216,14 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--steps", type=int, default=ADAPTER_STEPS, help=f"adapter steps (default {ADAPTER_STEPS})")
     tr.add_argument("--rank", type=int, default=ADAPTER_RANK, help=f"adapter rank (default {ADAPTER_RANK})")
     tr.add_argument("--model", help="model (default: the default model); the dictionary works with this model only")
-    tr.add_argument("--field", default="text", help="JSONL field holding each sample (default: text)")
-    tr.add_argument("--max-bytes", type=int, default=0, help="read only the first N bytes of each sample")
-    tr.add_argument("-f", "--force", action="store_true", help="overwrite an existing dictionary file")
-    tr.add_argument("-v", "--verbose", action="store_true", help="progress bar even when not on a terminal")
-    tr.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     ds = sub.add_parser(
         "distil",
-        parents=[compute],
+        parents=[compute, learning],
         help="train a small, fast student of the model on your data",
         description="Train a small llama with the model's tokenizer on what the model (the teacher) predicts on your "
         "files, and write it as a model folder for --model. Every 20th block of the data is held out to measure it "
@@ -244,11 +247,6 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"training steps (default {DEFAULT_STEPS})")
     ds.add_argument("--minutes", type=float, help="stop training after this many minutes, even before --steps")
     ds.add_argument("--model", help="the teacher (default: the default model)")
-    ds.add_argument("--field", default="text", help="JSONL/Parquet field holding each sample (default: text)")
-    ds.add_argument("--max-bytes", type=int, default=0, help="read only the first N bytes of each sample")
-    ds.add_argument("-f", "--force", action="store_true", help="overwrite an existing output folder")
-    ds.add_argument("-v", "--verbose", action="store_true", help="progress bars even when not on a terminal")
-    ds.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summary")
     m = sub.add_parser(
         "models", parents=[compute], help="fetch the default model and compile the kernels, or describe a model"
     )
