@@ -91,8 +91,9 @@ def held_out(n: int) -> np.ndarray:
     return out
 
 
-def student_config(teacher: dict, shape: Shape) -> Any:
-    """A llama configuration of ``shape`` with the teacher's vocabulary, special tokens, positions and norms."""
+def student_config(teacher: dict, shape: Shape, start_token: int) -> Any:
+    """A llama configuration of ``shape`` with the teacher's vocabulary, start token (as the training data has it),
+    special tokens, positions and norms."""
     from transformers import LlamaConfig
 
     rope = teacher.get("rope_parameters") or {"rope_type": "default", "rope_theta": teacher.get("rope_theta", 1e4)}
@@ -108,7 +109,7 @@ def student_config(teacher: dict, shape: Shape) -> Any:
         rms_norm_eps=teacher.get("rms_norm_eps", 1e-5),
         rope_parameters=rope,
         tie_word_embeddings=True,
-        bos_token_id=teacher.get("bos_token_id"),
+        bos_token_id=start_token,
         eos_token_id=teacher.get("eos_token_id"),
         pad_token_id=teacher.get("pad_token_id"),
     )
@@ -245,7 +246,7 @@ def distil(
         )
 
     torch.manual_seed(0)
-    config = student_config(teacher_config, shape)
+    config = student_config(teacher_config, shape, lm.start_token)
     student: Any = LlamaForCausalLM(config)
     with torch.no_grad():
         embeddings = teacher.get_input_embeddings().weight.to("cpu")
@@ -256,7 +257,7 @@ def distil(
     generator = np.random.default_rng(0)
     step, elapsed = 0, 0.0
     if checkpoint_file.exists():
-        state = torch.load(checkpoint_file, weights_only=False)
+        state = torch.load(checkpoint_file, weights_only=True)  # tensors and numbers: no pickled code
         student.load_state_dict(state["student"])
         optimizer.load_state_dict(state["optimizer"])
         generator.bit_generator.state = state["generator"]

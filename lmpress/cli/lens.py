@@ -29,7 +29,7 @@ from ..lens.charts import bits_chart
 from ..lens.float_engine import load_float_model
 from ..lens.lineage import MARGIN, trace
 from ..lens.report import render
-from .common import UserError, atomic_output, scoring_settings
+from .common import Interrupt, UserError, atomic_output, scoring_settings, show_progress
 from .documents import documents
 
 
@@ -231,7 +231,15 @@ def trace_teacher(args: argparse.Namespace) -> None:
         teacher, suspect, reference = (
             load_float_model(spec, engine) for spec in (args.teacher, args.model, args.reference)
         )
-        found = trace(teacher, suspect, reference, (d.data for d in documents(args.paths, args.field, args.max_bytes)))
+        docs = (d.data for d in documents(args.paths, args.field, args.max_bytes))
+        with tqdm(desc="windows", disable=not show_progress(args), leave=False, file=sys.stderr) as bar:
+
+            def progress(done: int, total: int) -> None:
+                Interrupt.check()
+                bar.total = total
+                bar.update(done - bar.n)
+
+            found = trace(teacher, suspect, reference, docs, progress=progress)
     except ValueError as e:
         raise UserError(str(e)) from None
     row = {

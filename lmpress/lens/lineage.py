@@ -17,7 +17,7 @@ share the teacher's tokenizer, as distilling from its predictions needs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,13 +75,21 @@ def check_tokenizers(teacher: FloatModel, *models: FloatModel) -> None:
 
 
 def trace(
-    teacher: FloatModel, suspect: FloatModel, reference: FloatModel, documents: Iterable[bytes], most: int = MAX_WINDOWS
+    teacher: FloatModel,
+    suspect: FloatModel,
+    reference: FloatModel,
+    documents: Iterable[bytes],
+    most: int = MAX_WINDOWS,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Lineage:
-    """Whether ``suspect`` repeats ``teacher``'s mistakes on ``documents`` more often than ``reference`` does."""
+    """Whether ``suspect`` repeats ``teacher``'s mistakes on ``documents`` more often than ``reference`` does.
+    ``progress(done, total)`` is told of each window scored."""
     check_tokenizers(teacher, suspect, reference)
     scored = windows(teacher, documents, most)
     counts = np.zeros((len(scored), 4), np.int64)  # the suspect's chances and repeats, then the reference's
     for i, ids in enumerate(scored):
+        if progress is not None:
+            progress(i, len(scored))
         actual = torch.tensor(ids)
         wrong, s, r = (likeliest(m, ids) for m in (teacher, suspect, reference))
         mistakes = wrong != actual
