@@ -42,6 +42,10 @@ def distil_student(args: argparse.Namespace) -> None:
         )  # fmt: skip
     except (ValueError, FileExistsError, ImportError) as e:
         raise UserError(str(e)) from None
+    except KeyboardInterrupt:
+        if "training" in bars:
+            print("lmpress: training kept at its last checkpoint; the same command resumes it", file=sys.stderr)
+        raise
     finally:
         for bar in bars.values():
             bar.close()
