@@ -138,9 +138,18 @@ def bootstrap_interval(
     if len(b) < 2:
         value = float(b.sum() / n.sum()) if n.sum() else math.nan
         return value, value
-    picks = np.random.default_rng(seed).integers(0, len(b), (BOOTSTRAP_RESAMPLES, len(b)))
-    ratios = b[picks].sum(1) / np.maximum(n[picks].sum(1), 1)
-    low, high = np.percentile(ratios, [50 * (1 - level), 50 * (1 + level)])
+    return percentile_interval(np.stack([b, n], 1), lambda sums: sums[:, 0] / np.maximum(sums[:, 1], 1), level, seed)
+
+
+def percentile_interval(
+    rows: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray], level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """The ``level`` percentile bootstrap interval of ``statistic`` of the column sums of ``rows`` [n, k] (one row
+    a document or window), resampling the rows with replacement ``BOOTSTRAP_RESAMPLES`` times, seeded.
+    ``statistic`` maps the resampled sums [resamples, k] to one figure each."""
+    picks = np.random.default_rng(seed).integers(0, len(rows), (BOOTSTRAP_RESAMPLES, len(rows)))
+    values = statistic(rows[picks].sum(1).astype(np.float64))
+    low, high = np.percentile(values, [50 * (1 - level), 50 * (1 + level)])
     return float(low), float(high)
 
 

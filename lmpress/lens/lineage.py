@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .analysis import BOOTSTRAP_RESAMPLES
+from .analysis import percentile_interval
 from .float_engine import FloatModel
 
 WINDOW = 256  # tokens a scored window (each its own context, from the start token)
@@ -121,10 +121,9 @@ def trace(
 
 
 def difference_interval(counts: np.ndarray, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """The ``level`` percentile bootstrap interval of (Σ c1 / Σ c0) − (Σ c3 / Σ c2), resampling the rows (windows)
-    of ``counts`` [n, 4] with replacement, seeded as the lens's other intervals are."""
-    picks = np.random.default_rng(seed).integers(0, len(counts), (BOOTSTRAP_RESAMPLES, len(counts)))
-    sums = counts[picks].sum(1).astype(np.float64)  # [resamples, 4]
-    differences = sums[:, 1] / np.maximum(sums[:, 0], 1) - sums[:, 3] / np.maximum(sums[:, 2], 1)
-    low, high = np.percentile(differences, [50 * (1 - level), 50 * (1 + level)])
-    return float(low), float(high)
+    """The bootstrap interval of (Σ c1 / Σ c0) − (Σ c3 / Σ c2) over the rows (windows) of ``counts`` [n, 4]."""
+
+    def difference(sums: np.ndarray) -> np.ndarray:
+        return sums[:, 1] / np.maximum(sums[:, 0], 1) - sums[:, 3] / np.maximum(sums[:, 2], 1)
+
+    return percentile_interval(counts, difference, level, seed)
