@@ -22,9 +22,8 @@ SMALL = {"shape": SHAPE, "block": 32, "batch": 4}
 def test_a_student_is_a_model_folder_the_exact_engine_codes_with(tiny, tmp_path):
     student = distil(tiny, SAMPLES, tmp_path / "student", steps=40, **SMALL)
     folder = student.path
-    assert {"config.json", "model.safetensors", "tokenizer.json", distillation.CARD} <= {
-        p.name for p in folder.iterdir()
-    }
+    files = {p.name for p in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", distillation.CARD, "README.md"} <= files
     assert not list(tmp_path.glob(".*")), "the working folder and temporary files are gone"
     lm = load_model(str(folder))
     card = json.loads((folder / distillation.CARD).read_text())
